@@ -1,0 +1,63 @@
+"""Tokenization and dynamic padding: each batch is padded to its own longest sequence."""
+
+from __future__ import annotations
+
+import torch
+
+TEACHER_PREFIX = "teacher_"
+
+
+def tokenize(ds, tokenizer, text_columns: list[str], max_length: int, prefix: str = ""):
+    """Add ``{prefix}input_ids`` etc. to a dataset; returns (dataset, number of truncated rows)."""
+
+    def encode(batch):
+        texts = [batch[c] for c in text_columns]
+        enc = tokenizer(*texts, truncation=True, max_length=max_length)
+        out = {f"{prefix}{k}": v for k, v in enc.items() if k != "offset_mapping"}
+        full = tokenizer(*texts, truncation=False)["input_ids"]
+        out[f"{prefix}truncated"] = [len(ids) > max_length for ids in full]
+        return out
+
+    ds = ds.map(encode, batched=True, desc=None)
+    truncated = sum(ds[f"{prefix}truncated"])
+    return ds.remove_columns(f"{prefix}truncated"), truncated
+
+
+def model_columns(ds) -> list[str]:
+    keep = ("input_ids", "attention_mask", "token_type_ids")
+    return [c for c in ds.column_names if c == "label" or c.removeprefix(TEACHER_PREFIX) in keep]
+
+
+class PadCollator:
+    """Pads every id/mask column to the longest row in the batch."""
+
+    def __init__(self, pad_id: int, teacher_pad_id: int | None = None):
+        self.pad = {
+            "": pad_id,
+            TEACHER_PREFIX: teacher_pad_id if teacher_pad_id is not None else pad_id,
+        }
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        batch = {}
+        for key in rows[0]:
+            values = [r[key] for r in rows]
+            if isinstance(values[0], str):
+                continue  # raw text columns stay out of the batch
+            if key == "label":
+                dtype = torch.float32 if isinstance(values[0], float) else torch.long
+                batch["labels"] = torch.tensor(values, dtype=dtype)
+                continue
+            prefix = TEACHER_PREFIX if key.startswith(TEACHER_PREFIX) else ""
+            fill = self.pad[prefix] if key.endswith("input_ids") else 0
+            width = max(len(v) for v in values)
+            batch[key] = torch.tensor([v + [fill] * (width - len(v)) for v in values])
+        return batch
+
+
+def split_inputs(batch: dict) -> tuple[dict, dict]:
+    """Student inputs and teacher inputs (the same tensors when they share a tokenizer)."""
+    student = {k: v for k, v in batch.items() if not k.startswith(TEACHER_PREFIX) and k != "labels"}
+    teacher = {
+        k.removeprefix(TEACHER_PREFIX): v for k, v in batch.items() if k.startswith(TEACHER_PREFIX)
+    }
+    return student, teacher or student

@@ -1,0 +1,82 @@
+"""The ``distill`` command: five subcommands, one-line errors, meaningful exit codes.
+
+Exit codes: 0 success, 1 internal error (a bug: please report it), 2 bad input or not available.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+import typer
+
+from distill_cli.commands import (
+    compress_vocab,
+    evaluate,
+    export,
+    finetune_distill,
+    pretrain_distill,
+)
+from distill_cli.errors import DistillError
+
+COMMANDS = {
+    "pretrain-distill": pretrain_distill.command,
+    "finetune-distill": finetune_distill.command,
+    "compress-vocab": compress_vocab.command,
+    "evaluate": evaluate.command,
+    "export": export.command,
+}
+
+app = typer.Typer(
+    name="distill",
+    help="Distil Hugging Face checkpoints: task KD, GLMD, vocabulary compression, eval, export.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _one_line_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        _quiet_libraries()
+        try:
+            return fn(*args, **kwargs)
+        except DistillError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            raise typer.Exit(e.exit_code) from None
+
+    return wrapper
+
+
+for _name, _fn in COMMANDS.items():
+    app.command(name=_name)(_one_line_errors(_fn))
+
+
+def _quiet_libraries() -> None:
+    """Our own progress replaces the libraries' tqdm bars and load reports."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: flag errors become one line too."""
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="distill", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as e:
+        print(e.format_message())
+        code = 0
+    except click.UsageError as e:
+        where = e.ctx.command_path if e.ctx else "distill"
+        print(f"error: {e.format_message()} (see '{where} --help')", file=sys.stderr)
+        code = 2
+    except click.exceptions.Abort:
+        print("interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,1 @@
+"""One module per subcommand, each a thin wrapper over a core function."""

@@ -1,0 +1,53 @@
+"""distill finetune-distill: the task stage (TKD-NLP, plain fine-tuning)."""
+
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+from distill_cli import train
+from distill_cli.commands import options as o
+from distill_cli.recipe import load_recipe
+
+
+def command(
+    output_dir: o.OutputDir,
+    recipe: o.RecipePath = None,
+    teacher: o.Teacher = None,
+    student: o.Student = None,
+    data: o.Data = None,
+    max_steps: o.MaxSteps = None,
+    seed: o.Seed = None,
+    set_: o.Sets = None,
+    overwrite: o.Overwrite = False,
+    trust_remote_code: o.TrustRemoteCode = False,
+    json_: o.Json = False,
+) -> None:
+    """Distil a task teacher into a student on labelled data (or fine-tune with no teacher)."""
+    options = {
+        "teacher": teacher,
+        "data.name": data,
+        "train.max_steps": max_steps,
+        "train.seed": seed,
+        "student.init": "checkpoint" if student else None,
+        "student.path": student,
+    }
+    r = load_recipe(recipe, options, set_ or [])
+    summary = train.run(r, output_dir, overwrite=overwrite, trust_remote_code=trust_remote_code)
+    if summary.pop("is_main_process"):
+        print_summary(summary, json_)
+
+
+def print_summary(summary: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    table = Table(title="training run")
+    table.add_column("field")
+    table.add_column("value", justify="right")
+    for key in ("output_dir", "steps", "runtime_s", "train_samples_per_s", "final_loss"):
+        value = summary.get(key)
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    for key, value in summary.get("eval", {}).items():
+        table.add_row(f"{summary['eval_split']} {key}", f"{value:.4f}")
+    Console().print(table)

@@ -1,0 +1,28 @@
+"""Typed options shared by the commands; help text comes from the recipe's field metadata."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from distill_cli.recipe import help_for
+
+RecipePath = Annotated[Path | None, typer.Option("--recipe", help="YAML recipe file.")]
+Teacher = Annotated[str | None, typer.Option("--teacher", help=help_for("teacher"))]
+Student = Annotated[str | None, typer.Option("--student", help=help_for("student.path"))]
+Data = Annotated[str | None, typer.Option("--data", help=help_for("data.name"))]
+OutputDir = Annotated[Path, typer.Option("--output-dir", help="Folder the student is written to.")]
+MaxSteps = Annotated[int | None, typer.Option("--max-steps", help=help_for("train.max_steps"))]
+Seed = Annotated[int | None, typer.Option("--seed", help=help_for("train.seed"))]
+Sets = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override any recipe value: --set train.epochs=3 (repeatable)."),
+]
+Overwrite = Annotated[
+    bool, typer.Option("--overwrite", help="Replace a model already in --output-dir.")
+]
+TrustRemoteCode = Annotated[
+    bool,
+    typer.Option("--trust-remote-code", help="Allow model code from the checkpoint's repo to run."),
+]
+Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of a table.")]

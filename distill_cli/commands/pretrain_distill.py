@@ -1,0 +1,14 @@
+"""distill pretrain-distill: GLMD pre-training stage (not available yet)."""
+
+from typing import Annotated
+
+import typer
+
+from distill_cli.errors import NotAvailableError
+
+
+def command(
+    args: Annotated[list[str] | None, typer.Argument(help="Arguments, once available.")] = None,
+) -> None:
+    """GLMD pre-training stage: not available yet in this version."""
+    raise NotAvailableError("distill pretrain-distill is not available yet in this version")

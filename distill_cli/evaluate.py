@@ -1,0 +1,183 @@
+"""Evaluate a model (and optionally its teacher): task metrics, size, CPU latency, retention."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from torch.utils.data import DataLoader
+
+from distill_cli import batching
+from distill_cli.data import TaskData, load_task_data
+from distill_cli.metrics import PRIMARY, compute_metrics, predictions_from_logits
+from distill_cli.models import label_names, load_classifier
+from distill_cli.outputs import write_json_atomic
+from distill_cli.recipe import DataConfig, from_dict, parse_set
+from distill_cli.reporting import log
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx")
+
+
+def data_config(model_dir: Path, data: str | None, sets: list[str]) -> DataConfig:
+    """The data section of the model's resolved_recipe.yaml (when present), then --data, --set."""
+    raw = {}
+    resolved = model_dir / "resolved_recipe.yaml"
+    if resolved.is_file():
+        raw = (yaml.safe_load(resolved.read_text()) or {}).get("data") or {}
+    if data:
+        raw["name"] = data
+    for item in sets:
+        key, value = parse_set(item)
+        raw[key.removeprefix("data.")] = value
+    return from_dict(DataConfig, raw, "data", "evaluate options")
+
+
+def size_on_disk_mb(model_dir: Path) -> float:
+    files = [p for p in model_dir.iterdir() if p.suffix in WEIGHT_SUFFIXES]
+    return sum(p.stat().st_size for p in files) / 2**20
+
+
+def predict(model, tokenizer, task: TaskData, split: str, max_length: int, batch_size=64):
+    ds, _ = batching.tokenize(task.splits[split], tokenizer, task.text_columns, max_length)
+    ds = ds.select_columns(batching.model_columns(ds))
+    loader = DataLoader(
+        ds, batch_size=batch_size, collate_fn=batching.PadCollator(tokenizer.pad_token_id or 0)
+    )
+    logits, labels = [], []
+    with torch.inference_mode():
+        for batch in loader:
+            labels.append(batch.pop("labels"))
+            logits.append(model(**batch).logits.float())
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy()
+
+
+def _texts(task: TaskData, split: str, n: int) -> list[list[str]]:
+    rows = task.splits[split].select(range(min(n, len(task.splits[split]))))
+    return [rows[c] for c in task.text_columns]
+
+
+def latency(model, tokenizer, texts, max_length: int, warmup: int = 5, runs: int = 30) -> dict:
+    """Median forward time at batch 1 (ms) and samples/s at batch 32, after warm-up."""
+
+    def encode(lo, hi):
+        cols = [c[lo:hi] for c in texts]
+        return tokenizer(
+            *cols, truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+        )
+
+    n = len(texts[0])
+    singles = [encode(i % n, i % n + 1) for i in range(runs)]
+    big = encode(0, 32)
+    times = []
+    with torch.inference_mode():
+        for x in singles[:warmup]:
+            model(**x)
+        for x in singles:
+            t0 = time.perf_counter()
+            model(**x)
+            times.append(time.perf_counter() - t0)
+        model(**big)
+        t0 = time.perf_counter()
+        for _ in range(3):
+            model(**big)
+        batch_time = (time.perf_counter() - t0) / 3
+    return {
+        "latency_ms_b1": 1000 * statistics.median(times),
+        "throughput_b32": len(big["input_ids"]) / batch_time,
+    }
+
+
+def evaluate_model(
+    path: str, role: str, cfg: DataConfig, split: str, task=None
+) -> tuple[dict, TaskData]:
+    model, tokenizer = load_classifier(path, role)
+    if task is None:
+        task = load_task_data(cfg, splits=[split], label_names=label_names(model.config))
+    logits, labels = predict(model, tokenizer, task, split, cfg.max_length)
+    metrics = compute_metrics(task.metric, predictions_from_logits(logits, task.task_type), labels)
+    report = {
+        "path": str(path),
+        "metrics": metrics,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "size_mb": round(size_on_disk_mb(Path(path)), 3),
+        **latency(model, tokenizer, _texts(task, split, 32), cfg.max_length),
+    }
+    log(f"{role}: {', '.join(f'{k} {v:.4f}' for k, v in metrics.items())}")
+    return report, task
+
+
+def run(
+    model_dir: str,
+    data: str | None,
+    split: str = "test",
+    teacher: str | None = None,
+    output_dir: str | None = None,
+    sets: list[str] = (),
+) -> dict:
+    """Evaluate the model (and teacher); write evaluation.json and evaluation.png."""
+    cfg = data_config(Path(model_dir), data, list(sets))
+    student, task = evaluate_model(model_dir, "model", cfg, split)
+    result = {
+        "data": cfg.name,
+        "split": split,
+        "num_examples": len(task.splits[split]),
+        "primary_metric": PRIMARY[task.metric],
+        "machine": {
+            "device": "cpu",
+            "torch_threads": torch.get_num_threads(),
+            "processor": platform.processor() or platform.machine(),
+        },
+        "models": {"student": student},
+    }
+    if teacher:
+        # The teacher reads the same rows; labels map through the student's label names.
+        t_report, _ = evaluate_model(teacher, "teacher", cfg, split, task=task)
+        result["models"]["teacher"] = t_report
+        key = result["primary_metric"]
+        t_metric, s_metric = t_report["metrics"][key], student["metrics"][key]
+        result["retention"] = s_metric / t_metric if t_metric else None
+        result["speedup_b1"] = t_report["latency_ms_b1"] / student["latency_ms_b1"]
+        result["throughput_ratio_b32"] = student["throughput_b32"] / t_report["throughput_b32"]
+        result["size_ratio"] = (
+            student["size_mb"] / t_report["size_mb"] if t_report["size_mb"] else None
+        )
+        result["parameter_ratio"] = student["parameters"] / t_report["parameters"]
+    out = Path(output_dir or model_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "evaluation.json", result)
+    plot(result, out / "evaluation.png")
+    result["output_dir"] = str(out)
+    return result
+
+
+def plot(result: dict, path: Path) -> None:
+    """Bar charts comparing the models on metric, latency, throughput and size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = result["models"]
+    names = list(models)[::-1]  # teacher first when present
+    key = result["primary_metric"]
+    panels = [
+        (key, [models[n]["metrics"][key] for n in names]),
+        ("latency ms (batch 1)", [models[n]["latency_ms_b1"] for n in names]),
+        ("samples/s (batch 32)", [models[n]["throughput_b32"] for n in names]),
+        ("size MB", [models[n]["size_mb"] for n in names]),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.2))
+    for ax, (title, values) in zip(axes, panels, strict=True):
+        bars = ax.bar(names, values, color=["#4c72b0", "#dd8452"][: len(names)])
+        ax.bar_label(bars, fmt="%.3g")
+        ax.set_title(title)
+    fig.suptitle(f"{result['data']} ({result['split']}, {result['num_examples']} examples)")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)

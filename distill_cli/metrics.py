@@ -1,0 +1,51 @@
+"""Task metrics with scikit-learn and scipy, returned as plain Python floats."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+# The headline key of each metric's result.
+PRIMARY = {"accuracy": "accuracy", "f1": "f1", "mcc": "mcc", "pearson": "pearson"}
+
+
+def predictions_from_logits(logits: np.ndarray, task_type: str) -> np.ndarray:
+    """Class ids (argmax) for classification, the single output for regression."""
+    logits = np.asarray(logits)
+    if task_type == "regression":
+        return logits.reshape(len(logits), -1)[:, 0] if logits.ndim > 1 else logits
+    return logits.argmax(axis=-1)
+
+
+def _correlation(fn, predictions: np.ndarray, references: np.ndarray) -> float:
+    # Constant input has no defined correlation: report 0.0, as sklearn does for MCC.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        value = float(fn(predictions, references)[0])
+    return 0.0 if np.isnan(value) else value
+
+
+def compute_metrics(
+    metric: str, predictions: np.ndarray, references: np.ndarray
+) -> dict[str, float]:
+    """``metric``: accuracy, f1 (binary; macro when more than two classes), mcc or pearson."""
+    predictions, references = np.asarray(predictions), np.asarray(references)
+    if metric == "pearson":
+        predictions, references = predictions.astype(float), references.astype(float)
+        return {
+            "pearson": _correlation(pearsonr, predictions, references),
+            "spearman": _correlation(spearmanr, predictions, references),
+        }
+    if metric not in PRIMARY:
+        raise ValueError(f"unknown metric {metric!r}; known: {', '.join(PRIMARY)}")
+    out = {"accuracy": float(accuracy_score(references, predictions))}
+    if metric == "f1":
+        binary = set(np.union1d(references, predictions).tolist()) <= {0, 1}
+        average = "binary" if binary else "macro"
+        out["f1"] = float(f1_score(references, predictions, average=average, zero_division=0))
+    elif metric == "mcc":
+        out["mcc"] = float(matthews_corrcoef(references, predictions))
+    return {PRIMARY[metric]: out[PRIMARY[metric]], **out}

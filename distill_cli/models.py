@@ -1,0 +1,214 @@
+"""Load teachers; build students from a checkpoint, a truncated teacher, or a teacher config."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import torch
+from huggingface_hub import constants as hub_constants
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+from distill_cli.errors import DistillError
+from distill_cli.recipe import StudentConfig
+
+# Matches the index of a transformer block in a state-dict key: encoder.layer.3., h.3., layers.3.
+LAYER_KEY = re.compile(r"(^|\.)(layer|layers|h|block)\.(\d+)\.")
+
+
+def _load_error(role: str, name: str, err: Exception) -> DistillError:
+    if Path(name).expanduser().exists():
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return DistillError(f"{role} '{name}' could not be loaded: {first}")
+    if hub_constants.HF_HUB_OFFLINE:
+        return DistillError(
+            f"{role} '{name}' is not a local folder and is not cached locally "
+            "(HF_HUB_OFFLINE is set); pass a local model folder"
+        )
+    return DistillError(
+        f"{role} '{name}' is not a local folder and could not be loaded from the Hugging Face Hub "
+        "(not cached locally, offline, or no such model); pass a local model folder"
+    )
+
+
+def check_model_source(name: str, role: str) -> None:
+    """Fail early on a local folder that is not an HF model."""
+    path = Path(name).expanduser()
+    if path.exists() and not (path / "config.json").is_file():
+        raise DistillError(
+            f"{role} '{name}' is not a Hugging Face model folder (no config.json); "
+            "pass a folder written by save_pretrained or a Hub name"
+        )
+
+
+def load_tokenizer(name: str, role: str, trust_remote_code: bool = False):
+    try:
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except Exception as e:  # transformers raises OSError, ValueError, ... for missing files
+        if Path(name).expanduser().is_dir():
+            raise DistillError(
+                f"{role} '{name}' has no loadable tokenizer; save one beside the model "
+                "with tokenizer.save_pretrained"
+            ) from None
+        raise _load_error(role, name, e) from None
+
+
+def _label_kwargs(labels: list[str] | None, task_type: str) -> dict:
+    if task_type == "regression":
+        return {"num_labels": 1, "problem_type": "regression"}
+    return {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {name: i for i, name in enumerate(labels)},
+        "problem_type": "single_label_classification",
+    }
+
+
+def _default_names(config) -> bool:
+    return all(name == f"LABEL_{i}" for i, name in config.id2label.items())
+
+
+def check_label_sets(config, labels: list[str] | None, task_type: str, role: str) -> None:
+    """A model's classifier must match the task's label set (count, and names when it has any)."""
+    expected = 1 if task_type == "regression" else len(labels)
+    if config.num_labels != expected:
+        raise DistillError(
+            f"{role} has {config.num_labels} output labels but the data has {expected}; "
+            "use a model fine-tuned on this task's labels"
+        )
+    if labels and not _default_names(config):
+        names = [config.id2label[i] for i in range(config.num_labels)]
+        if [n.lower() for n in names] != [n.lower() for n in labels]:
+            raise DistillError(
+                f"{role} labels {names} differ from the data's labels {labels}; "
+                "set data.labels to the model's label order"
+            )
+
+
+def load_teacher(name: str, labels, task_type: str, trust_remote_code: bool = False):
+    """A task teacher: a classifier whose label set matches the data."""
+    check_model_source(name, "teacher")
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            name,
+            dtype=torch.float32,
+            output_loading_info=True,
+            trust_remote_code=trust_remote_code,
+        )
+    except Exception as e:
+        raise _load_error("teacher", name, e) from None
+    missing = [k for k in info.get("missing_keys", ()) if "classifier" in k or "score" in k]
+    if missing:
+        raise DistillError(
+            f"teacher '{name}' has no trained classification head ({', '.join(sorted(missing))} "
+            "missing); fine-tune it first with recipes/finetune.yaml"
+        )
+    check_label_sets(model.config, labels, task_type, "teacher")
+    tokenizer = load_tokenizer(name, "teacher", trust_remote_code)
+    return model.eval(), tokenizer
+
+
+def truncated_layer_ids(teacher_layers: int, student_layers: int) -> list[int]:
+    """Every k-th teacher layer, k = teacher_layers // student_layers, as DistilBERT does."""
+    if not 1 <= student_layers <= teacher_layers:
+        raise DistillError(
+            f"student.num_layers is {student_layers} but the teacher has {teacher_layers} layers; "
+            f"choose 1..{teacher_layers}"
+        )
+    k = teacher_layers // student_layers
+    return [i * k for i in range(student_layers)]
+
+
+def truncate(teacher, num_layers: int):
+    """A copy of the teacher with num_layers blocks, initialised from every k-th teacher block."""
+    config = copy.deepcopy(teacher.config)
+    layer_ids = truncated_layer_ids(config.num_hidden_layers, num_layers)
+    config.num_hidden_layers = num_layers
+    student = type(teacher)(config)
+    source = teacher.state_dict()
+
+    def teacher_key(key: str) -> str:
+        return LAYER_KEY.sub(lambda m: f"{m[1]}{m[2]}.{layer_ids[int(m[3])]}.", key, count=1)
+
+    student.load_state_dict({k: source[teacher_key(k)] for k in student.state_dict()})
+    return student
+
+
+def _from_config(config, trust_remote_code: bool):
+    return AutoModelForSequenceClassification.from_config(
+        config, trust_remote_code=trust_remote_code
+    ).float()
+
+
+def build_student(
+    spec: StudentConfig,
+    teacher,
+    teacher_tokenizer,
+    labels,
+    task_type: str,
+    trust_remote_code: bool = False,
+    log=print,
+):
+    """The student model and its tokenizer, with the task's label set."""
+    label_kwargs = _label_kwargs(labels, task_type)
+    if spec.init == "checkpoint":
+        check_model_source(spec.path, "student")
+        try:
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                spec.path,
+                dtype=torch.float32,
+                output_loading_info=True,
+                ignore_mismatched_sizes=True,
+                trust_remote_code=trust_remote_code,
+                **label_kwargs,
+            )
+        except Exception as e:
+            raise _load_error("student", spec.path, e) from None
+        fresh = [*info.get("missing_keys", ()), *(m[0] for m in info.get("mismatched_keys", ()))]
+        if fresh:
+            log(f"student: newly initialised weights: {', '.join(sorted(fresh))}")
+        return model, load_tokenizer(spec.path, "student", trust_remote_code)
+
+    if spec.init == "truncate":
+        model = truncate(teacher, spec.num_layers)
+        return model, teacher_tokenizer
+
+    # init == "config": the teacher's architecture with overrides, randomly initialised
+    config = copy.deepcopy(teacher.config)
+    for key in ("num_layers", "hidden_size", "num_attention_heads", "intermediate_size"):
+        value = getattr(spec, key)
+        if value is not None:
+            setattr(config, "num_hidden_layers" if key == "num_layers" else key, value)
+    if config.hidden_size % config.num_attention_heads:
+        raise DistillError(
+            f"student hidden_size {config.hidden_size} is not divisible by "
+            f"num_attention_heads {config.num_attention_heads}; change one of them"
+        )
+    for key, value in label_kwargs.items():
+        setattr(config, key, value)
+    return _from_config(config, trust_remote_code), teacher_tokenizer
+
+
+def load_classifier(path: str, role: str = "model", trust_remote_code: bool = False):
+    """A trained classifier and its tokenizer, for evaluation."""
+    check_model_source(path, role)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, config=config, dtype=torch.float32, trust_remote_code=trust_remote_code
+        )
+    except Exception as e:
+        raise _load_error(role, path, e) from None
+    return model.eval(), load_tokenizer(path, role, trust_remote_code)
+
+
+def label_names(config) -> list[str] | None:
+    """A model's label names, or None when they are transformers' LABEL_i defaults."""
+    if getattr(config, "problem_type", None) == "regression" or _default_names(config):
+        return None
+    return [config.id2label[i] for i in range(config.num_labels)]
+
+
+def same_vocab(a, b) -> bool:
+    return a is b or a.get_vocab() == b.get_vocab()

@@ -1,0 +1,364 @@
+"""Recipes: nested typed dataclasses, loaded strictly from YAML.
+
+Precedence: dataclass defaults < recipe YAML < typed CLI options < ``--set a.b=value``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from distill_cli.errors import DistillError
+
+
+def _opt(default: Any, help: str) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class Term:
+    weight: float = _opt(1.0, "Weight of this loss term in the phase's weighted sum.")
+    temperature: float = _opt(1.0, "Softmax temperature T; KL terms are scaled by T².")
+
+
+@dataclass
+class Phase:
+    name: str = _opt("task", "Name shown in logs and metrics.jsonl.")
+    terms: dict[str, Term] = field(
+        default_factory=lambda: {"ce": Term()},
+        metadata={"help": "Loss terms by registry name (soft_label_kl, ce, logit_mse)."},
+    )
+    epochs: float | None = _opt(None, "Length of this phase in epochs (default: train.epochs).")
+    max_steps: int | None = _opt(
+        None, "Length of this phase in optimizer steps (overrides epochs)."
+    )
+
+
+@dataclass
+class StudentConfig:
+    init: str = _opt("truncate", "How the student is made: checkpoint | truncate | config.")
+    path: str | None = _opt(None, "Student checkpoint folder or Hub name (init: checkpoint).")
+    num_layers: int | None = _opt(None, "Student depth (truncate: keep every k-th teacher layer).")
+    hidden_size: int | None = _opt(None, "Hidden size override (init: config).")
+    num_attention_heads: int | None = _opt(None, "Attention heads override (init: config).")
+    intermediate_size: int | None = _opt(None, "FFN size override (init: config).")
+
+
+@dataclass
+class DataConfig:
+    name: str | None = _opt(
+        None,
+        "Dataset: rotten_tomatoes, a GLUE task (sst2, mnli, ...), a local file or folder, "
+        "or a Hub dataset name.",
+    )
+    text_columns: list[str] | None = _opt(None, "One or two text columns (default: from preset).")
+    label_column: str | None = _opt(None, "Label column (default: from preset or 'label').")
+    labels: list[str] | None = _opt(None, "Label names in id order (default: inferred).")
+    task_type: str | None = _opt(None, "classification | regression (default: inferred).")
+    metric: str | None = _opt(None, "accuracy | f1 | mcc | pearson (default: from preset).")
+    train_split: str = _opt("train", "Split used for training.")
+    eval_split: str = _opt("validation", "Split evaluated at the end of training.")
+    max_length: int = _opt(128, "Truncate inputs to this many tokens.")
+    max_train_samples: int | None = _opt(None, "Use at most this many training rows.")
+    max_eval_samples: int | None = _opt(None, "Use at most this many evaluation rows.")
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = _opt(3.0, "Training epochs for phases that don't set their own length.")
+    max_steps: int | None = _opt(None, "Stop after this many optimizer steps in total.")
+    batch_size: int = _opt(32, "Per-process batch size.")
+    eval_batch_size: int = _opt(64, "Per-process batch size for evaluation.")
+    gradient_accumulation_steps: int = _opt(1, "Batches accumulated per optimizer step.")
+    optimizer: str = _opt("adamw", "Optimizer (adamw).")
+    learning_rate: float = _opt(5e-5, "Peak learning rate.")
+    weight_decay: float = _opt(0.01, "AdamW weight decay (not applied to biases and norms).")
+    lr_scheduler: str = _opt("linear", "transformers scheduler name: linear, cosine, constant, ...")
+    warmup_ratio: float = _opt(0.0, "Warmup as a fraction of all steps.")
+    warmup_steps: int = _opt(0, "Warmup steps (overrides warmup_ratio when > 0).")
+    max_grad_norm: float = _opt(1.0, "Gradient clipping norm (0 disables).")
+    mixed_precision: str = _opt("no", "no | fp16 | bf16 (fp16 falls back to fp32 without CUDA).")
+    seed: int = _opt(42, "Random seed for init, shuffling and dropout.")
+    logging_steps: int = _opt(10, "Log to metrics.jsonl and trackers every N steps.")
+    report_to: list[str] = _opt([], "Accelerate trackers: tensorboard, wandb, ...")
+
+
+@dataclass
+class Recipe:
+    method: str = _opt("custom", "Name of the method this recipe reproduces.")
+    teacher: str | None = _opt(None, "Teacher: local HF folder or Hub name.")
+    student: StudentConfig = field(default_factory=StudentConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    phases: list[Phase] = field(default_factory=lambda: [Phase()])
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# ---------------------------------------------------------------- strict conversion
+
+
+def _type_name(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in args)
+    if origin is list:
+        return f"a list of {_type_name(args[0])}"
+    if origin is dict:
+        return f"a mapping of {_type_name(args[1])}"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return tp.__name__
+
+
+def _convert(value: Any, tp: Any, where: str, source: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+
+    def bad() -> DistillError:
+        return DistillError(
+            f"{source}: key '{where}' expects {_type_name(tp)}, got {value!r}; fix the value"
+        )
+
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        try:
+            return _convert(value, inner[0], where, source)
+        except DistillError:
+            raise bad() from None
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise bad()
+        return from_dict(tp, value, where, source)
+    if origin is list:
+        if not isinstance(value, list):
+            raise bad()
+        return [_convert(v, args[0], f"{where}.{i}", source) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad()
+        return {str(k): _convert(v, args[1], f"{where}.{k}", source) for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 5e-5 as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise bad() from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad()
+        return float(value)
+    if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise bad()
+    if tp is bool and not isinstance(value, bool):
+        raise bad()
+    if tp is str and not isinstance(value, str):
+        raise bad()
+    return value
+
+
+def from_dict(cls: type, raw: dict, prefix: str, source: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        where = f"{prefix}.{key}" if prefix else str(key)
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(known)}"
+            raise DistillError(f"{source}: unknown key '{where}'; {hint}")
+        kwargs[key] = _convert(value, hints[key], where, source)
+    return cls(**kwargs)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise DistillError(
+            f"recipe file not found: {path}; pass a YAML recipe such as recipes/tkd-nlp.yaml"
+        )
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise DistillError(f"{path}: not valid YAML{at}; fix the syntax") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise DistillError(f"{path}: a recipe must be a YAML mapping of keys to values")
+    return raw
+
+
+def _set_path(raw: dict, dotted: str, value: Any, source: str) -> None:
+    parts = dotted.split(".")
+    node: Any = raw
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                where = ".".join(parts[:i])
+                raise DistillError(
+                    f"{source}: '{where}' has no item {part}; use 0..{len(node) - 1}"
+                )
+            part = int(part)
+        elif not isinstance(node, dict):
+            raise DistillError(f"{source}: '{'.'.join(parts[:i])}' is not a mapping")
+        if last:
+            node[part] = value
+        else:
+            if isinstance(node, dict) and node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """Recipe values over defaults: mappings merge, everything else is replaced."""
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merged[key] = _merge(base[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """Parse one ``--set a.b=value``; the value is read as YAML (3 -> int, null -> None)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise DistillError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.epochs=3")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return key.strip(), value
+
+
+def load_recipe(
+    path: str | Path | None,
+    options: dict[str, Any] | None = None,
+    sets: list[str] | tuple[str, ...] = (),
+) -> Recipe:
+    """Merge defaults, the recipe file, typed CLI options (dotted keys) and --set items."""
+    raw = _merge(dataclasses.asdict(Recipe()), _read_yaml(Path(path)) if path else {})
+    source = str(path) if path else "recipe"
+    for key, value in (options or {}).items():
+        if value is not None:
+            _set_path(raw, key, value, f"option for {key}")
+    for item in sets:
+        key, value = parse_set(item)
+        _set_path(raw, key, value, f"--set {item}")
+    return from_dict(Recipe, raw, "", source)
+
+
+def to_yaml(recipe: Recipe) -> str:
+    return yaml.safe_dump(dataclasses.asdict(recipe), sort_keys=False)
+
+
+def help_for(dotted: str) -> str:
+    """The help text of a recipe field: the one place option help comes from."""
+    cls: Any = Recipe
+    *parents, name = dotted.split(".")
+    for part in parents:
+        cls = typing.get_type_hints(cls)[part]
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return f.metadata.get("help", "")
+    raise KeyError(dotted)
+
+
+# ---------------------------------------------------------------- cross-field rules
+
+STUDENT_INITS = ("checkpoint", "truncate", "config")
+PRECISIONS = ("no", "fp16", "bf16")
+TASK_TYPES = ("classification", "regression")
+METRICS = ("accuracy", "f1", "mcc", "pearson")
+SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+)
+
+
+def validate(recipe: Recipe, known_terms: dict[str, bool], needs_data: bool = True) -> None:
+    """Check rules that span fields; collect every problem and raise once.
+
+    ``known_terms`` maps each loss-term name to whether it needs a teacher.
+    """
+    problems: list[str] = []
+    s, t, d = recipe.student, recipe.train, recipe.data
+    needs_teacher = s.init in ("truncate", "config")
+    if not recipe.phases:
+        problems.append("'phases' is empty; give at least one phase with loss terms")
+    for i, phase in enumerate(recipe.phases):
+        if not phase.terms:
+            problems.append(f"phases.{i} has no loss terms; add e.g. 'ce: {{weight: 1.0}}'")
+        for name, term in phase.terms.items():
+            if name not in known_terms:
+                problems.append(
+                    f"phases.{i}.terms: unknown loss term '{name}'; "
+                    f"known terms: {', '.join(sorted(known_terms))}"
+                )
+                continue
+            needs_teacher |= known_terms[name]
+            if term.temperature <= 0:
+                problems.append(f"phases.{i}.terms.{name}.temperature must be > 0")
+            if term.weight < 0:
+                problems.append(f"phases.{i}.terms.{name}.weight must be >= 0")
+        if phase.epochs is not None and phase.epochs <= 0:
+            problems.append(f"phases.{i}.epochs must be > 0")
+        if phase.max_steps is not None and phase.max_steps < 1:
+            problems.append(f"phases.{i}.max_steps must be >= 1")
+    if s.init not in STUDENT_INITS:
+        problems.append(f"student.init '{s.init}' is not one of {', '.join(STUDENT_INITS)}")
+    if s.init == "checkpoint" and not s.path:
+        problems.append("student.init is 'checkpoint' but no path: pass --student PATH")
+    if s.init == "truncate" and (s.num_layers is None or s.num_layers < 1):
+        problems.append("student.init is 'truncate': set student.num_layers to 1 or more")
+    if needs_teacher and not recipe.teacher:
+        problems.append("this recipe needs a teacher: pass --teacher PATH_OR_HUB_NAME")
+    if needs_data and not d.name:
+        problems.append("no data: pass --data NAME_OR_PATH")
+    if d.text_columns is not None and len(d.text_columns) not in (1, 2):
+        problems.append("data.text_columns must name one or two columns")
+    if d.task_type is not None and d.task_type not in TASK_TYPES:
+        problems.append(f"data.task_type must be one of {', '.join(TASK_TYPES)}")
+    if d.metric is not None and d.metric not in METRICS:
+        problems.append(f"data.metric must be one of {', '.join(METRICS)}")
+    if d.max_length < 8:
+        problems.append("data.max_length must be at least 8")
+    if t.epochs <= 0 and t.max_steps is None:
+        problems.append("train.epochs must be > 0 (or set train.max_steps)")
+    if t.max_steps is not None and t.max_steps < 1:
+        problems.append("train.max_steps must be >= 1")
+    for key in ("batch_size", "eval_batch_size", "gradient_accumulation_steps", "logging_steps"):
+        if getattr(t, key) < 1:
+            problems.append(f"train.{key} must be >= 1")
+    if t.learning_rate <= 0:
+        problems.append("train.learning_rate must be > 0")
+    if t.weight_decay < 0 or t.max_grad_norm < 0 or t.warmup_steps < 0:
+        problems.append("train.weight_decay, max_grad_norm and warmup_steps must be >= 0")
+    if not 0 <= t.warmup_ratio < 1:
+        problems.append("train.warmup_ratio must be in [0, 1)")
+    if t.mixed_precision not in PRECISIONS:
+        problems.append(f"train.mixed_precision must be one of {', '.join(PRECISIONS)}")
+    if t.optimizer != "adamw":
+        problems.append(f"train.optimizer '{t.optimizer}' is not supported; use adamw")
+    if t.lr_scheduler not in SCHEDULERS:
+        problems.append(f"train.lr_scheduler must be one of {', '.join(SCHEDULERS)}")
+    if problems:
+        raise DistillError("invalid recipe: " + "; ".join(problems))

@@ -1,0 +1,50 @@
+"""Helpers for driving the real CLI in tests."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from distill_cli.cli import app
+
+ROOT = Path(__file__).parents[1]
+RECIPES = ROOT / "recipes"
+OFFLINE_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def invoke(*args):
+    """Run a subcommand in-process through Typer, as the console script does."""
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def run_module(*args, timeout=300):
+    """Run ``python -m distill_cli ...`` in a subprocess."""
+    cmd = [sys.executable, "-m", "distill_cli", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=OFFLINE_ENV, timeout=timeout)
+
+
+def tkd_args(teacher, data, out, *extra):
+    return [
+        "finetune-distill",
+        "--recipe",
+        RECIPES / "tkd-nlp.yaml",
+        "--teacher",
+        teacher,
+        "--data",
+        data,
+        "--output-dir",
+        out,
+        "--max-steps",
+        2,
+        "--set",
+        "student.num_layers=2",
+        "--set",
+        "train.batch_size=8",
+        "--set",
+        "train.learning_rate=1e-3",
+        "--set",
+        "train.logging_steps=1",
+        *extra,
+    ]

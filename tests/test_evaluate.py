@@ -1,0 +1,79 @@
+import json
+
+import pytest
+from helpers import invoke, tkd_args
+
+
+@pytest.fixture(scope="module")
+def trained_student(tiny_teacher, tiny_data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("evaluate") / "student"
+    result = invoke(*tkd_args(tiny_teacher, tiny_data_dir, out))
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_evaluate_with_teacher(trained_student, tiny_teacher, tiny_data_dir, tmp_path):
+    result = invoke(
+        "evaluate",
+        trained_student,
+        "--data",
+        tiny_data_dir,
+        "--split",
+        "test",
+        "--teacher",
+        tiny_teacher,
+        "--output-dir",
+        tmp_path,
+    )
+    assert result.exit_code == 0, result.output
+    assert "retention" in result.stdout and "speedup" in result.stdout
+    report = json.loads((tmp_path / "evaluation.json").read_text())
+    assert report["split"] == "test" and report["num_examples"] == 16
+    student, teacher = report["models"]["student"], report["models"]["teacher"]
+    for m in (student, teacher):
+        assert set(m) >= {"metrics", "parameters", "size_mb", "latency_ms_b1", "throughput_b32"}
+        assert 0 <= m["metrics"]["accuracy"] <= 1 and m["latency_ms_b1"] > 0
+    assert student["parameters"] < teacher["parameters"]
+    key = report["primary_metric"]
+    s, t = student["metrics"][key], teacher["metrics"][key]
+    assert report["retention"] == pytest.approx(s / t)
+    assert report["speedup_b1"] == pytest.approx(
+        teacher["latency_ms_b1"] / student["latency_ms_b1"]
+    )
+    assert report["size_ratio"] == pytest.approx(student["size_mb"] / teacher["size_mb"])
+    assert (tmp_path / "evaluation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_reads_data_settings_from_the_run_and_prints_json(trained_student, tmp_path):
+    # No --data: the data section of the run's resolved_recipe.yaml is used.
+    result = invoke("evaluate", trained_student, "--output-dir", tmp_path, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["split"] == "test" and "teacher" not in report["models"]
+    assert json.loads((tmp_path / "evaluation.json").read_text())["models"] == report["models"]
+
+
+def test_evaluate_metric_matches_a_manual_count(tiny_teacher, tiny_data_dir, tmp_path):
+    import pandas as pd
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    result = invoke(
+        "evaluate",
+        tiny_teacher,
+        "--data",
+        tiny_data_dir / "test.csv",
+        "--output-dir",
+        tmp_path,
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    got = json.loads(result.stdout)["models"]["student"]["metrics"]["accuracy"]
+
+    df = pd.read_csv(tiny_data_dir / "test.csv")
+    tok = AutoTokenizer.from_pretrained(tiny_teacher)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_teacher).eval()
+    with torch.no_grad():
+        logits = model(**tok(list(df.text), padding=True, return_tensors="pt")).logits
+    names = [model.config.id2label[int(i)] for i in logits.argmax(-1)]
+    assert got == pytest.approx(sum(a == b for a, b in zip(names, df.label)) / len(df))

@@ -1,0 +1,166 @@
+import json
+import subprocess
+import sys
+
+import torch
+import yaml
+from conftest import make_tokenizer
+from helpers import OFFLINE_ENV, RECIPES, invoke, tkd_args
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification, BertConfig, BertModel
+
+from distill_cli.models import truncate
+
+
+def changed_parameters(before: dict, out_dir) -> tuple[list, list]:
+    after = load_file(out_dir / "model.safetensors")
+    changed = [k for k in before if k in after and not torch.equal(before[k], after[k])]
+    same = [k for k in before if k in after and torch.equal(before[k], after[k])]
+    return changed, same
+
+
+def trainable(model) -> dict:
+    return {k: p.detach().clone() for k, p in model.named_parameters() if p.requires_grad}
+
+
+def test_tkd_end_to_end(tiny_teacher, tiny_data_dir, tmp_path):
+    out = tmp_path / "student"
+    result = invoke(*tkd_args(tiny_teacher, tiny_data_dir, out))
+    assert result.exit_code == 0, result.output
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "resolved_recipe.yaml",
+        "metrics.jsonl",
+        "train_results.json",
+    ):
+        assert (out / name).is_file(), name
+    assert not list(out.glob(".saving-*"))
+
+    # fp16 on a CPU machine: one warning line, then fp32
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: fp16 needs CUDA; training in fp32 on this machine"]
+
+    # every trainable parameter moved away from its truncated-teacher initialisation
+    teacher = AutoModelForSequenceClassification.from_pretrained(tiny_teacher)
+    changed, same = changed_parameters(trainable(truncate(teacher, 2)), out)
+    assert same == [] and changed
+
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2]
+    assert {"loss/soft_label_kl", "loss/ce", "lr", "tokens_per_s"} <= set(steps[0])
+    assert "eval/accuracy" in records[-1]
+
+    resolved = yaml.safe_load((out / "resolved_recipe.yaml").read_text())
+    assert resolved["train"]["max_steps"] == 2 and resolved["student"]["num_layers"] == 2
+    assert resolved["teacher"] == str(tiny_teacher)
+    summary = json.loads((out / "train_results.json").read_text())
+    assert summary["steps"] == 2 and 0 <= summary["eval"]["accuracy"] <= 1
+
+
+def test_output_loads_without_distill_cli(tiny_teacher, tiny_data_dir, tmp_path):
+    out = tmp_path / "student"
+    assert invoke(*tkd_args(tiny_teacher, tiny_data_dir, out)).exit_code == 0
+    code = (
+        "import sys\n"
+        "from transformers import AutoModelForSequenceClassification, pipeline\n"
+        f"m = AutoModelForSequenceClassification.from_pretrained({str(out)!r})\n"
+        f"p = pipeline('text-classification', model={str(out)!r})\n"
+        "r = p('the movie was good')[0]\n"
+        "assert r['label'] in ('neg', 'pos'), r\n"
+        "assert not any(k.startswith('distill_cli') for k in sys.modules)\n"
+        "print('ok', r['label'])\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=OFFLINE_ENV,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ok")
+
+
+def test_finetune_recipe_turns_an_encoder_into_a_classifier(tiny_data_dir, tmp_path):
+    base = tmp_path / "base"
+    tok = make_tokenizer(base)
+    config = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(base)
+    out = tmp_path / "teacher"
+    result = invoke(
+        "finetune-distill",
+        "--recipe",
+        RECIPES / "finetune.yaml",
+        "--student",
+        base,
+        "--data",
+        tiny_data_dir,
+        "--output-dir",
+        out,
+        "--max-steps",
+        2,
+        "--set",
+        "train.batch_size=8",
+        "--set",
+        "train.learning_rate=1e-3",
+    )
+    assert result.exit_code == 0, result.output
+    assert "newly initialised weights" in result.stderr
+    model = AutoModelForSequenceClassification.from_pretrained(out)
+    assert model.config.id2label == {0: "neg", 1: "pos"}
+    encoder_before = {
+        f"bert.{k}": v for k, v in BertModel.from_pretrained(base).state_dict().items()
+    }
+    after = load_file(out / "model.safetensors")
+    params = [k for k, _ in model.named_parameters() if k in encoder_before]
+    assert params and all(not torch.equal(encoder_before[k], after[k]) for k in params)
+
+
+def test_student_from_config_with_other_width(tiny_teacher, tiny_data_dir, tmp_path):
+    out = tmp_path / "narrow"
+    result = invoke(
+        *tkd_args(
+            tiny_teacher,
+            tiny_data_dir,
+            out,
+            "--set",
+            "student.init=config",
+            "--set",
+            "student.hidden_size=32",
+            "--set",
+            "student.num_attention_heads=4",
+            "--set",
+            "student.intermediate_size=64",
+        )
+    )
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert (config["hidden_size"], config["num_hidden_layers"]) == (32, 2)
+
+
+def test_tensorboard_tracker_from_recipe(tiny_teacher, tiny_data_dir, tmp_path):
+    out = tmp_path / "tb"
+    result = invoke(
+        *tkd_args(tiny_teacher, tiny_data_dir, out, "--set", "train.report_to=[tensorboard]")
+    )
+    assert result.exit_code == 0, result.output
+    assert list(out.rglob("events.out.tfevents.*"))
+
+
+def test_overwrite_replaces_a_finished_model(tiny_teacher, tiny_data_dir, tmp_path):
+    out = tmp_path / "student"
+    assert invoke(*tkd_args(tiny_teacher, tiny_data_dir, out)).exit_code == 0
+    refused = invoke(*tkd_args(tiny_teacher, tiny_data_dir, out))
+    assert refused.exit_code == 2 and "--overwrite" in refused.stderr
+    assert invoke(*tkd_args(tiny_teacher, tiny_data_dir, out, "--overwrite")).exit_code == 0

@@ -1,0 +1,111 @@
+from pathlib import Path
+
+import pytest
+
+from distill_cli.errors import DistillError
+from distill_cli.losses import TERMS_NEED_TEACHER
+from distill_cli.recipe import Recipe, help_for, load_recipe, to_yaml, validate
+
+RECIPES = sorted(Path(__file__).parents[1].glob("recipes/*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_shipped_recipes_load_and_validate(path):
+    text = path.read_text()
+    assert text.startswith("#"), "a recipe opens with a comment naming its source and command"
+    assert "distill " in text.split("\n\n")[0] or "distill " in text[:1500]
+    recipe = load_recipe(
+        path, {"teacher": "some/teacher", "data.name": "sst2", "student.path": "x"}
+    )
+    validate(recipe, TERMS_NEED_TEACHER)
+
+
+def test_tkd_nlp_numbers():
+    r = load_recipe(Path(__file__).parents[1] / "recipes/tkd-nlp.yaml")
+    (phase,) = r.phases
+    assert phase.terms["soft_label_kl"].weight == 0.5 and phase.terms["ce"].weight == 0.5
+    assert phase.terms["soft_label_kl"].temperature == 1.0
+    assert (r.train.batch_size, r.train.epochs, r.train.optimizer) == (64, 10, "adamw")
+    assert r.train.mixed_precision == "fp16"
+    assert r.teacher == "bert-base-uncased"
+
+
+def write(tmp_path, text):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_precedence_defaults_recipe_options_set(tmp_path):
+    path = write(tmp_path, "train:\n  epochs: 4\n  batch_size: 8\n  seed: 1\n")
+    r = load_recipe(path, {"train.seed": 7, "train.max_steps": None}, ["train.batch_size=16"])
+    assert r.train.epochs == 4  # recipe over default
+    assert r.train.seed == 7  # typed option over recipe
+    assert r.train.batch_size == 16  # --set over everything
+    assert r.train.learning_rate == Recipe().train.learning_rate  # default kept
+    r = load_recipe(path, {"train.seed": 7}, ["train.seed=9"])
+    assert r.train.seed == 9
+
+
+def test_yaml_scientific_notation_is_a_float(tmp_path):
+    r = load_recipe(write(tmp_path, "train:\n  learning_rate: 5e-5\n"))
+    assert r.train.learning_rate == pytest.approx(5e-5)
+
+
+def test_unknown_key_names_key_file_and_suggestion(tmp_path):
+    path = write(tmp_path, "train:\n  epoch: 3\n")
+    with pytest.raises(DistillError) as e:
+        load_recipe(path)
+    msg = str(e.value)
+    assert "train.epoch" in msg and str(path) in msg and "did you mean 'epochs'" in msg
+
+
+def test_wrong_type_names_expected_type(tmp_path):
+    path = write(tmp_path, "train:\n  batch_size: lots\n")
+    with pytest.raises(DistillError, match=r"train.batch_size' expects int, got 'lots'"):
+        load_recipe(path)
+
+
+def test_set_reaches_into_lists_and_checks_keys(tmp_path):
+    path = write(tmp_path, "phases:\n  - name: a\n    terms: {ce: {weight: 1.0}}\n")
+    r = load_recipe(path, sets=["phases.0.max_steps=5"])
+    assert r.phases[0].max_steps == 5
+    with pytest.raises(DistillError, match="has no item 3"):
+        load_recipe(path, sets=["phases.3.max_steps=5"])
+    with pytest.raises(DistillError, match="expected KEY=VALUE"):
+        load_recipe(path, sets=["train.epochs"])
+
+
+def test_validate_collects_every_problem():
+    r = load_recipe(
+        None,
+        sets=[
+            "phases.0.terms={bogus: {weight: 1.0}, ce: {weight: -1, temperature: 0}}",
+            "train.mixed_precision=fp8",
+        ],
+    )
+    with pytest.raises(DistillError) as e:
+        validate(r, TERMS_NEED_TEACHER)
+    msg = str(e.value)
+    assert "\n" not in msg
+    for part in (
+        "unknown loss term 'bogus'",
+        "temperature must be > 0",
+        "weight must be >= 0",
+        "mixed_precision",
+        "num_layers",
+        "needs a teacher",
+        "no data",
+    ):
+        assert part in msg
+
+
+def test_resolved_yaml_round_trips(tmp_path):
+    r = load_recipe(Path(__file__).parents[1] / "recipes/tkd-nlp.yaml", sets=["train.epochs=2"])
+    again = load_recipe(write(tmp_path, to_yaml(r)))
+    assert again == r
+
+
+def test_help_comes_from_field_metadata():
+    assert "optimizer steps" in help_for("train.max_steps")
+    assert help_for("data.name").startswith("Dataset")
