@@ -11,6 +11,11 @@ import sys
 import click
 import typer
 
+try:  # recent typer vendors its own click; its exceptions are not click's
+    from typer._click import exceptions as _typer_click
+except ImportError:  # pragma: no cover - older typer uses click itself
+    _typer_click = click.exceptions
+
 from distill_cli.commands import (
     compress_vocab,
     evaluate,
@@ -69,14 +74,14 @@ def main(argv: list[str] | None = None) -> None:
     command = typer.main.get_command(app)
     try:
         code = command.main(args=argv, prog_name="distill", standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError as e:
+    except (click.exceptions.NoArgsIsHelpError, _typer_click.NoArgsIsHelpError) as e:
         print(e.format_message())
         code = 0
-    except click.UsageError as e:
+    except (click.UsageError, _typer_click.UsageError) as e:
         where = e.ctx.command_path if e.ctx else "distill"
         print(f"error: {e.format_message()} (see '{where} --help')", file=sys.stderr)
         code = 2
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort, KeyboardInterrupt):
         print("interrupted", file=sys.stderr)
         code = 130
     sys.exit(code if isinstance(code, int) else 0)

@@ -212,7 +212,7 @@ def _hub_source(name: str, dd: datasets.DatasetDict, **preset) -> _Source:
     return _Source(name, readers, class_labels=class_labels, **preset)
 
 
-def _looks_like_path(name: str) -> bool:
+def looks_like_path(name: str) -> bool:
     # Hub names are "owner/name": one slash, no suffix.
     return (
         name.startswith((".", "/", "~"))
@@ -247,7 +247,7 @@ def _open(name: str) -> _Source:
         if path.suffix.lower() not in SUFFIXES:
             raise DistillError(f"unsupported data file {path}; use one of {', '.join(SUFFIXES)}")
         return _Source(str(path), {path.stem: _reader(path)}, single=True)
-    if _looks_like_path(name):
+    if looks_like_path(name):
         raise DistillError(
             f"data file not found: {path}; pass an existing file or folder, rotten_tomatoes, "
             "a GLUE task or a Hub dataset name"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import time
@@ -36,6 +37,24 @@ def data_config(model_dir: Path, data: str | None, sets: list[str]) -> DataConfi
     return from_dict(DataConfig, raw, "data", "evaluate options")
 
 
+def machine() -> dict:
+    """What the latency figures were measured on."""
+    name = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    return {
+        "device": "cpu",
+        "processor": name,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+
+
 def size_on_disk_mb(model_dir: Path) -> float:
     files = [p for p in model_dir.iterdir() if p.suffix in WEIGHT_SUFFIXES]
     return sum(p.stat().st_size for p in files) / 2**20
@@ -60,7 +79,9 @@ def _texts(task: TaskData, split: str, n: int) -> list[list[str]]:
     return [rows[c] for c in task.text_columns]
 
 
-def latency(model, tokenizer, texts, max_length: int, warmup: int = 5, runs: int = 30) -> dict:
+def latency(
+    model, tokenizer, texts, max_length: int, warmup: int = 5, runs: int = 30, batch_runs: int = 5
+) -> dict:
     """Median forward time at batch 1 (ms) and samples/s at batch 32, after warm-up."""
 
     def encode(lo, hi):
@@ -80,14 +101,15 @@ def latency(model, tokenizer, texts, max_length: int, warmup: int = 5, runs: int
             t0 = time.perf_counter()
             model(**x)
             times.append(time.perf_counter() - t0)
-        model(**big)
-        t0 = time.perf_counter()
-        for _ in range(3):
+        big_times = []
+        for i in range(2 + batch_runs):
+            t0 = time.perf_counter()
             model(**big)
-        batch_time = (time.perf_counter() - t0) / 3
+            if i >= 2:  # two warm-up batches
+                big_times.append(time.perf_counter() - t0)
     return {
         "latency_ms_b1": 1000 * statistics.median(times),
-        "throughput_b32": len(big["input_ids"]) / batch_time,
+        "throughput_b32": len(big["input_ids"]) / statistics.median(big_times),
     }
 
 
@@ -126,11 +148,7 @@ def run(
         "split": split,
         "num_examples": len(task.splits[split]),
         "primary_metric": PRIMARY[task.metric],
-        "machine": {
-            "device": "cpu",
-            "torch_threads": torch.get_num_threads(),
-            "processor": platform.processor() or platform.machine(),
-        },
+        "machine": machine(),
         "models": {"student": student},
     }
     if teacher:
@@ -174,6 +192,7 @@ def plot(result: dict, path: Path) -> None:
     for ax, (title, values) in zip(axes, panels, strict=True):
         bars = ax.bar(names, values, color=["#4c72b0", "#dd8452"][: len(names)])
         ax.bar_label(bars, fmt="%.3g")
+        ax.set_ylim(0, max(values) * 1.15 or 1)
         ax.set_title(title)
     fig.suptitle(f"{result['data']} ({result['split']}, {result['num_examples']} examples)")
     fig.tight_layout()

@@ -10,6 +10,7 @@ import torch
 from huggingface_hub import constants as hub_constants
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+from distill_cli.data import looks_like_path
 from distill_cli.errors import DistillError
 from distill_cli.recipe import StudentConfig
 
@@ -17,7 +18,19 @@ from distill_cli.recipe import StudentConfig
 LAYER_KEY = re.compile(r"(^|\.)(layer|layers|h|block)\.(\d+)\.")
 
 
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+)
+
+
 def _load_error(role: str, name: str, err: Exception) -> DistillError:
+    if looks_like_path(name) and not Path(name).expanduser().exists():
+        return DistillError(f"{role} folder not found: {name}; pass an existing model folder")
     if Path(name).expanduser().exists():
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return DistillError(f"{role} '{name}' could not be loaded: {first}")
@@ -43,6 +56,13 @@ def check_model_source(name: str, role: str) -> None:
 
 
 def load_tokenizer(name: str, role: str, trust_remote_code: bool = False):
+    folder = Path(name).expanduser()
+    # transformers 5 builds an all-[UNK] tokenizer from config.json alone: refuse that.
+    if folder.is_dir() and not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise DistillError(
+            f"{role} '{name}' has no tokenizer files; save one beside the model "
+            "with tokenizer.save_pretrained"
+        )
     try:
         return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     except Exception as e:  # transformers raises OSError, ValueError, ... for missing files

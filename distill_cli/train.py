@@ -177,7 +177,9 @@ def run(
         )
         eval_loader = DataLoader(eval_ds, batch_size=cfg.eval_batch_size, collate_fn=collate)
 
-    optimizer = torch.optim.AdamW(optimizer_groups(student, cfg.weight_decay), lr=cfg.learning_rate)
+    # fused AdamW: one kernel over all parameters, on CPU and CUDA alike
+    groups = optimizer_groups(student, cfg.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=True)
     student, optimizer, train_loader = accelerator.prepare(student, optimizer, train_loader)
     if eval_loader is not None:
         eval_loader = accelerator.prepare(eval_loader)

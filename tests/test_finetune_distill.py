@@ -164,3 +164,31 @@ def test_overwrite_replaces_a_finished_model(tiny_teacher, tiny_data_dir, tmp_pa
     refused = invoke(*tkd_args(tiny_teacher, tiny_data_dir, out))
     assert refused.exit_code == 2 and "--overwrite" in refused.stderr
     assert invoke(*tkd_args(tiny_teacher, tiny_data_dir, out, "--overwrite")).exit_code == 0
+
+
+def test_student_with_its_own_tokenizer(tiny_teacher, tiny_data_dir, tmp_path):
+    """Task KD needs only matching label sets: the teacher reads its own tokenization."""
+    from conftest import LABELS, sentences, tiny_bert_config
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import BertForSequenceClassification, PreTrainedTokenizerFast
+
+    words = sorted({w for text, _ in sentences(200) for w in text.split()})
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", *reversed(words)])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    student_dir = tmp_path / "word-student"
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]"
+    ).save_pretrained(student_dir)
+    torch.manual_seed(3)
+    BertForSequenceClassification(
+        tiny_bert_config(len(vocab), layers=1, hidden=32, labels=LABELS)
+    ).save_pretrained(student_dir)
+
+    out = tmp_path / "out"
+    result = invoke(*tkd_args(tiny_teacher, tiny_data_dir, out, "--student", student_dir))
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "tokenizer.json").read_text())
+    assert saved["model"]["type"] == "WordLevel"  # the student keeps its own tokenizer
+    losses = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert losses[0]["loss/soft_label_kl"] > 0

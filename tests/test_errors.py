@@ -1,0 +1,236 @@
+"""Bad input through the real entry point: exit code 2, one ``error:`` line, inputs untouched.
+
+Each case runs ``python -m distill_cli`` in a subprocess, so the console entry point, its
+stderr and its exit code are what is tested. Runs are kept cheap (1 step, tiny fixtures).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from distill_cli.outputs import holds_model
+
+REPO = Path(__file__).parents[1]
+RECIPES = REPO / "recipes"
+TKD = RECIPES / "tkd-nlp.yaml"
+CHEAP = ["--max-steps", "1", "--set", "student.num_layers=2", "--set", "train.batch_size=8"]
+
+
+def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-m", "distill_cli", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def snapshot(paths: list[Path]) -> dict[str, str]:
+    """sha256 of every file under the given files and folders (names included)."""
+    digests = {}
+    for root in paths:
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for f in files:
+            digests[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return digests
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [
+        line for line in stderr.splitlines() if line.strip() and not line.startswith("warning:")
+    ]
+
+
+@dataclass
+class W:
+    """The fixtures a case can use."""
+
+    teacher: Path
+    data: Path
+    tmp: Path
+
+    @property
+    def out(self) -> Path:
+        return self.tmp / "out"
+
+
+def finetune(w: W, *extra, teacher=None, data=None, recipe=TKD) -> list:
+    return [
+        "finetune-distill",
+        "--recipe",
+        recipe,
+        "--teacher",
+        teacher or w.teacher,
+        "--data",
+        data or w.data,
+        "--output-dir",
+        w.out,
+        *CHEAP,
+        *extra,
+    ]
+
+
+@dataclass
+class Case:
+    id: str
+    args: Callable[[W], list]
+    expect: tuple[str, ...]  # substrings of the error line
+    inputs: Callable[[W], list[Path]] = lambda w: [w.teacher, w.data, TKD]
+    setup: Callable[[W], None] = lambda w: None
+    marks: list = field(default_factory=list)
+
+
+def _empty_teacher(w: W) -> None:
+    (w.tmp / "empty-teacher").mkdir()
+
+
+def _typo_recipe(w: W) -> None:
+    (w.tmp / "typo.yaml").write_text("train: {epoch: 3}\n")
+
+
+def _held_output(w: W) -> None:
+    shutil.copytree(w.teacher, w.out)
+
+
+CASES = [
+    Case(
+        "missing-teacher-folder",
+        lambda w: finetune(w, teacher=w.tmp / "no-such-teacher"),
+        ("no-such-teacher", "folder not found"),
+    ),
+    Case(
+        "unknown-hub-teacher-offline",
+        lambda w: finetune(w, teacher="nobody/does-not-exist"),
+        ("nobody/does-not-exist", "not cached locally"),
+    ),
+    Case(
+        "teacher-not-hf-model",
+        lambda w: finetune(w, teacher=w.tmp / "empty-teacher"),
+        ("empty-teacher", "not a Hugging Face model folder"),
+        inputs=lambda w: [w.tmp / "empty-teacher", w.data, TKD],
+        setup=_empty_teacher,
+    ),
+    Case(
+        "missing-data-file",
+        lambda w: finetune(w, data=w.tmp / "no-such-data.csv"),
+        ("data file not found", "no-such-data.csv"),
+    ),
+    Case(
+        "missing-column",
+        lambda w: finetune(w, "--set", "data.text_columns=[review]"),
+        ("column 'review' not found",),
+    ),
+    Case(
+        "label-outside-label-set",
+        lambda w: finetune(w, "--set", "data.labels=[neg,meh]"),
+        ("label 'pos'", "not in the label set"),
+    ),
+    Case(
+        "recipe-key-typo",
+        lambda w: finetune(w, recipe=w.tmp / "typo.yaml"),
+        ("unknown key 'train.epoch'", "did you mean 'epochs'"),
+        inputs=lambda w: [w.teacher, w.data, w.tmp / "typo.yaml"],
+        setup=_typo_recipe,
+    ),
+    Case(
+        "recipe-wrong-type",
+        lambda w: finetune(w, "--set", "train.batch_size=lots"),
+        ("train.batch_size", "expects int", "'lots'"),
+    ),
+    Case(
+        "unknown-loss-term",
+        lambda w: finetune(w, "--set", "phases.0.terms={bogus: {weight: 1.0}}"),
+        ("unknown loss term 'bogus'",),
+    ),
+    Case(
+        "missing-recipe-file",
+        lambda w: finetune(w, recipe=w.tmp / "no-such-recipe.yaml"),
+        ("recipe file not found", "no-such-recipe.yaml"),
+        inputs=lambda w: [w.teacher, w.data],
+    ),
+    Case(
+        "output-holds-model",
+        lambda w: finetune(w),
+        ("already holds a model", "--overwrite"),
+        inputs=lambda w: [w.teacher, w.data, TKD, w.out],
+        setup=_held_output,
+    ),
+    Case(
+        "evaluate-missing-model",
+        lambda w: ["evaluate", w.tmp / "no-such-model", "--data", w.data],
+        ("model folder not found", "no-such-model"),
+        inputs=lambda w: [w.data],
+    ),
+    Case(
+        "evaluate-missing-split",
+        lambda w: ["evaluate", w.teacher, "--data", w.data, "--split", "nosuch"],
+        ("split 'nosuch' not found",),
+        inputs=lambda w: [w.teacher, w.data],
+    ),
+    Case(
+        "bad-flag",
+        lambda w: ["finetune-distill", "--output-dir", w.out, "--no-such-flag"],
+        ("--no-such-flag",),
+        inputs=lambda w: [w.teacher, w.data, TKD],
+    ),
+    *[
+        Case(
+            f"{name}-not-available",
+            lambda w, name=name: [name],
+            (name, "not available yet"),
+            inputs=lambda w: [],
+        )
+        for name in ("pretrain-distill", "compress-vocab", "export")
+    ],
+]
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in CASES])
+def test_bad_input(case: Case, tiny_teacher, tiny_data_dir, tmp_path):
+    w = W(teacher=tiny_teacher, data=tiny_data_dir, tmp=tmp_path)
+    case.setup(w)
+    inputs = case.inputs(w)
+    before = snapshot(inputs)
+    assert before or not inputs, "no input files were hashed"
+
+    result = run_cli(case.args(w), cwd=tmp_path)
+
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output, output
+    assert result.returncode == 2, output
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1, result.stderr
+    line = lines[0]
+    assert line.startswith("error: "), line
+    for part in case.expect:
+        assert part in line, line
+    assert result.stdout.strip() == "", result.stdout
+    assert snapshot(inputs) == before, "input files changed"
+
+
+def test_failed_run_leaves_no_model(tiny_teacher, tiny_data_dir, tmp_path):
+    w = W(teacher=tiny_teacher, data=tiny_data_dir, tmp=tmp_path)
+    assert not w.out.exists()
+    result = run_cli(finetune(w, "--set", "data.text_columns=[review]"), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "column 'review' not found" in result.stderr
+    assert not (w.out / "model.safetensors").exists()
+    assert not (w.out / "config.json").exists()
+    if w.out.exists():
+        assert not list(w.out.rglob("*.safetensors"))
+    # A retry into the same folder is not refused as "already holds a model".
+    assert not (w.out.exists() and holds_model(w.out))
