@@ -28,6 +28,9 @@ def _opt(default: Any, help: str) -> Any:
 class Term:
     weight: float = _opt(1.0, "Weight of this loss term in the phase's weighted sum.")
     temperature: float = _opt(1.0, "Softmax temperature T; KL terms are scaled by T².")
+    layer_map: list[int] | None = _opt(
+        None, "hidden_mse/attention_kl: teacher layer for each student layer (default: uniform)."
+    )
 
 
 @dataclass
@@ -38,6 +41,9 @@ class Phase:
         metadata={"help": "Loss terms by registry name (soft_label_kl, ce, logit_mse)."},
     )
     epochs: float | None = _opt(None, "Length of this phase in epochs (default: train.epochs).")
+    mlm_probability: float = _opt(
+        0.0, "Share of tokens masked BERT-style (80/10/10) in this phase; encoders only."
+    )
     max_steps: int | None = _opt(
         None, "Length of this phase in optimizer steps (overrides epochs)."
     )
@@ -68,6 +74,9 @@ class DataConfig:
     train_split: str = _opt("train", "Split used for training.")
     eval_split: str = _opt("validation", "Split evaluated at the end of training.")
     max_length: int = _opt(128, "Truncate inputs to this many tokens.")
+    packing: str = _opt(
+        "pack", "Raw text: pack (concatenate into full blocks) | bucket (group similar lengths) | none."
+    )
     max_train_samples: int | None = _opt(None, "Use at most this many training rows.")
     max_eval_samples: int | None = _opt(None, "Use at most this many evaluation rows.")
 
@@ -96,6 +105,11 @@ class TrainConfig:
 class Recipe:
     method: str = _opt("custom", "Name of the method this recipe reproduces.")
     teacher: str | None = _opt(None, "Teacher: local HF folder or Hub name.")
+    word_logits: str = _opt(
+        "auto",
+        "Word-prediction logits from: embeddings (H·Wᵀ, W the input embeddings) | lm_head | "
+        "auto (embeddings for encoders, lm_head for causal LMs).",
+    )
     student: StudentConfig = field(default_factory=StudentConfig)
     data: DataConfig = field(default_factory=DataConfig)
     phases: list[Phase] = field(default_factory=lambda: [Phase()])
@@ -281,6 +295,8 @@ def help_for(dotted: str) -> str:
 
 STUDENT_INITS = ("checkpoint", "truncate", "config")
 PRECISIONS = ("no", "fp16", "bf16")
+PACKINGS = ("pack", "bucket", "none")
+WORD_LOGITS = ("auto", "embeddings", "lm_head")
 TASK_TYPES = ("classification", "regression")
 METRICS = ("accuracy", "f1", "mcc", "pearson")
 SCHEDULERS = (
@@ -319,6 +335,8 @@ def validate(recipe: Recipe, known_terms: dict[str, bool], needs_data: bool = Tr
                 problems.append(f"phases.{i}.terms.{name}.temperature must be > 0")
             if term.weight < 0:
                 problems.append(f"phases.{i}.terms.{name}.weight must be >= 0")
+        if not 0 <= phase.mlm_probability < 1:
+            problems.append(f"phases.{i}.mlm_probability must be in [0, 1)")
         if phase.epochs is not None and phase.epochs <= 0:
             problems.append(f"phases.{i}.epochs must be > 0")
         if phase.max_steps is not None and phase.max_steps < 1:
@@ -339,6 +357,10 @@ def validate(recipe: Recipe, known_terms: dict[str, bool], needs_data: bool = Tr
         problems.append(f"data.task_type must be one of {', '.join(TASK_TYPES)}")
     if d.metric is not None and d.metric not in METRICS:
         problems.append(f"data.metric must be one of {', '.join(METRICS)}")
+    if d.packing not in PACKINGS:
+        problems.append(f"data.packing must be one of {', '.join(PACKINGS)}")
+    if recipe.word_logits not in WORD_LOGITS:
+        problems.append(f"word_logits must be one of {', '.join(WORD_LOGITS)}")
     if d.max_length < 8:
         problems.append("data.max_length must be at least 8")
     if t.epochs <= 0 and t.max_steps is None:
