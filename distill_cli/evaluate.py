@@ -9,15 +9,15 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 from torch.utils.data import DataLoader
 
 from distill_cli import batching
 from distill_cli.data import TaskData, load_task_data
+from distill_cli.errors import DistillError
 from distill_cli.metrics import PRIMARY, compute_metrics, predictions_from_logits
 from distill_cli.models import label_names, load_classifier
 from distill_cli.outputs import write_json_atomic
-from distill_cli.recipe import DataConfig, from_dict, parse_set
+from distill_cli.recipe import DataConfig, from_dict, parse_set, safe_load
 from distill_cli.reporting import log
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx")
@@ -28,7 +28,7 @@ def data_config(model_dir: Path, data: str | None, sets: list[str]) -> DataConfi
     raw = {}
     resolved = model_dir / "resolved_recipe.yaml"
     if resolved.is_file():
-        raw = (yaml.safe_load(resolved.read_text()) or {}).get("data") or {}
+        raw = (safe_load(resolved.read_text()) or {}).get("data") or {}
     if data:
         raw["name"] = data
     for item in sets:
@@ -132,39 +132,62 @@ def evaluate_model(
     return report, task
 
 
+def _compare(student: dict, teacher: dict, key: str) -> dict:
+    """Retention, speedup and size of a student relative to its teacher."""
+    t_metric = teacher["metrics"][key]
+    return {
+        "retention": student["metrics"][key] / t_metric if t_metric else None,
+        "speedup_b1": teacher["latency_ms_b1"] / student["latency_ms_b1"],
+        "throughput_ratio_b32": student["throughput_b32"] / teacher["throughput_b32"],
+        "size_ratio": student["size_mb"] / teacher["size_mb"] if teacher["size_mb"] else None,
+        "parameter_ratio": student["parameters"] / teacher["parameters"],
+    }
+
+
+def model_names(paths: list[str]) -> list[str]:
+    """Short, unique names for the table: folder names, made unique with their parents."""
+    names = [Path(p).name or str(p) for p in paths]
+    if len(set(names)) < len(names):
+        names = [str(p) for p in paths]
+    return names
+
+
 def run(
-    model_dir: str,
+    model_dirs: list[str],
     data: str | None,
     split: str = "test",
     teacher: str | None = None,
     output_dir: str | None = None,
     sets: list[str] = (),
 ) -> dict:
-    """Evaluate the model (and teacher); write evaluation.json and evaluation.png."""
-    cfg = data_config(Path(model_dir), data, list(sets))
-    student, task = evaluate_model(model_dir, "model", cfg, split)
+    """Evaluate one or more models (and the teacher); write evaluation.json and evaluation.png.
+
+    Each model is compared with the teacher on the same rows: retention, speedup, size.
+    """
+    first = model_dirs[0]
+    cfg = data_config(Path(first), data, list(sets))
+    names = model_names(model_dirs)
+    if teacher and "teacher" in names:
+        raise DistillError("a model folder is named 'teacher' like --teacher; rename the folder")
+    reports, task = {}, None
+    for name, path in zip(names, model_dirs, strict=True):
+        reports[name], task = evaluate_model(path, name, cfg, split, task=task)
     result = {
         "data": cfg.name,
         "split": split,
         "num_examples": len(task.splits[split]),
         "primary_metric": PRIMARY[task.metric],
         "machine": machine(),
-        "models": {"student": student},
+        "students": names,
+        "models": reports,
     }
     if teacher:
-        # The teacher reads the same rows; labels map through the student's label names.
+        # The teacher reads the same rows; labels map through the first model's label names.
         t_report, _ = evaluate_model(teacher, "teacher", cfg, split, task=task)
-        result["models"]["teacher"] = t_report
-        key = result["primary_metric"]
-        t_metric, s_metric = t_report["metrics"][key], student["metrics"][key]
-        result["retention"] = s_metric / t_metric if t_metric else None
-        result["speedup_b1"] = t_report["latency_ms_b1"] / student["latency_ms_b1"]
-        result["throughput_ratio_b32"] = student["throughput_b32"] / t_report["throughput_b32"]
-        result["size_ratio"] = (
-            student["size_mb"] / t_report["size_mb"] if t_report["size_mb"] else None
-        )
-        result["parameter_ratio"] = student["parameters"] / t_report["parameters"]
-    out = Path(output_dir or model_dir)
+        for name in names:
+            reports[name].update(_compare(reports[name], t_report, result["primary_metric"]))
+        result["models"] = {"teacher": t_report, **reports}
+    out = Path(output_dir or first)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "evaluation.json", result)
     plot(result, out / "evaluation.png")
@@ -180,7 +203,7 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     models = result["models"]
-    names = list(models)[::-1]  # teacher first when present
+    names = list(models)  # the teacher first when present
     key = result["primary_metric"]
     panels = [
         (key, [models[n]["metrics"][key] for n in names]),
@@ -188,9 +211,11 @@ def plot(result: dict, path: Path) -> None:
         ("samples/s (batch 32)", [models[n]["throughput_b32"] for n in names]),
         ("size MB", [models[n]["size_mb"] for n in names]),
     ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.2))
+    width = max(3.2, 1.1 * len(names) + 1)
+    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 3.6))
     for ax, (title, values) in zip(axes, panels, strict=True):
-        bars = ax.bar(names, values, color=["#4c72b0", "#dd8452"][: len(names)])
+        bars = ax.bar(names, values, color=[f"C{i}" for i in range(len(names))])
+        ax.tick_params(axis="x", labelrotation=20 if len(names) > 2 else 0)
         ax.bar_label(bars, fmt="%.3g")
         ax.set_ylim(0, max(values) * 1.15 or 1)
         ax.set_title(title)

@@ -8,10 +8,18 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import constants as hub_constants
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+)
 
 from distill_cli.data import looks_like_path
 from distill_cli.errors import DistillError
+from distill_cli.heads import is_causal
 from distill_cli.recipe import StudentConfig
 
 # Matches the index of a transformer block in a state-dict key: encoder.layer.3., h.3., layers.3.
@@ -155,24 +163,46 @@ def truncate(teacher, num_layers: int):
     return student
 
 
-def _from_config(config, trust_remote_code: bool):
-    return AutoModelForSequenceClassification.from_config(
-        config, trust_remote_code=trust_remote_code
-    ).float()
+def load_lm(name: str, role: str, trust_remote_code: bool = False):
+    """A model for the pre-training stage: causal LM, masked LM, or bare encoder, as saved."""
+    check_model_source(name, role)
+    try:
+        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+        archs = getattr(config, "architectures", None) or []
+        if is_causal(config):
+            auto = AutoModelForCausalLM
+        elif any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in archs):
+            auto = AutoModelForMaskedLM
+        else:
+            auto = AutoModel
+        model = auto.from_pretrained(
+            name, config=config, dtype=torch.float32, trust_remote_code=trust_remote_code
+        )
+    except DistillError:
+        raise
+    except Exception as e:
+        raise _load_error(role, name, e) from None
+    return model, load_tokenizer(name, role, trust_remote_code)
 
 
 def build_student(
     spec: StudentConfig,
     teacher,
     teacher_tokenizer,
-    labels,
-    task_type: str,
+    labels=None,
+    task_type: str | None = None,
     trust_remote_code: bool = False,
     log=print,
 ):
-    """The student model and its tokenizer, with the task's label set."""
-    label_kwargs = _label_kwargs(labels, task_type)
+    """The student model and its tokenizer.
+
+    With a ``task_type`` (task stage) the student is a classifier with the task's label set;
+    without one (pre-training stage) it has the teacher's architecture class.
+    """
+    label_kwargs = _label_kwargs(labels, task_type) if task_type else {}
     if spec.init == "checkpoint":
+        if not task_type:
+            return load_lm(spec.path, "student", trust_remote_code)
         check_model_source(spec.path, "student")
         try:
             model, info = AutoModelForSequenceClassification.from_pretrained(
@@ -191,8 +221,7 @@ def build_student(
         return model, load_tokenizer(spec.path, "student", trust_remote_code)
 
     if spec.init == "truncate":
-        model = truncate(teacher, spec.num_layers)
-        return model, teacher_tokenizer
+        return truncate(teacher, spec.num_layers), teacher_tokenizer
 
     # init == "config": the teacher's architecture with overrides, randomly initialised
     config = copy.deepcopy(teacher.config)
@@ -200,14 +229,17 @@ def build_student(
         value = getattr(spec, key)
         if value is not None:
             setattr(config, "num_hidden_layers" if key == "num_layers" else key, value)
-    if config.hidden_size % config.num_attention_heads:
+    heads = config.num_attention_heads
+    if config.hidden_size % heads:
         raise DistillError(
             f"student hidden_size {config.hidden_size} is not divisible by "
-            f"num_attention_heads {config.num_attention_heads}; change one of them"
+            f"num_attention_heads {heads}; change one of them"
         )
+    if hasattr(config, "head_dim") and spec.hidden_size is not None:
+        config.head_dim = config.hidden_size // heads  # Llama-style configs store it
     for key, value in label_kwargs.items():
         setattr(config, key, value)
-    return _from_config(config, trust_remote_code), teacher_tokenizer
+    return type(teacher)(config).float(), teacher_tokenizer
 
 
 def load_classifier(path: str, role: str = "model", trust_remote_code: bool = False):

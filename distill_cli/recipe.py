@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,6 +17,24 @@ from typing import Any
 import yaml
 
 from distill_cli.errors import DistillError
+
+
+class _Loader(yaml.SafeLoader):
+    """safe_load with YAML 1.2 booleans: only true/false, so `mixed_precision: no` stays 'no'."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _first in "tTfF":
+    _Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), [_first]
+    )
+
+
+def safe_load(text: str):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 def _opt(default: Any, help: str) -> Any:
@@ -75,7 +94,8 @@ class DataConfig:
     eval_split: str = _opt("validation", "Split evaluated at the end of training.")
     max_length: int = _opt(128, "Truncate inputs to this many tokens.")
     packing: str = _opt(
-        "pack", "Raw text: pack (concatenate into full blocks) | bucket (group similar lengths) | none."
+        "pack",
+        "Raw text: pack (concatenate into full blocks) | bucket (group similar lengths) | none.",
     )
     max_train_samples: int | None = _opt(None, "Use at most this many training rows.")
     max_eval_samples: int | None = _opt(None, "Use at most this many evaluation rows.")
@@ -201,7 +221,7 @@ def _read_yaml(path: Path) -> dict:
             f"recipe file not found: {path}; pass a YAML recipe such as recipes/tkd-nlp.yaml"
         )
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = safe_load(path.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
@@ -252,7 +272,7 @@ def parse_set(item: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise DistillError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.epochs=3")
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        value = safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
         value = text
     return key.strip(), value

@@ -13,6 +13,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 err_console = Console(stderr=True)
 
 
+def out_console() -> Console:
+    """stdout for tables: the terminal's width, or wide enough for logs when piped."""
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
 def log(message: str) -> None:
     """One plain line on stderr."""
     print(message, file=sys.stderr, flush=True)

@@ -19,14 +19,14 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
-from distill_cli import batching, losses
-from distill_cli.data import TaskData, load_task_data
-from distill_cli.errors import DistillError
+from distill_cli import batching, heads, losses, stages
+from distill_cli.data import TaskData
+from distill_cli.heads import StudentModule
 from distill_cli.metrics import PRIMARY, compute_metrics, predictions_from_logits
-from distill_cli.models import build_student, load_teacher, same_vocab
 from distill_cli.outputs import prepare_output_dir, save_model_atomic, write_json_atomic
 from distill_cli.recipe import Recipe, TrainConfig, to_yaml, validate
 from distill_cli.reporting import MetricsWriter, TrainProgress, log
+from distill_cli.text_data import TokenMasker
 
 
 @dataclass
@@ -34,6 +34,7 @@ class PhasePlan:
     name: str
     terms: dict
     steps: int
+    mlm_probability: float = 0.0
 
 
 def make_accelerator(cfg: TrainConfig, out: Path) -> Accelerator:
@@ -64,7 +65,7 @@ def plan_phases(recipe: Recipe, steps_per_epoch: int) -> list[PhasePlan]:
             steps = min(steps, left)
             left -= steps
         if steps > 0:
-            plans.append(PhasePlan(phase.name, phase.terms, steps))
+            plans.append(PhasePlan(phase.name, phase.terms, steps, phase.mlm_probability))
     return plans
 
 
@@ -97,24 +98,17 @@ def evaluate_split(model, loader, accelerator, task: TaskData) -> dict[str, floa
     return compute_metrics(task.metric, preds, torch.cat(all_labels).numpy())
 
 
-def _prepare_split(ds, task, student_tok, teacher_tok, max_length, name):
-    ds, truncated = batching.tokenize(ds, student_tok, task.text_columns, max_length)
-    if teacher_tok is not None:
-        ds, _ = batching.tokenize(
-            ds, teacher_tok, task.text_columns, max_length, batching.TEACHER_PREFIX
-        )
-    if truncated:
-        log(f"{name}: {truncated} texts longer than data.max_length={max_length} were truncated")
-    return ds.select_columns(batching.model_columns(ds))
-
-
 def run(
     recipe: Recipe,
     output_dir: str | Path,
+    stage: str = "task",
     overwrite: bool = False,
     trust_remote_code: bool = False,
 ) -> dict:
-    """Train a student as the recipe says; returns the run summary written to train_results.json."""
+    """Train a student as the recipe says; returns the run summary written to train_results.json.
+
+    ``stage`` is ``task`` (finetune-distill) or ``pretrain`` (pretrain-distill).
+    """
     validate(recipe, losses.TERMS_NEED_TEACHER)
     out = prepare_output_dir(output_dir, overwrite, main=_is_main_rank())
     cfg = recipe.train
@@ -125,57 +119,27 @@ def run(
     set_seed(cfg.seed)
     if main:
         (out / "resolved_recipe.yaml").write_text(to_yaml(recipe))
-    train_split, eval_split = recipe.data.train_split, recipe.data.eval_split
-    task = load_task_data(recipe.data, splits=[train_split], optional=(eval_split,))
-    has_eval = eval_split != train_split and eval_split in task.splits
-    if main and not has_eval:
-        log(f"no '{eval_split}' split in the data: skipping evaluation after training")
-    term_names = {n for p in recipe.phases for n in p.terms}
-    if task.task_type == "regression" and "soft_label_kl" in term_names:
-        raise DistillError("soft_label_kl needs class logits; use logit_mse for regression tasks")
 
     # build
-    needs_teacher = recipe.student.init != "checkpoint" or any(
-        losses.KD_LOSSES[n].needs_teacher for n in term_names
-    )
-    teacher = teacher_tok = None
-    if needs_teacher:
-        teacher, teacher_tok = load_teacher(
-            recipe.teacher, task.labels, task.task_type, trust_remote_code
-        )
-    student, student_tok = build_student(
-        recipe.student, teacher, teacher_tok, task.labels, task.task_type, trust_remote_code, log
-    )
-    separate_teacher_tok = (
-        teacher_tok if teacher_tok and not same_vocab(student_tok, teacher_tok) else None
-    )
-    train_ds = _prepare_split(
-        task.splits[train_split],
-        task,
-        student_tok,
-        separate_teacher_tok,
-        recipe.data.max_length,
-        "train",
-    )
-    collate = batching.PadCollator(
-        student_tok.pad_token_id or 0,
-        separate_teacher_tok.pad_token_id if separate_teacher_tok else None,
-    )
-    generator = torch.Generator().manual_seed(cfg.seed)
-    train_loader = DataLoader(
-        train_ds, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate, generator=generator
-    )
+    build = stages.build_task if stage == "task" else stages.build_pretrain
+    b = build(recipe, main, trust_remote_code)
+    if "attention_kl" in stages.term_names(recipe):
+        # fused attention kernels return no attention maps
+        for model in (b.student, b.teacher):
+            model.set_attn_implementation("eager")
+    projections = _projections(recipe, b)
+    student = StudentModule(b.student, projections)
+    if b.batch_sampler is not None:
+        train_loader = DataLoader(b.train_ds, batch_sampler=b.batch_sampler, collate_fn=b.collate)
+    else:
+        generator = torch.Generator().manual_seed(cfg.seed)
+        train_loader = DataLoader(
+            b.train_ds, batch_size=cfg.batch_size, shuffle=True, collate_fn=b.collate,
+            generator=generator,
+        )  # fmt: skip
     eval_loader = None
-    if has_eval:
-        eval_ds = _prepare_split(
-            task.splits[eval_split],
-            task,
-            student_tok,
-            None,
-            recipe.data.max_length,
-            recipe.data.eval_split,
-        )
-        eval_loader = DataLoader(eval_ds, batch_size=cfg.eval_batch_size, collate_fn=collate)
+    if b.eval_ds is not None:
+        eval_loader = DataLoader(b.eval_ds, batch_size=cfg.eval_batch_size, collate_fn=b.collate)
 
     # fused AdamW: one kernel over all parameters, on CPU and CUDA alike
     groups = optimizer_groups(student, cfg.weight_decay)
@@ -183,9 +147,11 @@ def run(
     student, optimizer, train_loader = accelerator.prepare(student, optimizer, train_loader)
     if eval_loader is not None:
         eval_loader = accelerator.prepare(eval_loader)
+    teacher = b.teacher
     if teacher is not None:
-        teacher.to(accelerator.device)
+        teacher.to(accelerator.device).eval()
         teacher.requires_grad_(False)
+    vocab_index = b.vocab_index.to(accelerator.device) if b.vocab_index is not None else None
 
     steps_per_epoch = max(1, len(train_loader) // cfg.gradient_accumulation_steps)
     plans = plan_phases(recipe, steps_per_epoch)
@@ -201,36 +167,37 @@ def run(
     writer = MetricsWriter(out / "metrics.jsonl") if main else None
     progress = TrainProgress(total_steps, enabled=main)
     if main:
+        n_params = sum(p.numel() for p in b.student.parameters())
         log(
-            f"training {sum(p.numel() for p in student.parameters()):,}-parameter student for "
-            f"{total_steps} steps ({', '.join(f'{p.name}: {p.steps}' for p in plans)}) "
+            f"training {n_params:,}-parameter student for {total_steps} steps "
+            f"({', '.join(f'{p.name}: {p.steps}' for p in plans)}) "
             f"on {accelerator.num_processes} process(es), device {accelerator.device}"
         )
 
     # fit
+    masker = TokenMasker(b.tokenizer, seed=cfg.seed + accelerator.process_index)
     step, samples, started = 0, 0, time.perf_counter()
     window = _Window()
     student.train()
     for plan in plans:
+        needs = losses.needs_of(plan.terms)
+        mask_p = 0.0 if b.causal else plan.mlm_probability
         phase_end = step + plan.steps
         while step < phase_end:
             for batch in train_loader:
-                s_inputs, t_inputs = batching.split_inputs(batch)
+                if mask_p > 0:
+                    ids, _ = masker(batch["input_ids"], batch["attention_mask"], mask_p)
+                    batch["input_ids"] = ids
                 with accelerator.accumulate(student):
-                    outputs = losses.StepOutputs(
-                        student_logits=student(**s_inputs).logits, labels=batch.get("labels")
+                    loss, parts = compute_loss(
+                        student, teacher, batch, plan.terms, needs, b, vocab_index, accelerator
                     )
-                    if teacher is not None:
-                        with torch.no_grad(), accelerator.autocast():
-                            outputs.teacher_logits = teacher(**t_inputs).logits
-                    parts = losses.loss_parts(plan.terms, outputs)
-                    loss = losses.weighted_sum(plan.terms, parts)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                         accelerator.clip_grad_norm_(student.parameters(), cfg.max_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad()
-                window.add(loss, parts, s_inputs["attention_mask"])
+                window.add(loss, parts, batch["attention_mask"])
                 samples += len(batch["input_ids"])
                 if not accelerator.sync_gradients:
                     continue
@@ -258,6 +225,7 @@ def run(
     # evaluate
     summary = {
         "output_dir": str(out),
+        "stage": stage,
         "steps": step,
         "phases": {p.name: p.steps for p in plans},
         "num_processes": accelerator.num_processes,
@@ -266,10 +234,11 @@ def run(
         "final_loss": window.last_loss,
     }
     if eval_loader is not None:
-        metrics = evaluate_split(student, eval_loader, accelerator, task)
-        summary["eval_split"] = eval_split
+        model = accelerator.unwrap_model(student).model
+        metrics = evaluate_split(model, eval_loader, accelerator, b.task)
+        summary["eval_split"] = recipe.data.eval_split
         summary["eval"] = metrics
-        summary["primary_metric"] = PRIMARY[task.metric]
+        summary["primary_metric"] = PRIMARY[b.task.metric]
         if main:
             writer.write({"step": step, **{f"eval/{k}": v for k, v in metrics.items()}})
         if cfg.report_to:
@@ -279,10 +248,39 @@ def run(
     accelerator.wait_for_everyone()
     if main:
         write_json_atomic(out / "train_results.json", summary)
-        save_model_atomic(accelerator.unwrap_model(student), student_tok, out)
+        save_model_atomic(accelerator.unwrap_model(student).model, b.tokenizer, out)
     accelerator.end_training()
     summary["is_main_process"] = main
     return summary
+
+
+def compute_loss(student, teacher, batch, terms, needs, b, vocab_index, accelerator):
+    """One forward pass of student and teacher, and the phase's weighted loss and its parts."""
+    s_inputs, t_inputs = batching.split_inputs(batch)
+    step = losses.Step(
+        student=student(s_inputs, needs, b.student_mode),
+        labels=batch.get("labels"),
+        mask=s_inputs["attention_mask"],
+        vocab_index=vocab_index,
+        projections=accelerator.unwrap_model(student).projections,
+    )
+    if needs.teacher:
+        with torch.no_grad(), accelerator.autocast():
+            step.teacher = heads.forward(teacher, t_inputs, needs, b.teacher_mode)
+    with accelerator.autocast():  # the vocabulary matmuls run in bf16/fp16 on GPUs too
+        parts = losses.loss_parts(terms, step)
+    return losses.weighted_sum(terms, parts), parts
+
+
+def _projections(recipe: Recipe, b) -> torch.nn.ModuleList:
+    """Learned maps from student to teacher width for hidden_mse, when the widths differ."""
+    if "hidden_mse" not in stages.term_names(recipe) or b.teacher is None:
+        return torch.nn.ModuleList()
+    d_s, d_t = b.student.config.hidden_size, b.teacher.config.hidden_size
+    if d_s == d_t:
+        return torch.nn.ModuleList()
+    n = b.student.config.num_hidden_layers
+    return torch.nn.ModuleList(torch.nn.Linear(d_s, d_t) for _ in range(n))
 
 
 class _Window:

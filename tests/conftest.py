@@ -123,3 +123,75 @@ def tiny_data_dir(tmp_path_factory):
     write_csv(path / "validation.csv", sentences(16, seed=1))
     write_csv(path / "test.csv", sentences(16, seed=2))
     return path
+
+
+def make_bpe_tokenizer(path):
+    """A tiny byte-level BPE tokenizer (GPT-2 style) trained locally on the fixture sentences."""
+    from tokenizers import trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator([t for t, _ in sentences(200)], trainer)
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>"
+    )
+    hf.save_pretrained(path)
+    return hf
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory):
+    """Raw text, one document per line."""
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n".join(t for t, _ in sentences(64, seed=5)) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory):
+    """A 4-layer, hidden-48 BERT encoder with no head (like the packaged MiniLM)."""
+    from transformers import BertModel
+
+    path = tmp_path_factory.mktemp("encoder")
+    tok = make_tokenizer(path)
+    torch.manual_seed(0)
+    BertModel(tiny_bert_config(len(tok)), add_pooling_layer=True).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    path = tmp_path_factory.mktemp("gpt2")
+    tok = make_bpe_tokenizer(path)
+    config = GPT2Config(
+        vocab_size=len(tok), n_embd=48, n_layer=4, n_head=4, n_positions=128,
+        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    GPT2LMHeadModel(config).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path = tmp_path_factory.mktemp("llama")
+    tok = make_bpe_tokenizer(path)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=48, intermediate_size=96, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(path)
+    return path

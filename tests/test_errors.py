@@ -194,7 +194,7 @@ CASES = [
             (name, "not available yet"),
             inputs=lambda w: [],
         )
-        for name in ("pretrain-distill", "compress-vocab", "export")
+        for name in ("compress-vocab", "export")
     ],
 ]
 

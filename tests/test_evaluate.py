@@ -36,11 +36,11 @@ def test_evaluate_with_teacher(trained_student, tiny_teacher, tiny_data_dir, tmp
     assert student["parameters"] < teacher["parameters"]
     key = report["primary_metric"]
     s, t = student["metrics"][key], teacher["metrics"][key]
-    assert report["retention"] == pytest.approx(s / t)
-    assert report["speedup_b1"] == pytest.approx(
+    assert student["retention"] == pytest.approx(s / t)
+    assert student["speedup_b1"] == pytest.approx(
         teacher["latency_ms_b1"] / student["latency_ms_b1"]
     )
-    assert report["size_ratio"] == pytest.approx(student["size_mb"] / teacher["size_mb"])
+    assert student["size_ratio"] == pytest.approx(student["size_mb"] / teacher["size_mb"])
     assert (tmp_path / "evaluation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -68,7 +68,8 @@ def test_evaluate_metric_matches_a_manual_count(tiny_teacher, tiny_data_dir, tmp
         "--json",
     )
     assert result.exit_code == 0, result.output
-    got = json.loads(result.stdout)["models"]["student"]["metrics"]["accuracy"]
+    report = json.loads(result.stdout)
+    got = report["models"][report["students"][0]]["metrics"]["accuracy"]
 
     df = pd.read_csv(tiny_data_dir / "test.csv")
     tok = AutoTokenizer.from_pretrained(tiny_teacher)
@@ -77,3 +78,30 @@ def test_evaluate_metric_matches_a_manual_count(tiny_teacher, tiny_data_dir, tmp
         logits = model(**tok(list(df.text), padding=True, return_tensors="pt")).logits
     names = [model.config.id2label[int(i)] for i in logits.argmax(-1)]
     assert got == pytest.approx(sum(a == b for a, b in zip(names, df.label)) / len(df))
+
+
+def test_several_students_against_one_teacher(
+    trained_student, tiny_teacher, tiny_data_dir, tmp_path
+):
+    other = tmp_path / "copy-of-teacher"
+    import shutil
+
+    shutil.copytree(tiny_teacher, other)
+    result = invoke(
+        "evaluate",
+        trained_student,
+        other,
+        "--data",
+        tiny_data_dir,
+        "--teacher",
+        tiny_teacher,
+        "--output-dir",
+        tmp_path / "eval",
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert report["students"] == ["student", "copy-of-teacher"]
+    assert list(report["models"]) == ["teacher", "student", "copy-of-teacher"]
+    copy = report["models"]["copy-of-teacher"]
+    assert copy["retention"] == pytest.approx(1.0) and copy["parameter_ratio"] == 1.0
+    assert "copy-of-teacher" in result.stdout

@@ -3,11 +3,16 @@ import math
 import pytest
 import torch
 
+from distill_cli.heads import Outputs
 from distill_cli.losses import (
     KD_LOSSES,
-    StepOutputs,
+    Step,
+    attention_kl,
     hard_label_loss,
+    hidden_mse,
+    layer_pairs,
     loss_parts,
+    needs_of,
     soft_label_kl,
     weighted_sum,
 )
@@ -68,7 +73,8 @@ def test_tkd_combination_alpha(alpha):
     torch.manual_seed(2)
     zs, zt, y = torch.randn(8, 3), torch.randn(8, 3), torch.randint(0, 3, (8,))
     terms = {"soft_label_kl": Term(weight=alpha, temperature=1.0), "ce": Term(weight=1 - alpha)}
-    parts = loss_parts(terms, StepOutputs(student_logits=zs, labels=y, teacher_logits=zt))
+    step = Step(student=Outputs(logits=zs), teacher=Outputs(logits=zt), labels=y)
+    parts = loss_parts(terms, step)
     expected = alpha * naive_kl(zs, zt, 1.0) + (1 - alpha) * naive_ce(zs, y)
     assert weighted_sum(terms, parts).item() == pytest.approx(expected, rel=1e-5)
     if alpha == 1.0:
@@ -92,3 +98,39 @@ def test_gradient_flows_only_to_student():
 def test_registry_names_and_teacher_needs():
     assert {"soft_label_kl", "ce", "logit_mse"} <= set(KD_LOSSES)
     assert KD_LOSSES["soft_label_kl"].needs_teacher and not KD_LOSSES["ce"].needs_teacher
+
+
+def test_registry_covers_glmd_and_ablation_terms():
+    assert {"word_kl", "hidden_mse", "attention_kl"} <= set(KD_LOSSES)
+    needs = needs_of({"soft_label_kl": Term(), "word_kl": Term()})
+    assert needs.logits and needs.word and not needs.hidden
+
+
+def test_uniform_layer_pairs_follow_tinybert():
+    assert layer_pairs(3, 6, None) == [(1, 2), (2, 4), (3, 6)]
+    assert layer_pairs(2, 2, None) == [(1, 1), (2, 2)]
+    assert layer_pairs(2, 6, [3, 6]) == [(1, 3), (2, 6)]
+
+
+def test_hidden_mse_ignores_padding_and_projects():
+    torch.manual_seed(4)
+    mask = torch.tensor([[1, 1, 0]])
+    hs = (torch.zeros(1, 3, 4), torch.randn(1, 3, 4))
+    ht = (torch.zeros(1, 3, 4), hs[1].clone())
+    ht[1][0, 2] += 100.0  # a padded position: must not count
+    assert hidden_mse(hs, ht, mask, [(1, 1)]).item() == pytest.approx(0.0, abs=1e-7)
+    proj = torch.nn.ModuleList([torch.nn.Linear(4, 6)])
+    wide = (torch.zeros(1, 3, 6), proj[0](hs[1]).detach())
+    assert hidden_mse(hs, wide, mask, [(1, 1)], proj).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_attention_kl_matches_formula():
+    torch.manual_seed(5)
+    a_s = (torch.randn(1, 2, 3, 3).softmax(-1),)
+    a_t = (torch.randn(1, 4, 3, 3).softmax(-1),)  # different head counts: heads are averaged
+    mask = torch.tensor([[1, 1, 0]])
+    got = attention_kl(a_s, a_t, mask, [(1, 1)]).item()
+    ps, pt = a_s[0].mean(1)[0, :2], a_t[0].mean(1)[0, :2]
+    expected = (pt * (pt.log() - ps.log())).sum(-1).mean().item()
+    assert got == pytest.approx(expected, rel=1e-5)
+    assert attention_kl(a_t, a_t, mask, [(1, 1)]).item() == pytest.approx(0.0, abs=1e-6)

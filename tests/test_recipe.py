@@ -109,3 +109,11 @@ def test_resolved_yaml_round_trips(tmp_path):
 def test_help_comes_from_field_metadata():
     assert "optimizer steps" in help_for("train.max_steps")
     assert help_for("data.name").startswith("Dataset")
+
+
+def test_yaml_no_stays_a_string(tmp_path):
+    # YAML 1.1 reads a bare `no` as false; recipes follow YAML 1.2 booleans (true/false only).
+    r = load_recipe(write(tmp_path, "train:\n  mixed_precision: no\n"), sets=["data.packing=none"])
+    assert r.train.mixed_precision == "no" and r.data.packing == "none"
+    r = load_recipe(None, sets=["train.mixed_precision=no"])
+    assert r.train.mixed_precision == "no"

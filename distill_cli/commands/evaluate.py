@@ -5,16 +5,18 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from distill_cli import evaluate
 from distill_cli.commands import options as o
 from distill_cli.errors import DistillError
+from distill_cli.reporting import out_console
 
 
 def command(
-    model_dir: Annotated[str, typer.Argument(help="Model folder to evaluate (the student).")],
+    model_dirs: Annotated[
+        list[str], typer.Argument(help="Model folder(s) to evaluate: the student(s).")
+    ],
     data: o.Data = None,
     split: Annotated[str, typer.Option("--split", help="Split to evaluate on.")] = "test",
     teacher: Annotated[
@@ -30,10 +32,13 @@ def command(
     ] = None,
     json_: o.Json = False,
 ) -> None:
-    """Evaluate a model on a split; with --teacher, compare the two side by side."""
-    if not Path(model_dir).expanduser().is_dir():
-        raise DistillError(f"model folder not found: {model_dir}; pass a folder written by distill")
-    result = evaluate.run(model_dir, data, split, teacher, output_dir, set_ or [])
+    """Evaluate models on a split; with --teacher, compare each with it side by side."""
+    for model_dir in model_dirs:
+        if not Path(model_dir).expanduser().is_dir():
+            raise DistillError(
+                f"model folder not found: {model_dir}; pass a folder written by distill"
+            )
+    result = evaluate.run(model_dirs, data, split, teacher, output_dir, set_ or [])
     if json_:
         print(json.dumps(result, indent=2))
     else:
@@ -43,26 +48,32 @@ def command(
 def print_table(result: dict) -> None:
     key = result["primary_metric"]
     models = result["models"]
+    has_teacher = "teacher" in models
     table = Table(title=f"{result['data']} · {result['split']} · {result['num_examples']} examples")
-    for col in ("model", key, "params (M)", "size (MB)", "latency b1 (ms)", "samples/s b32"):
+    cols = ["model", key, "params (M)", "size (MB)", "latency b1 (ms)", "samples/s b32"]
+    if has_teacher:
+        cols += ["retention", "speedup b1", "size vs teacher"]
+    for col in cols:
         table.add_column(col, justify="left" if col == "model" else "right")
-    for name in sorted(models, key=lambda n: n != "teacher"):
-        m = models[name]
-        table.add_row(
+    for name, m in models.items():
+        row = [
             name,
             f"{m['metrics'][key]:.4f}",
             f"{m['parameters'] / 1e6:.2f}",
             f"{m['size_mb']:.1f}",
             f"{m['latency_ms_b1']:.2f}",
             f"{m['throughput_b32']:.1f}",
-        )
-    console = Console()
+        ]
+        if has_teacher:
+            if name == "teacher":
+                row += ["100%", "1.00x", "100%"]
+            else:
+                row += [
+                    f"{100 * m['retention']:.1f}%",
+                    f"{m['speedup_b1']:.2f}x",
+                    f"{100 * m['size_ratio']:.0f}%",
+                ]
+        table.add_row(*row)
+    console = out_console()
     console.print(table)
-    if "retention" in result:
-        console.print(
-            f"retention {100 * result['retention']:.1f}% of the teacher's {key} · "
-            f"speedup {result['speedup_b1']:.2f}x at batch 1 · "
-            f"{result['throughput_ratio_b32']:.2f}x throughput at batch 32 · "
-            f"size {100 * result['size_ratio']:.0f}% of the teacher"
-        )
     console.print(f"wrote {result['output_dir']}/evaluation.json and evaluation.png")

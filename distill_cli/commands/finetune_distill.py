@@ -2,12 +2,12 @@
 
 import json
 
-from rich.console import Console
 from rich.table import Table
 
 from distill_cli import train
 from distill_cli.commands import options as o
 from distill_cli.recipe import load_recipe
+from distill_cli.reporting import out_console
 
 
 def command(
@@ -24,16 +24,10 @@ def command(
     json_: o.Json = False,
 ) -> None:
     """Distil a task teacher into a student on labelled data (or fine-tune with no teacher)."""
-    options = {
-        "teacher": teacher,
-        "data.name": data,
-        "train.max_steps": max_steps,
-        "train.seed": seed,
-        "student.init": "checkpoint" if student else None,
-        "student.path": student,
-    }
-    r = load_recipe(recipe, options, set_ or [])
-    summary = train.run(r, output_dir, overwrite=overwrite, trust_remote_code=trust_remote_code)
+    r = load_recipe(recipe, o.typed_options(teacher, student, data, max_steps, seed), set_ or [])
+    summary = train.run(
+        r, output_dir, stage="task", overwrite=overwrite, trust_remote_code=trust_remote_code
+    )
     if summary.pop("is_main_process"):
         print_summary(summary, json_)
 
@@ -45,9 +39,9 @@ def print_summary(summary: dict, as_json: bool) -> None:
     table = Table(title="training run")
     table.add_column("field")
     table.add_column("value", justify="right")
-    for key in ("output_dir", "steps", "runtime_s", "train_samples_per_s", "final_loss"):
+    for key in ("output_dir", "stage", "steps", "runtime_s", "train_samples_per_s", "final_loss"):
         value = summary.get(key)
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     for key, value in summary.get("eval", {}).items():
         table.add_row(f"{summary['eval_split']} {key}", f"{value:.4f}")
-    Console().print(table)
+    out_console().print(table)

@@ -26,3 +26,15 @@ TrustRemoteCode = Annotated[
     typer.Option("--trust-remote-code", help="Allow model code from the checkpoint's repo to run."),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of a table.")]
+
+
+def typed_options(teacher, student, data, max_steps, seed) -> dict:
+    """The typed training options as dotted recipe keys (None: not given)."""
+    return {
+        "teacher": teacher,
+        "data.name": data,
+        "train.max_steps": max_steps,
+        "train.seed": seed,
+        "student.init": "checkpoint" if student else None,
+        "student.path": student,
+    }

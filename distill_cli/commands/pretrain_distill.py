@@ -1,14 +1,28 @@
-"""distill pretrain-distill: GLMD pre-training stage (not available yet)."""
+"""distill pretrain-distill: the task-agnostic GLMD stage on raw text."""
 
-from typing import Annotated
-
-import typer
-
-from distill_cli.errors import NotAvailableError
+from distill_cli import train
+from distill_cli.commands import options as o
+from distill_cli.commands.finetune_distill import print_summary
+from distill_cli.recipe import load_recipe
 
 
 def command(
-    args: Annotated[list[str] | None, typer.Argument(help="Arguments, once available.")] = None,
+    output_dir: o.OutputDir,
+    recipe: o.RecipePath = None,
+    teacher: o.Teacher = None,
+    student: o.Student = None,
+    data: o.Data = None,
+    max_steps: o.MaxSteps = None,
+    seed: o.Seed = None,
+    set_: o.Sets = None,
+    overwrite: o.Overwrite = False,
+    trust_remote_code: o.TrustRemoteCode = False,
+    json_: o.Json = False,
 ) -> None:
-    """GLMD pre-training stage: not available yet in this version."""
-    raise NotAvailableError("distill pretrain-distill is not available yet in this version")
+    """Distil a teacher's word predictions into a student on raw text (GLMD stage 1)."""
+    r = load_recipe(recipe, o.typed_options(teacher, student, data, max_steps, seed), set_ or [])
+    summary = train.run(
+        r, output_dir, stage="pretrain", overwrite=overwrite, trust_remote_code=trust_remote_code
+    )
+    if summary.pop("is_main_process"):
+        print_summary(summary, json_)

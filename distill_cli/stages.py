@@ -1,0 +1,170 @@
+"""Build what a training stage needs: models, tokenized data and how batches are made.
+
+The task stage (finetune-distill) reads labelled data into classifiers; the pre-training stage
+(pretrain-distill) reads raw text into base, masked-LM or causal-LM models.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from distill_cli import batching, losses, text_data
+from distill_cli.data import TaskData, load_task_data
+from distill_cli.errors import DistillError
+from distill_cli.heads import is_causal, word_mode
+from distill_cli.models import build_student, load_lm, load_teacher, same_vocab
+from distill_cli.recipe import Recipe
+from distill_cli.reporting import log
+
+
+@dataclass
+class Built:
+    student: torch.nn.Module
+    tokenizer: object  # the student's
+    teacher: torch.nn.Module | None
+    train_ds: object
+    collate: object
+    causal: bool = False
+    task: TaskData | None = None
+    eval_ds: object = None
+    batch_sampler: list[list[int]] | None = None
+    student_mode: str = "embeddings"
+    teacher_mode: str = "embeddings"
+    vocab_index: torch.Tensor | None = None
+    separate_teacher_inputs: bool = False
+    notes: dict = field(default_factory=dict)
+
+
+def _pad_id(tokenizer) -> int:
+    """Causal tokenizers often have no pad token; padded positions are masked out anyway."""
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+
+
+def term_names(recipe: Recipe) -> set[str]:
+    return {name for phase in recipe.phases for name in phase.terms}
+
+
+def _needs_teacher(recipe: Recipe) -> bool:
+    names = term_names(recipe)
+    return recipe.student.init != "checkpoint" or any(
+        losses.KD_LOSSES[n].needs_teacher for n in names
+    )
+
+
+def vocab_index(student_path: str | None) -> torch.Tensor | None:
+    """Teacher rows of a compressed student's vocabulary (vocab_map.json), if it has one."""
+    path = Path(student_path or "") / "vocab_map.json"
+    if student_path and path.is_file():
+        kept = json.loads(path.read_text())["kept_ids"]
+        return torch.tensor(kept, dtype=torch.long)
+    return None
+
+
+def _check_aligned(recipe: Recipe, separate: bool) -> None:
+    """Token-level terms compare positions, so both models must read the same tokens."""
+    token_level = term_names(recipe) & {"word_kl", "hidden_mse", "attention_kl"}
+    if separate and token_level:
+        raise DistillError(
+            f"{', '.join(sorted(token_level))} compare token positions, so teacher and student "
+            "must share a tokenizer (or the student a compressed copy of the teacher's vocabulary)"
+        )
+    if separate and any(p.mlm_probability > 0 for p in recipe.phases):
+        raise DistillError("masking needs teacher and student to share a tokenizer")
+
+
+def _tokenize_task_split(ds, task, student_tok, teacher_tok, max_length, name):
+    ds, truncated = batching.tokenize(ds, student_tok, task.text_columns, max_length)
+    if teacher_tok is not None:
+        ds, _ = batching.tokenize(
+            ds, teacher_tok, task.text_columns, max_length, batching.TEACHER_PREFIX
+        )
+    if truncated:
+        log(f"{name}: {truncated} texts longer than data.max_length={max_length} were truncated")
+    return ds.select_columns(batching.model_columns(ds))
+
+
+def build_task(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built:
+    d = recipe.data
+    task = load_task_data(d, splits=[d.train_split], optional=(d.eval_split,))
+    has_eval = d.eval_split != d.train_split and d.eval_split in task.splits
+    if main and not has_eval:
+        log(f"no '{d.eval_split}' split in the data: skipping evaluation after training")
+    if task.task_type == "regression" and "soft_label_kl" in term_names(recipe):
+        raise DistillError("soft_label_kl needs class logits; use logit_mse for regression tasks")
+
+    teacher = teacher_tok = None
+    if _needs_teacher(recipe):
+        teacher, teacher_tok = load_teacher(
+            recipe.teacher, task.labels, task.task_type, trust_remote_code
+        )
+    student, student_tok = build_student(
+        recipe.student, teacher, teacher_tok, task.labels, task.task_type, trust_remote_code, log
+    )
+    separate = teacher_tok is not None and not same_vocab(student_tok, teacher_tok)
+    _check_aligned(recipe, separate)
+    t_tok = teacher_tok if separate else None
+    train_ds = _tokenize_task_split(
+        task.splits[d.train_split], task, student_tok, t_tok, d.max_length, "train"
+    )
+    eval_ds = None
+    if has_eval:
+        eval_ds = _tokenize_task_split(
+            task.splits[d.eval_split], task, student_tok, None, d.max_length, d.eval_split
+        )
+    collate = batching.PadCollator(_pad_id(student_tok), _pad_id(teacher_tok) if separate else None)
+    return Built(
+        student=student,
+        tokenizer=student_tok,
+        teacher=teacher,
+        train_ds=train_ds,
+        collate=collate,
+        task=task,
+        eval_ds=eval_ds,
+        student_mode=word_mode(recipe.word_logits, student.config),
+        teacher_mode=word_mode(recipe.word_logits, teacher.config) if teacher else "embeddings",
+        vocab_index=vocab_index(recipe.student.path),
+        separate_teacher_inputs=separate,
+    )
+
+
+def build_pretrain(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built:
+    task_terms = term_names(recipe) & losses.TASK_ONLY_TERMS
+    if task_terms:
+        raise DistillError(
+            f"{', '.join(sorted(task_terms))} need a classifier and labels: use them in "
+            "finetune-distill; pretrain-distill takes word_kl, hidden_mse and attention_kl"
+        )
+    teacher, tokenizer = load_lm(recipe.teacher, "teacher", trust_remote_code)
+    student, student_tok = build_student(
+        recipe.student, teacher, tokenizer, trust_remote_code=trust_remote_code, log=log
+    )
+    if not same_vocab(student_tok, tokenizer):
+        _check_aligned(recipe, separate=True)
+    causal = is_causal(teacher.config)
+    if causal and any(p.mlm_probability > 0 for p in recipe.phases) and main:
+        log("causal LM: token masking is off (mlm_probability applies to encoders only)")
+    d = recipe.data
+    texts = text_data.load_texts(d)
+    train_ds = text_data.tokenize_texts(texts, tokenizer, d.max_length, d.packing, causal)
+    sampler = None
+    if d.packing == "bucket":
+        lengths = [len(ids) for ids in train_ds["input_ids"]]
+        sampler = text_data.bucket_batches(lengths, recipe.train.batch_size, recipe.train.seed)
+    return Built(
+        student=student,
+        tokenizer=tokenizer,
+        teacher=teacher,
+        train_ds=train_ds,
+        collate=batching.PadCollator(_pad_id(tokenizer)),
+        causal=causal,
+        batch_sampler=sampler,
+        student_mode=word_mode(recipe.word_logits, student.config),
+        teacher_mode=word_mode(recipe.word_logits, teacher.config),
+        vocab_index=vocab_index(recipe.student.path),
+    )

@@ -1,0 +1,165 @@
+"""GLMD's word-level KD loss: T²·KL(softmax(Z_t/T) ‖ softmax(Z_s/T)) on word-prediction logits.
+
+``Z = H·Wᵀ (+ b)`` with H the final hidden states and W the vocabulary matrix. ``word_kl_naive`` is
+the formula as written; ``word_kl`` gives the same value and gradients without ever holding the
+[tokens, V] logits: it walks the non-pad tokens in chunks, and each chunk's logits live only long
+enough to add its KL and its student gradients (computed in the forward pass) to fp32 sums.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from distill_cli.errors import DistillError
+
+CHUNK_ELEMENTS = 2**22  # default chunk: about this many [chunk, V] fp32 logits (16 MiB)
+
+
+def _teacher_rows(w_s, w_t, vocab_index):
+    """The teacher rows that line up with the student's vocabulary, or None when they all do."""
+    v_s, v_t = w_s.shape[0], w_t.shape[0]
+    fix = "pass vocab_index (the kept teacher ids from vocabulary compression's vocab_map.json)"
+    if vocab_index is None:
+        if v_s != v_t:
+            raise DistillError(
+                f"word_kl: student vocabulary has {v_s} rows but teacher has {v_t}; {fix}"
+            )
+        return None
+    if vocab_index.dim() != 1 or vocab_index.shape[0] != v_s:
+        raise DistillError(
+            f"word_kl: vocab_index has shape {tuple(vocab_index.shape)} but the student vocabulary "
+            f"has {v_s} rows; it needs one teacher id per student row; {fix}"
+        )
+    if vocab_index.dtype.is_floating_point or vocab_index.dtype == torch.bool:
+        raise DistillError(f"word_kl: vocab_index must hold integer ids, got {vocab_index.dtype}")
+    if v_s and (vocab_index.min() < 0 or vocab_index.max() >= v_t):
+        raise DistillError(
+            f"word_kl: vocab_index holds ids outside the teacher's vocabulary of {v_t} rows "
+            f"(min {int(vocab_index.min())}, max {int(vocab_index.max())}); {fix}"
+        )
+    return vocab_index.to(device=w_t.device, dtype=torch.long)
+
+
+def _teacher_matrix(w_t, b_t, rows):
+    if rows is None:
+        return w_t, b_t
+    return w_t[rows], (None if b_t is None else b_t[rows])
+
+
+def word_kl_naive(
+    h_s, w_s, h_t, w_t, mask=None, temperature=1.0, b_s=None, b_t=None, vocab_index=None
+) -> torch.Tensor:
+    """The reference: full logits, fp32 log-softmax, autograd. Mean over selected positions, ×T²."""
+    rows = _teacher_rows(w_s, w_t, vocab_index)
+    t = temperature
+    with torch.no_grad():
+        w_t, b_t = _teacher_matrix(w_t, b_t, rows)
+        z_t = F.linear(h_t, w_t, b_t).float()
+    z_s = F.linear(h_s, w_s, b_s).float()
+    log_p_t = F.log_softmax(z_t / t, dim=-1)
+    log_p_s = F.log_softmax(z_s / t, dim=-1)
+    kl = F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True).sum(-1)
+    if mask is not None:
+        kl = kl[mask.bool()]
+    return kl.sum() / max(kl.numel(), 1) * t * t
+
+
+def _logits(x, w, b, scale, out):
+    """out = (x·wᵀ + b)·scale in out's dtype (fp32); the matmul runs in x's dtype."""
+    if x.dtype == out.dtype:
+        if b is None:
+            torch.mm(x, w.t(), out=out)
+        else:
+            torch.addmm(b, x, w.t(), out=out)
+    else:
+        out.copy_(F.linear(x, w, b))
+    if scale != 1.0:
+        out.mul_(scale)
+    return out
+
+
+class _WordKL(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h_s, w_s, b_s, h_t, w_t, b_t, temperature, chunk_size):
+        n, v = h_s.shape[0], w_s.shape[0]
+        acc = torch.promote_types(h_s.dtype, torch.float32)  # fp32, or fp64 for gradcheck
+        need = ctx.needs_input_grad[:3]
+        want_grad = any(need)
+        t = float(temperature)
+        scale = t / max(n, 1)  # dL/dz_s = T·(p_s − p_t)/N
+        total = torch.zeros((), dtype=acc, device=h_s.device)
+        grad_h = torch.zeros(n, h_s.shape[1], dtype=acc, device=h_s.device) if need[0] else None
+        grad_w = torch.zeros(w_s.shape, dtype=acc, device=w_s.device) if need[1] else None
+        grad_b = torch.zeros(v, dtype=acc, device=w_s.device) if need[2] else None
+        # three [chunk, V] buffers, reused by every chunk
+        c = max(1, min(chunk_size, n))
+        buf_a, buf_b, buf_c = (torch.empty(c, v, dtype=acc, device=h_s.device) for _ in range(3))
+        for i in range(0, n, c):
+            j = min(i + c, n)
+            a, b, log_p_t = buf_a[: j - i], buf_b[: j - i], buf_c[: j - i]
+            torch.log_softmax(_logits(h_t[i:j], w_t, b_t, 1 / t, a), -1, out=log_p_t)
+            log_p_s = torch.log_softmax(_logits(h_s[i:j], w_s, b_s, 1 / t, b), -1, out=a)
+            diff = torch.sub(log_p_t, log_p_s, out=b)
+            p_t = log_p_t.exp_()
+            total += torch.dot(p_t.view(-1), diff.view(-1))  # Σ p_t·(log p_t − log p_s)
+            if not want_grad:
+                continue
+            g = log_p_s.exp_().sub_(p_t).mul_(scale)  # dL/dz_s rows
+            g_mm = g if g.dtype == h_s.dtype else g.to(h_s.dtype)
+            if grad_h is not None:
+                grad_h[i:j] = g_mm @ w_s
+            if grad_w is not None:
+                if g_mm.dtype == acc:
+                    grad_w.addmm_(g.t(), h_s[i:j])
+                else:
+                    grad_w += g_mm.t() @ h_s[i:j]
+            if grad_b is not None:
+                grad_b += g.sum(0)
+        ctx.save_for_backward(grad_h, grad_w, grad_b)
+        ctx.dtypes = (h_s.dtype, w_s.dtype, None if b_s is None else b_s.dtype)
+        return total * (t * t / max(n, 1))
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grads = [
+            None if g is None else (g * grad_out).to(dt)
+            for g, dt in zip(ctx.saved_tensors, ctx.dtypes)
+        ]
+        return (*grads, None, None, None, None, None)
+
+
+def word_kl(
+    h_s,
+    w_s,
+    h_t,
+    w_t,
+    mask=None,
+    temperature=1.0,
+    b_s=None,
+    b_t=None,
+    vocab_index=None,
+    chunk_size=None,
+) -> torch.Tensor:
+    """``word_kl_naive``'s value and gradients in chunks of ``chunk_size`` non-pad tokens.
+
+    Memory is three [chunk, V] fp32 buffers plus fp32 gradients the size of the student's inputs;
+    padded positions are dropped before any matmul and get zero gradient. The teacher gets none.
+    """
+    rows = _teacher_rows(w_s, w_t, vocab_index)
+    lead = h_s.shape[:-1]
+    if h_t.shape[:-1] != lead:
+        raise DistillError(
+            f"word_kl: student features {tuple(h_s.shape)} and teacher features "
+            f"{tuple(h_t.shape)} differ in their leading (batch, length) dims"
+        )
+    with torch.no_grad():
+        w_t, b_t = _teacher_matrix(w_t.detach(), None if b_t is None else b_t.detach(), rows)
+    flat_s = h_s.reshape(-1, h_s.shape[-1])
+    flat_t = h_t.detach().reshape(-1, h_t.shape[-1])
+    if mask is not None:
+        keep = mask.reshape(-1).to(device=h_s.device, dtype=torch.bool)
+        flat_s, flat_t = flat_s[keep], flat_t[keep]
+    if chunk_size is None:
+        chunk_size = max(1, CHUNK_ELEMENTS // max(w_s.shape[0], 1))
+    return _WordKL.apply(flat_s, w_s, b_s, flat_t, w_t, b_t, temperature, int(chunk_size))

@@ -1,0 +1,164 @@
+"""pretrain-distill end to end: encoders (embeddings and LM-head word logits) and causal LMs."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from helpers import OFFLINE_ENV, RECIPES, invoke
+from safetensors.torch import load_file
+from transformers import AutoModel
+
+from distill_cli.models import load_lm, truncate
+
+
+def pretrain_args(teacher, data, out, *extra):
+    return [
+        "pretrain-distill",
+        "--recipe", RECIPES / "glmd-pretrain.yaml",
+        "--teacher", teacher,
+        "--data", data,
+        "--output-dir", out,
+        "--max-steps", 2,
+        "--set", "student.num_layers=2",
+        "--set", "train.batch_size=4",
+        "--set", "train.learning_rate=1e-3",
+        "--set", "train.logging_steps=1",
+        "--set", "data.max_length=32",
+        *extra,
+    ]  # fmt: skip
+
+
+def changed(teacher_dir, out, skip=()):
+    teacher, _ = load_lm(str(teacher_dir), "teacher")
+    init = truncate(teacher, 2)
+    after = load_file(out / "model.safetensors")
+    names = [n for n, _ in init.named_parameters() if n in after and not n.startswith(skip)]
+    same = [n for n in names if torch.equal(init.state_dict()[n], after[n])]
+    return names, same
+
+
+def test_encoder_with_embedding_word_logits(tiny_encoder, corpus_file, tmp_path):
+    out = tmp_path / "student"
+    result = invoke(*pretrain_args(tiny_encoder, corpus_file, out))
+    assert result.exit_code == 0, result.output
+    assert "warning: fp16 needs CUDA" in result.stderr
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]
+    assert records[0]["phase"] == "pretrain" and records[0]["loss/word_kl"] > 0
+    # Every parameter the word-prediction loss reaches was trained; the pooler is not used by it.
+    names, same = changed(tiny_encoder, out, skip=("pooler.",))
+    assert names and same == []
+    model = AutoModel.from_pretrained(out)
+    assert model.config.num_hidden_layers == 2
+    summary = json.loads((out / "train_results.json").read_text())
+    assert summary["stage"] == "pretrain" and summary["steps"] == 2
+
+
+def test_pretrained_student_feeds_finetune_distill(
+    tiny_encoder, corpus_file, tiny_teacher, tiny_data_dir, tmp_path
+):
+    student = tmp_path / "glmd-student"
+    assert invoke(*pretrain_args(tiny_encoder, corpus_file, student)).exit_code == 0
+    out = tmp_path / "task-student"
+    result = invoke(
+        "finetune-distill", "--recipe", RECIPES / "glmd-finetune.yaml",
+        "--teacher", tiny_teacher, "--student", student, "--data", tiny_data_dir,
+        "--output-dir", out, "--set", "phases.0.max_steps=2", "--set", "phases.1.max_steps=2",
+        "--set", "train.batch_size=8", "--set", "train.logging_steps=1",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    phases = [(r["step"], r["phase"]) for r in records if "phase" in r]
+    assert phases == [(1, "word-prediction"), (2, "word-prediction"), (3, "task"), (4, "task")]
+    assert set(records[0]) >= {"loss/word_kl"} and "loss/soft_label_kl" not in records[0]
+    assert {"loss/word_kl", "loss/soft_label_kl"} <= set(records[2])
+    assert "eval/accuracy" in records[-1]
+
+
+def test_encoder_with_lm_head_word_logits(tmp_path, corpus_file):
+    from conftest import make_tokenizer, tiny_bert_config
+    from transformers import BertForMaskedLM
+
+    teacher = tmp_path / "mlm"
+    tok = make_tokenizer(teacher)
+    torch.manual_seed(0)
+    BertForMaskedLM(tiny_bert_config(len(tok))).save_pretrained(teacher)
+    out = tmp_path / "student"
+    result = invoke(*pretrain_args(teacher, corpus_file, out, "--set", "word_logits=lm_head"))
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["BertForMaskedLM"]
+    names, same = changed(teacher, out, skip=("bert.pooler.",))
+    assert same == []
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_causal_lm(family, request, corpus_file, tmp_path):
+    teacher = request.getfixturevalue(f"tiny_{family}")
+    out = tmp_path / "student"
+    result = invoke(*pretrain_args(teacher, corpus_file, out))
+    assert result.exit_code == 0, result.output
+    assert "masking is off" in result.stderr
+    names, same = changed(teacher, out)
+    assert names and same == []
+    code = (
+        "import sys, torch\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        f"m = AutoModelForCausalLM.from_pretrained({str(out)!r})\n"
+        f"t = AutoTokenizer.from_pretrained({str(out)!r})\n"
+        "ids = t('the movie was', return_tensors='pt').input_ids\n"
+        "g = m.generate(ids, max_new_tokens=3, do_sample=False)\n"
+        "assert g.shape[1] == ids.shape[1] + 3 and m.config.num_hidden_layers == 2\n"
+        "assert not any(k.startswith('distill_cli') for k in sys.modules)\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=OFFLINE_ENV,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_bucketing_and_ablation_terms(tiny_encoder, corpus_file, tmp_path):
+    """Length bucketing, plus hidden-state MSE (with a projection) and attention KL."""
+    out = tmp_path / "student"
+    result = invoke(*pretrain_args(
+        tiny_encoder, corpus_file, out,
+        "--set", "data.packing=bucket", "--set", "student.init=config",
+        "--set", "student.hidden_size=32", "--set", "student.num_attention_heads=4",
+        "--set", "phases.0.terms={word_kl: {weight: 1.0, temperature: 15.0}, "
+                 "hidden_mse: {weight: 1.0}, attention_kl: {weight: 1.0}}",
+    ))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"loss/word_kl", "loss/hidden_mse", "loss/attention_kl"} <= set(record)
+    assert json.loads((out / "config.json").read_text())["hidden_size"] == 32
+
+
+def test_task_terms_are_refused_in_pretraining(tiny_encoder, corpus_file, tmp_path):
+    result = invoke(
+        *pretrain_args(
+            tiny_encoder,
+            corpus_file,
+            tmp_path / "s",
+            "--set",
+            "phases.0.terms={soft_label_kl: {weight: 1.0}}",
+        )
+    )
+    assert result.exit_code == 2
+    assert "soft_label_kl need a classifier" in result.stderr
+
+
+def test_mismatched_vocabularies_are_one_error(tiny_encoder, tiny_gpt2, corpus_file, tmp_path):
+    result = invoke(
+        *pretrain_args(tiny_encoder, corpus_file, tmp_path / "s", "--student", tiny_gpt2)
+    )
+    assert result.exit_code == 2
+    lines = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+    assert len(lines) == 1 and "tokenizer" in lines[0]

@@ -1,0 +1,173 @@
+import math
+
+import pytest
+import torch
+
+from distill_cli.errors import DistillError
+from distill_cli.word_kd import word_kl, word_kl_naive
+
+B, L, D_S, D_T, V_T, V_S = 2, 5, 6, 8, 40, 30
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def make(seed=0, bias=True, index=True, dtype=torch.float32):
+    """Student/teacher features and vocabularies of different widths; the student's vocabulary is
+    a shuffled subset of the teacher's when ``index``. A [B, L] mask with padding."""
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
+
+    v_s = V_S if index else V_T
+    s = dict(h_s=randn(B, L, D_S), w_s=randn(v_s, D_S), b_s=randn(v_s) if bias else None)
+    t = dict(h_t=randn(B, L, D_T), w_t=randn(V_T, D_T), b_t=randn(V_T) if bias else None)
+    for x in s.values():
+        if x is not None:
+            x.requires_grad_(True)
+    mask = torch.ones(B, L, dtype=torch.bool)
+    mask[0, 3:] = False
+    mask[1, 4:] = False
+    vocab_index = torch.randperm(V_T, generator=g)[:V_S] if index else None
+    return s, t, dict(mask=mask, vocab_index=vocab_index)
+
+
+def loss_and_grads(fn, s, t, **kw):
+    loss = fn(s["h_s"], s["w_s"], t["h_t"], t["w_t"], b_s=s["b_s"], b_t=t["b_t"], **kw)
+    inputs = [x for x in s.values() if x is not None]
+    return loss, torch.autograd.grad(loss, inputs)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 15.0])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("index", [True, False])
+@pytest.mark.parametrize("chunk_size", [1, 3, 7, None])
+def test_matches_naive(temperature, bias, index, chunk_size):
+    s, t, kw = make(bias=bias, index=index)
+    ref, ref_grads = loss_and_grads(word_kl_naive, s, t, temperature=temperature, **kw)
+    out, grads = loss_and_grads(word_kl, s, t, temperature=temperature, chunk_size=chunk_size, **kw)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, **TOL)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, **TOL)
+
+
+def test_no_mask_and_integer_mask():
+    s, t, kw = make()
+    for mask in (None, kw["mask"].long()):
+        ref, ref_grads = loss_and_grads(
+            word_kl_naive, s, t, mask=mask, vocab_index=kw["vocab_index"]
+        )
+        out, grads = loss_and_grads(word_kl, s, t, mask=mask, vocab_index=kw["vocab_index"])
+        torch.testing.assert_close(out, ref, **TOL)
+        for g, r in zip(grads, ref_grads):
+            torch.testing.assert_close(g, r, **TOL)
+
+
+@pytest.mark.parametrize("fn", [word_kl, word_kl_naive])
+def test_identical_inputs_give_zero(fn):
+    s, _, kw = make(index=False)
+    same = dict(h_t=s["h_s"].detach(), w_t=s["w_s"].detach(), b_t=s["b_s"].detach())
+    for temperature in (1.0, 15.0):
+        loss, grads = loss_and_grads(fn, s, same, mask=kw["mask"], temperature=temperature)
+        assert loss.abs().item() < 1e-5
+        assert all(g.abs().max() < 1e-5 for g in grads)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 15.0])
+def test_temperature_squared_against_a_loop(temperature):
+    s, t, kw = make()
+    mask, index = kw["mask"], kw["vocab_index"]
+    total, count = 0.0, 0
+    for b in range(B):
+        for i in range(L):
+            if not mask[b, i]:
+                continue
+            z_s = s["w_s"].detach().double() @ s["h_s"][b, i].detach().double() + s["b_s"].detach()
+            z_t = (t["w_t"].double() @ t["h_t"][b, i].double() + t["b_t"])[index]
+            p_s = [math.exp(z / temperature) for z in z_s.tolist()]
+            p_t = [math.exp(z / temperature) for z in z_t.tolist()]
+            p_s = [p / sum(p_s) for p in p_s]
+            p_t = [p / sum(p_t) for p in p_t]
+            total += sum(pt * math.log(pt / ps) for pt, ps in zip(p_t, p_s))
+            count += 1
+    expected = temperature**2 * total / count
+    loss = word_kl(**s, **t, temperature=temperature, **kw)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_padding_is_ignored():
+    s, t, kw = make()
+    mask = kw["mask"]
+    loss, (g_h, g_w, g_b) = loss_and_grads(word_kl, s, t, chunk_size=3, **kw)
+    assert (g_h[~mask] == 0).all() and (g_h[mask] != 0).any()
+    # new values at padded positions, student and teacher: same loss, same grads
+    s2 = {k: v.detach().clone() for k, v in s.items()}
+    t2 = {k: v.clone() for k, v in t.items()}
+    s2["h_s"][~mask] = 1e3
+    t2["h_t"][~mask] = float("nan")
+    for x in s2.values():
+        x.requires_grad_(True)
+    loss2, (g_h2, g_w2, g_b2) = loss_and_grads(word_kl, s2, t2, chunk_size=3, **kw)
+    assert torch.equal(loss, loss2)
+    assert torch.equal(g_h, g_h2) and torch.equal(g_w, g_w2) and torch.equal(g_b, g_b2)
+
+
+@pytest.mark.parametrize("fn", [word_kl, word_kl_naive])
+def test_empty_mask_gives_zero_without_nan(fn):
+    s, t, kw = make()
+    kw["mask"] = torch.zeros(B, L, dtype=torch.bool)
+    loss, grads = loss_and_grads(fn, s, t, **kw)
+    assert loss.item() == 0.0
+    assert all(torch.equal(g, torch.zeros_like(g)) for g in grads)
+
+
+def test_teacher_gets_no_grad():
+    s, t, kw = make()
+    for x in t.values():
+        x.requires_grad_(True)
+    word_kl(**s, **t, **kw).backward()
+    assert all(x.grad is None for x in t.values())
+    assert all(x.grad is not None for x in s.values())
+
+
+def test_gradcheck_float64():
+    s, t, kw = make(dtype=torch.float64)
+    t = {k: v.detach() for k, v in t.items()}
+
+    def fn(h_s, w_s, b_s):
+        return word_kl(h_s, w_s, temperature=2.0, b_s=b_s, chunk_size=2, **t, **kw)
+
+    assert torch.autograd.gradcheck(fn, (s["h_s"], s["w_s"], s["b_s"]))
+
+
+def one_line_error(**kw):
+    s, t, _ = make(index=False)
+    with pytest.raises(DistillError) as err:
+        word_kl(s["h_s"], s["w_s"][:-3], t["h_t"], t["w_t"], **kw)
+    message = str(err.value)
+    assert "\n" not in message and "vocab_map.json" in message
+    return message
+
+
+def test_vocab_errors():
+    message = one_line_error()
+    assert str(V_T - 3) in message and str(V_T) in message
+    assert "vocab_index" in one_line_error(vocab_index=torch.arange(V_T - 4))
+    assert "outside" in one_line_error(vocab_index=torch.arange(V_T - 3) + 4)
+    assert "outside" in one_line_error(vocab_index=torch.arange(V_T - 3) - 1)
+    s, t, _ = make(index=False)
+    with pytest.raises(DistillError):
+        word_kl_naive(s["h_s"], s["w_s"][:-3], t["h_t"], t["w_t"])
+
+
+def test_bf16_gives_fp32_loss_close_to_fp32():
+    s, t, kw = make()
+    ref, ref_grads = loss_and_grads(word_kl, s, t, temperature=2.0, **kw)
+    s16 = {k: v.detach().bfloat16().requires_grad_(True) for k, v in s.items()}
+    t16 = {k: v.bfloat16() for k, v in t.items()}
+    out, grads = loss_and_grads(word_kl, s16, t16, temperature=2.0, chunk_size=3, **kw)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, rtol=5e-2, atol=5e-2)
+    for g, r in zip(grads, ref_grads):
+        assert g.dtype == torch.bfloat16
+        torch.testing.assert_close(g.float(), r, rtol=0.1, atol=2e-2)
