@@ -26,6 +26,7 @@ def _teacher_rows(w_s, w_t, vocab_index):
                 f"word_kl: student vocabulary has {v_s} rows but teacher has {v_t}; {fix}"
             )
         return None
+    vocab_index = torch.as_tensor(vocab_index)
     if vocab_index.dim() != 1 or vocab_index.shape[0] != v_s:
         raise DistillError(
             f"word_kl: vocab_index has shape {tuple(vocab_index.shape)} but the student vocabulary "
@@ -65,66 +66,64 @@ def word_kl_naive(
     return kl.sum() / max(kl.numel(), 1) * t * t
 
 
-def _logits(x, w, b, scale, out):
-    """out = (x·wᵀ + b)·scale in out's dtype (fp32); the matmul runs in x's dtype."""
-    if x.dtype == out.dtype:
-        if b is None:
-            torch.mm(x, w.t(), out=out)
-        else:
-            torch.addmm(b, x, w.t(), out=out)
-    else:
-        out.copy_(F.linear(x, w, b))
-    if scale != 1.0:
-        out.mul_(scale)
-    return out
+def _logits(x, w, b, out):
+    """out = x·wᵀ + b in out's dtype (fp32); the matmul runs in x's dtype."""
+    if x.dtype != out.dtype:
+        return out.copy_(F.linear(x, w, b))
+    if b is None:
+        return torch.mm(x, w.t(), out=out)
+    return torch.addmm(b, x, w.t(), out=out)
+
+
+def _scaled(x, scale):
+    return x if x is None or scale == 1.0 else x * scale
 
 
 class _WordKL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h_s, w_s, b_s, h_t, w_t, b_t, temperature, chunk_size):
-        n, v = h_s.shape[0], w_s.shape[0]
+        n, v, dev = h_s.shape[0], w_s.shape[0], h_s.device
         acc = torch.promote_types(h_s.dtype, torch.float32)  # fp32, or fp64 for gradcheck
         need = ctx.needs_input_grad[:3]
-        want_grad = any(need)
         t = float(temperature)
-        scale = t / max(n, 1)  # dL/dz_s = T·(p_s − p_t)/N
-        total = torch.zeros((), dtype=acc, device=h_s.device)
-        grad_h = torch.zeros(n, h_s.shape[1], dtype=acc, device=h_s.device) if need[0] else None
-        grad_w = torch.zeros(w_s.shape, dtype=acc, device=w_s.device) if need[1] else None
-        grad_b = torch.zeros(v, dtype=acc, device=w_s.device) if need[2] else None
-        # three [chunk, V] buffers, reused by every chunk
+        # logits/T = (h/T)·wᵀ + b/T: scale the small factors, not the [chunk, V] logits
+        hs_t, bs_t, ht_t, bt_t = (_scaled(x, 1 / t) for x in (h_s, b_s, h_t, b_t))
+        kl = torch.zeros((), dtype=acc, device=dev)
+        grad_h = torch.empty(n, h_s.shape[1], dtype=acc, device=dev) if need[0] else None
+        grad_w = torch.zeros(w_s.shape, dtype=acc, device=dev) if need[1] else None
+        grad_b = torch.zeros(v, dtype=acc, device=dev) if need[2] else None
         c = max(1, min(chunk_size, n))
-        buf_a, buf_b, buf_c = (torch.empty(c, v, dtype=acc, device=h_s.device) for _ in range(3))
+        buf_a, buf_b, buf_c = (torch.empty(c, v, dtype=acc, device=dev) for _ in range(3))
         for i in range(0, n, c):
             j = min(i + c, n)
             a, b, log_p_t = buf_a[: j - i], buf_b[: j - i], buf_c[: j - i]
-            torch.log_softmax(_logits(h_t[i:j], w_t, b_t, 1 / t, a), -1, out=log_p_t)
-            log_p_s = torch.log_softmax(_logits(h_s[i:j], w_s, b_s, 1 / t, b), -1, out=a)
+            torch.log_softmax(_logits(ht_t[i:j], w_t, bt_t, a), -1, out=log_p_t)
+            log_p_s = torch.log_softmax(_logits(hs_t[i:j], w_s, bs_t, b), -1, out=a)
             diff = torch.sub(log_p_t, log_p_s, out=b)
             p_t = log_p_t.exp_()
-            total += torch.dot(p_t.view(-1), diff.view(-1))  # Σ p_t·(log p_t − log p_s)
-            if not want_grad:
+            kl += torch.dot(p_t.view(-1), diff.view(-1))  # Σ p_t·(log p_t − log p_s)
+            if not any(need):
                 continue
-            g = log_p_s.exp_().sub_(p_t).mul_(scale)  # dL/dz_s rows
-            g_mm = g if g.dtype == h_s.dtype else g.to(h_s.dtype)
+            g = log_p_s.exp_().sub_(p_t)  # p_s − p_t; dL/dz_s is this times T/N
+            g_mm = g.to(h_s.dtype)  # the matmuls run in the inputs' dtype (no copy in fp32)
             if grad_h is not None:
                 grad_h[i:j] = g_mm @ w_s
-            if grad_w is not None:
-                if g_mm.dtype == acc:
-                    grad_w.addmm_(g.t(), h_s[i:j])
-                else:
-                    grad_w += g_mm.t() @ h_s[i:j]
+            if grad_w is not None and g_mm.dtype == acc:
+                grad_w.addmm_(g.t(), h_s[i:j])
+            elif grad_w is not None:
+                grad_w += g_mm.t() @ h_s[i:j]
             if grad_b is not None:
                 grad_b += g.sum(0)
         ctx.save_for_backward(grad_h, grad_w, grad_b)
+        ctx.scale = t / max(n, 1)
         ctx.dtypes = (h_s.dtype, w_s.dtype, None if b_s is None else b_s.dtype)
-        return total * (t * t / max(n, 1))
+        return kl * (t * t / max(n, 1))
 
     @staticmethod
     def backward(ctx, grad_out):
         grads = [
-            None if g is None else (g * grad_out).to(dt)
-            for g, dt in zip(ctx.saved_tensors, ctx.dtypes)
+            None if g is None else (g * (grad_out * ctx.scale)).to(dt)
+            for g, dt in zip(ctx.saved_tensors, ctx.dtypes, strict=True)
         ]
         return (*grads, None, None, None, None, None)
 
@@ -162,4 +161,12 @@ def word_kl(
         flat_s, flat_t = flat_s[keep], flat_t[keep]
     if chunk_size is None:
         chunk_size = max(1, CHUNK_ELEMENTS // max(w_s.shape[0], 1))
-    return _WordKL.apply(flat_s, w_s, b_s, flat_t, w_t, b_t, temperature, int(chunk_size))
+    args = [flat_s, w_s, b_s, flat_t, w_t, b_t]
+    device = h_s.device.type
+    if torch.is_autocast_enabled(device):
+        # Under mixed precision the vocabulary matmuls run in the autocast dtype (the casts are
+        # differentiable); softmax and sums stay fp32 inside, with autocast off.
+        low = torch.get_autocast_dtype(device)
+        args = [None if a is None else a.to(low) for a in args]
+    with torch.autocast(device, enabled=False):
+        return _WordKL.apply(*args, temperature, int(chunk_size))

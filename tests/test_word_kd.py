@@ -171,3 +171,29 @@ def test_bf16_gives_fp32_loss_close_to_fp32():
     for g, r in zip(grads, ref_grads):
         assert g.dtype == torch.bfloat16
         torch.testing.assert_close(g.float(), r, rtol=0.1, atol=2e-2)
+
+
+def test_no_grad_and_flat_inputs():
+    s, t, kw = make()
+    with torch.no_grad():
+        ref = word_kl_naive(**s, **t, **kw)
+        out = word_kl(**s, **t, chunk_size=4, **kw)
+    torch.testing.assert_close(out, ref, **TOL)
+    flat = {k: v.flatten(0, 1) if k.startswith("h") else v for k, v in {**s, **t}.items()}
+    out = word_kl(**flat, mask=kw["mask"].flatten(), vocab_index=kw["vocab_index"].tolist())
+    torch.testing.assert_close(out, ref, **TOL)
+
+
+def test_autocast_runs_matmuls_in_low_precision_and_sums_in_fp32():
+    torch.manual_seed(11)
+    h_s = torch.randn(2, 5, 8, requires_grad=True)
+    w_s = torch.randn(30, 8, requires_grad=True)
+    h_t, w_t = torch.randn(2, 5, 12), torch.randn(30, 12)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    ref = word_kl(h_s, w_s, h_t, w_t, mask=mask, temperature=2.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = word_kl(h_s, w_s, h_t, w_t, mask=mask, temperature=2.0)
+    assert low.dtype == torch.float32
+    assert low.item() == pytest.approx(ref.item(), rel=5e-2, abs=5e-2)
+    low.backward()
+    assert w_s.grad.dtype == torch.float32 and torch.isfinite(w_s.grad).all()
