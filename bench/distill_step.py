@@ -11,7 +11,7 @@ T=15 on logits from the input embeddings, 15% masking), batch 16, max length 128
 rotten_tomatoes texts.
 
 - project: packed blocks with dynamic padding from the recipe's pipeline, the body of
-  ``train.run``'s loop (``train.compute_loss`` → ``heads.forward`` + fused ``word_kl``), fused AdamW
+  ``train.run``'s loop (``train.train_step`` → ``heads.forward`` + fused ``word_kl``), fused AdamW
   built from ``optimizer_groups``, all through the Accelerator of ``train.make_accelerator``.
 - naive: each text its own row padded to max length (``padding="max_length"``), full [B, L, V] word
   logits of teacher and student (``word_kl_naive`` over the non-pad positions), plain AdamW.
@@ -47,7 +47,7 @@ from torch.utils.data import DataLoader
 from distill_cli import losses, stages, text_data
 from distill_cli.heads import StudentModule
 from distill_cli.recipe import load_recipe, validate
-from distill_cli.train import compute_loss, make_accelerator, optimizer_groups
+from distill_cli.train import make_accelerator, optimizer_groups, train_step
 from distill_cli.word_kd import word_kl_naive
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "glmd-pretrain.yaml"
@@ -98,23 +98,14 @@ def project_step(recipe, b, out: Path):
     teacher = b.teacher.to(accelerator.device).eval().requires_grad_(False)
     vocab_index = b.vocab_index.to(accelerator.device) if b.vocab_index is not None else None
     masker = text_data.TokenMasker(b.tokenizer, seed=cfg.seed)
-    needs = losses.needs_of(phase.terms)
-    mask_p = 0.0 if b.causal else phase.mlm_probability
     batches = forever(loader)
 
     def step():
         batch = next(batches)
-        if mask_p > 0:
-            batch["input_ids"], _ = masker(batch["input_ids"], batch["attention_mask"], mask_p)
-        with accelerator.accumulate(student):
-            loss, _ = compute_loss(
-                student, teacher, batch, phase.terms, needs, b, vocab_index, accelerator
-            )
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(student.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad()
+        loss, _ = train_step(
+            student, teacher, batch, phase, b, vocab_index, masker, optimizer, accelerator,
+            cfg.max_grad_norm,
+        )  # fmt: skip
         mask = batch["attention_mask"]
         return int(mask.sum()), mask.numel(), loss.item()
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
@@ -23,7 +23,12 @@ from distill_cli import batching, heads, losses, stages
 from distill_cli.data import TaskData
 from distill_cli.heads import StudentModule
 from distill_cli.metrics import PRIMARY, compute_metrics, predictions_from_logits
-from distill_cli.outputs import prepare_output_dir, save_model_atomic, write_json_atomic
+from distill_cli.outputs import (
+    prepare_output_dir,
+    save_model_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 from distill_cli.recipe import Recipe, TrainConfig, to_yaml, validate
 from distill_cli.reporting import MetricsWriter, TrainProgress, log
 from distill_cli.text_data import TokenMasker
@@ -46,7 +51,11 @@ def make_accelerator(cfg: TrainConfig, out: Path) -> Accelerator:
     # Several processes and no CUDA (torchrun, or `accelerate launch --multi_gpu` on a CPU
     # machine): accelerate only picks its multi-CPU (gloo) backend when told to use the CPU.
     distributed_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    # Some parameters get no gradient in some phases (a classifier head during word-prediction
+    # phases, BERT's pooler in pre-training), which DDP must be told about.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     return Accelerator(
+        kwargs_handlers=[ddp],
         cpu=distributed_cpu,
         mixed_precision=precision,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
@@ -118,7 +127,7 @@ def run(
     main = accelerator.is_main_process
     set_seed(cfg.seed)
     if main:
-        (out / "resolved_recipe.yaml").write_text(to_yaml(recipe))
+        write_text_atomic(out / "resolved_recipe.yaml", to_yaml(recipe))
 
     # build
     build = stages.build_task if stage == "task" else stages.build_pretrain
@@ -141,9 +150,10 @@ def run(
     if b.eval_ds is not None:
         eval_loader = DataLoader(b.eval_ds, batch_size=cfg.eval_batch_size, collate_fn=b.collate)
 
-    # fused AdamW: one kernel over all parameters, on CPU and CUDA alike
+    # fused AdamW: one kernel over all parameters (CPU and CUDA have it)
     groups = optimizer_groups(student, cfg.weight_decay)
-    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=True)
+    fused = accelerator.device.type in ("cpu", "cuda")
+    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=fused)
     student, optimizer, train_loader = accelerator.prepare(student, optimizer, train_loader)
     if eval_loader is not None:
         eval_loader = accelerator.prepare(eval_loader)
@@ -180,23 +190,13 @@ def run(
     window = _Window()
     student.train()
     for plan in plans:
-        needs = losses.needs_of(plan.terms)
-        mask_p = 0.0 if b.causal else plan.mlm_probability
         phase_end = step + plan.steps
         while step < phase_end:
             for batch in train_loader:
-                if mask_p > 0:
-                    ids, _ = masker(batch["input_ids"], batch["attention_mask"], mask_p)
-                    batch["input_ids"] = ids
-                with accelerator.accumulate(student):
-                    loss, parts = compute_loss(
-                        student, teacher, batch, plan.terms, needs, b, vocab_index, accelerator
-                    )
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(student.parameters(), cfg.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad()
+                loss, parts = train_step(
+                    student, teacher, batch, plan, b, vocab_index, masker, optimizer, accelerator,
+                    cfg.max_grad_norm,
+                )  # fmt: skip
                 window.add(loss, parts, batch["attention_mask"])
                 samples += len(batch["input_ids"])
                 if not accelerator.sync_gradients:
@@ -252,6 +252,26 @@ def run(
     accelerator.end_training()
     summary["is_main_process"] = main
     return summary
+
+
+def train_step(
+    student, teacher, batch, plan, b, vocab_index, masker, optimizer, accelerator, max_grad_norm
+):
+    """Mask (encoders, when the phase says so), forward, backward, clip, optimizer step."""
+    mask_p = 0.0 if b.causal else plan.mlm_probability
+    if mask_p > 0:
+        batch["input_ids"], _ = masker(batch["input_ids"], batch["attention_mask"], mask_p)
+    with accelerator.accumulate(student):
+        needs = losses.needs_of(plan.terms)
+        loss, parts = compute_loss(
+            student, teacher, batch, plan.terms, needs, b, vocab_index, accelerator
+        )
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and max_grad_norm > 0:
+            accelerator.clip_grad_norm_(student.parameters(), max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad()
+    return loss, parts
 
 
 def compute_loss(student, teacher, batch, terms, needs, b, vocab_index, accelerator):

@@ -1,22 +1,25 @@
 """Bad input through the real entry point: exit code 2, one ``error:`` line, inputs untouched.
 
-Each case runs ``python -m distill_cli`` in a subprocess, so the console entry point, its
+Each case runs the console entry point ``distill_cli.cli.main`` (in-process, to save the import
+cost of a subprocess per case; tests/test_cli.py runs ``python -m distill_cli`` itself), so its
 stderr and its exit code are what is tested. Runs are kept cheap (1 step, tiny fixtures).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from distill_cli.cli import main
 from distill_cli.outputs import holds_model
 
 REPO = Path(__file__).parents[1]
@@ -26,17 +29,22 @@ CHEAP = ["--max-steps", "1", "--set", "student.num_layers=2", "--set", "train.ba
 
 
 def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return subprocess.run(
-        [sys.executable, "-m", "distill_cli", *map(str, args)],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    """The console entry point ``distill_cli.cli.main``, in-process (no import cost per case).
+
+    An exception escaping main() would be a traceback for the user, so it fails the test as one.
+    """
+    out, err = io.StringIO(), io.StringIO()
+    here = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main([str(a) for a in args])
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        os.chdir(here)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def snapshot(paths: list[Path]) -> dict[str, str]:

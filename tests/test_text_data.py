@@ -6,9 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import FILLER, NEGATIVE, POSITIVE, make_tokenizer
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
+from conftest import FILLER, NEGATIVE, POSITIVE, make_bpe_tokenizer, make_tokenizer
 
 from distill_cli import data
 from distill_cli.errors import DistillError
@@ -40,20 +38,9 @@ def bert_tok(tiny_tokenizer_dir):
 
 
 @pytest.fixture(scope="module")
-def gpt_tok():
+def gpt_tok(tmp_path_factory):
     """A tiny byte-level BPE causal tokenizer with an <|endoftext|> eos and no pad token."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(DOCS * 5, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>"
-    )
+    return make_bpe_tokenizer(tmp_path_factory.mktemp("bpe"))
 
 
 def load(name, **kw):
