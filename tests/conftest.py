@@ -30,7 +30,8 @@ LABELS = ["neg", "pos"]
 
 def make_tokenizer(path):
     """A tiny uncased WordPiece tokenizer built with the tokenizers library."""
-    vocab = SPECIALS + FILLER + POSITIVE + NEGATIVE + LETTERS + ["##" + c for c in LETTERS]
+    words = SPECIALS + FILLER + POSITIVE + NEGATIVE + LETTERS + ["##" + c for c in LETTERS]
+    vocab = list(dict.fromkeys(words))  # "a" is both a word and a letter: one id
     tok = Tokenizer(models.WordPiece({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
