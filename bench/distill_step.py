@@ -47,7 +47,7 @@ from torch.utils.data import DataLoader
 from distill_cli import losses, stages, text_data
 from distill_cli.heads import StudentModule
 from distill_cli.recipe import load_recipe, validate
-from distill_cli.train import make_accelerator, optimizer_groups, train_step
+from distill_cli.train import make_accelerator, optimizer_groups, plan_phases, train_step
 from distill_cli.word_kd import word_kl_naive
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "glmd-pretrain.yaml"
@@ -81,7 +81,8 @@ def forever(loader):
 
 def project_step(recipe, b, out: Path):
     """train.run's setup and the body of its loop, for one phase."""
-    cfg, phase = recipe.train, recipe.phases[0]
+    cfg = recipe.train
+    phase = plan_phases(recipe, steps_per_epoch=1)[0]
     accelerator = make_accelerator(cfg, out)
     student = StudentModule(b.student)
     if b.batch_sampler is not None:

@@ -10,7 +10,7 @@ import dataclasses
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -40,6 +40,7 @@ class PhasePlan:
     terms: dict
     steps: int
     mlm_probability: float = 0.0
+    needs: heads.Needs = field(default_factory=heads.Needs)  # what its loss terms read
 
 
 def make_accelerator(cfg: TrainConfig, out: Path) -> Accelerator:
@@ -74,7 +75,8 @@ def plan_phases(recipe: Recipe, steps_per_epoch: int) -> list[PhasePlan]:
             steps = min(steps, left)
             left -= steps
         if steps > 0:
-            plans.append(PhasePlan(phase.name, phase.terms, steps, phase.mlm_probability))
+            needs = losses.needs_of(phase.terms)
+            plans.append(PhasePlan(phase.name, phase.terms, steps, phase.mlm_probability, needs))
     return plans
 
 
@@ -262,9 +264,8 @@ def train_step(
     if mask_p > 0:
         batch["input_ids"], _ = masker(batch["input_ids"], batch["attention_mask"], mask_p)
     with accelerator.accumulate(student):
-        needs = losses.needs_of(plan.terms)
         loss, parts = compute_loss(
-            student, teacher, batch, plan.terms, needs, b, vocab_index, accelerator
+            student, teacher, batch, plan.terms, plan.needs, b, vocab_index, accelerator
         )
         accelerator.backward(loss)
         if accelerator.sync_gradients and max_grad_norm > 0:
@@ -319,14 +320,14 @@ class _Window:
         for k, v in parts.items():
             self.parts[k] = self.parts.get(k, 0.0) + v.detach().float()
         self.n += 1
-        self.tokens += int(attention_mask.sum())
+        self.tokens += attention_mask.sum()  # a tensor: no device sync per step
 
     def flush(self, accelerator, step: int, phase: str, lr: float) -> dict:
         names = sorted(self.parts)
         local = torch.stack([self.loss, *[self.parts[k] for k in names]]) / max(self.n, 1)
         mean = accelerator.reduce(local.to(accelerator.device), reduction="mean").tolist()
         tokens = accelerator.reduce(
-            torch.tensor(self.tokens, device=accelerator.device), reduction="sum"
+            torch.as_tensor(self.tokens, device=accelerator.device), reduction="sum"
         ).item()
         record = {"step": step, "phase": phase, "loss": mean[0]}
         record.update({f"loss/{k}": v for k, v in zip(names, mean[1:], strict=True)})

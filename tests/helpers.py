@@ -48,3 +48,12 @@ def tkd_args(teacher, data, out, *extra):
         "train.logging_steps=1",
         *extra,
     ]
+
+
+def run_without_distill_cli(code: str, cwd) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh Python that must never import distill_cli (plain transformers)."""
+    check = "\nimport sys\nassert not any(k.startswith('distill_cli') for k in sys.modules)\n"
+    return subprocess.run(
+        [sys.executable, "-c", code + check],
+        capture_output=True, text=True, env=OFFLINE_ENV, cwd=cwd, timeout=120,
+    )  # fmt: skip
