@@ -264,3 +264,21 @@ def label_names(config) -> list[str] | None:
 
 def same_vocab(a, b) -> bool:
     return a is b or a.get_vocab() == b.get_vocab()
+
+
+def load_as_saved(name: str, role: str, trust_remote_code: bool = False):
+    """A model with the head it was saved with (its config's architecture), and its tokenizer."""
+    import transformers
+
+    check_model_source(name, role)
+    try:
+        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+        archs = getattr(config, "architectures", None) or []
+        cls = getattr(transformers, archs[0], None) if archs else None
+        cls = cls or AutoModel
+        model = cls.from_pretrained(
+            name, config=config, dtype=torch.float32, trust_remote_code=trust_remote_code
+        )
+    except Exception as e:
+        raise _load_error(role, name, e) from None
+    return model.eval(), load_tokenizer(name, role, trust_remote_code)

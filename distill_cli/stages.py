@@ -34,7 +34,9 @@ class Built:
     batch_sampler: list[list[int]] | None = None
     student_mode: str = "embeddings"
     teacher_mode: str = "embeddings"
-    vocab_index: torch.Tensor | None = None
+    vocab_index: torch.Tensor | None = None  # teacher rows of a compressed student vocabulary
+    id_remap: torch.Tensor | None = None  # teacher ids → compressed student ids
+    input_tokenizer: object = None  # what the inputs were tokenized with (masking uses it)
     separate_teacher_inputs: bool = False
     notes: dict = field(default_factory=dict)
 
@@ -57,13 +59,22 @@ def _needs_teacher(recipe: Recipe) -> bool:
     )
 
 
-def vocab_index(student_path: str | None) -> torch.Tensor | None:
-    """Teacher rows of a compressed student's vocabulary (vocab_map.json), if it has one."""
+def compressed_vocab(student_path: str | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """For a student made by compress-vocab (it has vocab_map.json): the teacher rows of its
+    vocabulary (the fused loss's vocab_index) and the map from teacher ids to student ids
+    (a dropped token becomes its substitute). Both models then read one tokenization."""
     path = Path(student_path or "") / "vocab_map.json"
-    if student_path and path.is_file():
-        kept = json.loads(path.read_text())["kept_ids"]
-        return torch.tensor(kept, dtype=torch.long)
-    return None
+    if not (student_path and path.is_file()):
+        return None
+    vmap = json.loads(path.read_text())
+    kept = torch.tensor(vmap["kept_ids"], dtype=torch.long)
+    remap = torch.full((vmap["vocab_size_before"],), -1, dtype=torch.long)
+    remap[kept] = torch.arange(len(kept))
+    for dropped, substitute in vmap["dropped"].items():
+        remap[int(dropped)] = remap[substitute]
+    if (remap < 0).any():
+        raise DistillError(f"{path} does not map every teacher id; run compress-vocab again")
+    return kept, remap
 
 
 def _check_aligned(recipe: Recipe, separate: bool) -> None:
@@ -106,11 +117,14 @@ def build_task(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built:
     student, student_tok = build_student(
         recipe.student, teacher, teacher_tok, task.labels, task.task_type, trust_remote_code, log
     )
-    separate = teacher_tok is not None and not same_vocab(student_tok, teacher_tok)
+    compressed = compressed_vocab(recipe.student.path) if teacher_tok is not None else None
+    separate = teacher_tok is not None and not compressed
+    separate = separate and not same_vocab(student_tok, teacher_tok)
     _check_aligned(recipe, separate)
+    input_tok = teacher_tok if compressed else student_tok
     t_tok = teacher_tok if separate else None
     train_ds = _tokenize_task_split(
-        task.splits[d.train_split], task, student_tok, t_tok, d.max_length, "train"
+        task.splits[d.train_split], task, input_tok, t_tok, d.max_length, "train"
     )
     eval_ds = None
     if has_eval:
@@ -128,7 +142,9 @@ def build_task(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built:
         eval_ds=eval_ds,
         student_mode=word_mode(recipe.word_logits, student.config),
         teacher_mode=word_mode(recipe.word_logits, teacher.config) if teacher else "embeddings",
-        vocab_index=vocab_index(recipe.student.path),
+        vocab_index=compressed[0] if compressed else None,
+        id_remap=compressed[1] if compressed else None,
+        input_tokenizer=input_tok,
         separate_teacher_inputs=separate,
     )
 
@@ -144,7 +160,8 @@ def build_pretrain(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built
     student, student_tok = build_student(
         recipe.student, teacher, tokenizer, trust_remote_code=trust_remote_code, log=log
     )
-    if not same_vocab(student_tok, tokenizer):
+    compressed = compressed_vocab(recipe.student.path)
+    if not compressed and not same_vocab(student_tok, tokenizer):
         _check_aligned(recipe, separate=True)
     causal = is_causal(teacher.config)
     if causal and any(p.mlm_probability > 0 for p in recipe.phases) and main:
@@ -158,7 +175,7 @@ def build_pretrain(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built
         sampler = text_data.bucket_batches(lengths, recipe.train.batch_size, recipe.train.seed)
     return Built(
         student=student,
-        tokenizer=tokenizer,
+        tokenizer=student_tok,
         teacher=teacher,
         train_ds=train_ds,
         collate=batching.PadCollator(_pad_id(tokenizer)),
@@ -166,5 +183,7 @@ def build_pretrain(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built
         batch_sampler=sampler,
         student_mode=word_mode(recipe.word_logits, student.config),
         teacher_mode=word_mode(recipe.word_logits, teacher.config),
-        vocab_index=vocab_index(recipe.student.path),
+        vocab_index=compressed[0] if compressed else None,
+        id_remap=compressed[1] if compressed else None,
+        input_tokenizer=tokenizer,
     )

@@ -92,13 +92,15 @@ def optimizer_groups(model, weight_decay: float) -> list[dict]:
     ]
 
 
-def evaluate_split(model, loader, accelerator, task: TaskData) -> dict[str, float]:
+def evaluate_split(model, loader, accelerator, task: TaskData, id_remap=None) -> dict[str, float]:
     """Task metrics of a model over a prepared loader, gathered across processes."""
     model.eval()
     all_logits, all_labels = [], []
     with torch.no_grad():
         for batch in loader:
             inputs, _ = batching.split_inputs(batch)
+            if id_remap is not None:
+                inputs = {**inputs, "input_ids": id_remap[inputs["input_ids"]]}
             logits = model(**inputs).logits.float()
             logits, labels = accelerator.gather_for_metrics((logits, batch["labels"]))
             all_logits.append(logits.cpu())
@@ -164,6 +166,8 @@ def run(
         teacher.to(accelerator.device).eval()
         teacher.requires_grad_(False)
     vocab_index = b.vocab_index.to(accelerator.device) if b.vocab_index is not None else None
+    if b.id_remap is not None:
+        b.id_remap = b.id_remap.to(accelerator.device)
 
     steps_per_epoch = max(1, len(train_loader) // cfg.gradient_accumulation_steps)
     plans = plan_phases(recipe, steps_per_epoch)
@@ -187,7 +191,9 @@ def run(
         )
 
     # fit
-    masker = TokenMasker(b.tokenizer, seed=cfg.seed + accelerator.process_index)
+    masker = TokenMasker(
+        b.input_tokenizer or b.tokenizer, seed=cfg.seed + accelerator.process_index
+    )
     step, samples, started = 0, 0, time.perf_counter()
     window = _Window()
     student.train()
@@ -237,7 +243,7 @@ def run(
     }
     if eval_loader is not None:
         model = accelerator.unwrap_model(student).model
-        metrics = evaluate_split(model, eval_loader, accelerator, b.task)
+        metrics = evaluate_split(model, eval_loader, accelerator, b.task, b.id_remap)
         summary["eval_split"] = recipe.data.eval_split
         summary["eval"] = metrics
         summary["primary_metric"] = PRIMARY[b.task.metric]
@@ -278,6 +284,8 @@ def train_step(
 def compute_loss(student, teacher, batch, terms, needs, b, vocab_index, accelerator):
     """One forward pass of student and teacher, and the phase's weighted loss and its parts."""
     s_inputs, t_inputs = batching.split_inputs(batch)
+    if b.id_remap is not None:  # a compressed student reads the teacher's tokens, remapped
+        s_inputs = {**s_inputs, "input_ids": b.id_remap[s_inputs["input_ids"]]}
     step = losses.Step(
         student=student(s_inputs, needs, b.student_mode),
         labels=batch.get("labels"),

@@ -27,7 +27,7 @@ def test_top_level_help_lists_all_commands():
         assert name in result.output
 
 
-@pytest.mark.parametrize("name", ["compress-vocab", "export"])
+@pytest.mark.parametrize("name", ["export"])
 def test_unavailable_commands_say_so_and_exit_2(name):
     result = invoke(name)
     assert result.exit_code == 2

@@ -19,7 +19,7 @@ from transformers import (
 
 from distill_cli import vocab
 from distill_cli.errors import DistillError
-from distill_cli.stages import vocab_index
+from distill_cli.stages import compressed_vocab
 
 KEPT_TEXT = "the movie was good and the film was bad"
 BPE_DROPPED = ("quite", "cast", "story")  # left out of the BPE corpus, so their tokens drop
@@ -138,7 +138,11 @@ def test_saved_folders_load_with_plain_transformers(encoder, gpt2, tmp_path):
         model.save_pretrained(folder)
         new_tok.save_pretrained(folder)
         (folder / "vocab_map.json").write_text(json.dumps(vocab_map))
-        assert vocab_index(str(folder)).tolist() == vocab_map["kept_ids"]
+        kept, remap = compressed_vocab(str(folder))
+        assert kept.tolist() == vocab_map["kept_ids"]
+        assert remap[kept].tolist() == list(range(len(kept)))  # kept ids → their new ids
+        for dropped, sub in vocab_map["dropped"].items():
+            assert remap[int(dropped)] == remap[sub]  # a dropped id reads as its substitute
         with torch.no_grad():
             out = original(**tok(KEPT_TEXT, return_tensors="pt"))
         ref = out.logits[0][:, vocab_map["kept_ids"]] if causal else out.last_hidden_state[0]

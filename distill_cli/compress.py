@@ -1,0 +1,54 @@
+"""compress-vocab's core: load, compress (distill_cli.vocab), write a plain HF folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from distill_cli import text_data, vocab
+from distill_cli.errors import DistillError
+from distill_cli.models import load_as_saved
+from distill_cli.outputs import prepare_output_dir, save_model_atomic, write_json_atomic
+from distill_cli.recipe import DataConfig
+from distill_cli.reporting import log
+
+
+def run(
+    model_dir: str,
+    teacher: str,
+    corpus: str,
+    ratio: float,
+    output_dir: str | Path,
+    similarity: str = "inner",
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
+) -> dict:
+    """Compress a model's vocabulary; writes the model, vocab_map.json and compression.json."""
+    if not 0 < ratio <= 1:
+        raise DistillError(f"--ratio must be in (0, 1], got {ratio}; e.g. --ratio 0.5")
+    if similarity not in vocab.SIMILARITIES:
+        raise DistillError(
+            f"unknown --similarity '{similarity}'; choose {', '.join(vocab.SIMILARITIES)}"
+        )
+    if Path(model_dir).resolve() == Path(output_dir).resolve():
+        raise DistillError("--output-dir must differ from MODEL_DIR: inputs are never modified")
+    out = prepare_output_dir(output_dir, overwrite)
+    model, tokenizer = load_as_saved(model_dir, "model", trust_remote_code)
+    teacher_model, _ = load_as_saved(teacher, "teacher", trust_remote_code)
+    texts = text_data.load_texts(DataConfig(name=corpus))["text"]
+    log(f"counting tokens in {len(texts):,} texts")
+    model, new_tokenizer, vocab_map, report = vocab.compress(
+        model, tokenizer, teacher_model, texts, ratio, similarity
+    )
+    result = {"model": str(model_dir), "teacher": str(teacher), "corpus": corpus}
+    result.update(ratio=ratio, similarity=similarity, **report.to_dict())
+    write_json_atomic(out / "vocab_map.json", vocab_map)
+    write_json_atomic(out / "compression.json", result)
+    save_model_atomic(model, new_tokenizer, out)  # weights last: the folder is finished
+    result["output_dir"] = str(out)
+    return result
+
+
+def read_vocab_map(folder: str | Path) -> dict | None:
+    path = Path(folder) / "vocab_map.json"
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -1,0 +1,79 @@
+"""compress-vocab through the CLI, and distilling into a compressed student."""
+
+import json
+
+import pytest
+from helpers import RECIPES, invoke, run_without_distill_cli, tkd_args
+
+
+def compress_args(model, teacher, corpus, out, *extra):
+    return ["compress-vocab", model, "--teacher", teacher, "--corpus", corpus,
+            "--ratio", 0.5, "--output-dir", out, *extra]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def compressed_encoder(tiny_encoder, corpus_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compressed") / "encoder"
+    result = invoke(*compress_args(tiny_encoder, tiny_encoder, corpus_file, out))
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_compress_vocab_writes_a_plain_folder(compressed_encoder, tmp_path):
+    report = json.loads((compressed_encoder / "compression.json").read_text())
+    vmap = json.loads((compressed_encoder / "vocab_map.json").read_text())
+    assert report["vocab_after"] == len(vmap["kept_ids"]) < report["vocab_before"]
+    assert report["params_after"] < report["params_before"]
+    assert 0 <= report["remapped_share"] <= 1 and len(report["top_remaps"]) <= 10
+    code = (
+        "from transformers import AutoModel, AutoTokenizer\n"
+        f"m = AutoModel.from_pretrained({str(compressed_encoder)!r})\n"
+        f"t = AutoTokenizer.from_pretrained({str(compressed_encoder)!r})\n"
+        "x = t('the movie was good', return_tensors='pt')\n"
+        f"assert m(**x).last_hidden_state.shape[-1] == 48 and len(t) == {report['vocab_after']}\n"
+    )
+    proc = run_without_distill_cli(code, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_pretrain_and_finetune_a_compressed_student(
+    compressed_encoder, tiny_encoder, tiny_teacher, corpus_file, tiny_data_dir, tmp_path
+):
+    out = tmp_path / "pre"
+    result = invoke(
+        "pretrain-distill", "--recipe", RECIPES / "glmd-pretrain.yaml", "--teacher", tiny_encoder,
+        "--student", compressed_encoder, "--data", corpus_file, "--output-dir", out,
+        "--max-steps", 2, "--set", "train.batch_size=4", "--set", "data.max_length=32",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["loss/word_kl"] > 0
+    # the student keeps its compressed tokenizer; the teacher kept its full vocabulary
+    assert json.loads((out / "config.json").read_text())["vocab_size"] < 85
+
+    # The task stage with a compressed student: teacher-tokenized ids, remapped for the student.
+    # (The classifier head is new: this student was compressed from a bare encoder.)
+    task_out = tmp_path / "task"
+    args = tkd_args(tiny_teacher, tiny_data_dir, task_out, "--student", compressed_encoder)
+    args += ["--set", "phases.0.terms={word_kl: {weight: 1.0, temperature: 15.0}, "
+             "soft_label_kl: {weight: 1.0}}"]  # fmt: skip
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    record = json.loads((task_out / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["loss/word_kl"] > 0 and record["loss/soft_label_kl"] >= 0
+
+
+@pytest.mark.parametrize("ratio", ["0", "1.5"])
+def test_ratio_outside_range(tiny_encoder, corpus_file, tmp_path, ratio):
+    args = compress_args(tiny_encoder, tiny_encoder, corpus_file, tmp_path / "o")
+    args[args.index("--ratio") + 1] = ratio
+    result = invoke(*args)
+    assert result.exit_code == 2 and "--ratio must be in (0, 1]" in result.stderr
+
+
+def test_missing_teacher_and_existing_output(
+    compressed_encoder, tiny_encoder, corpus_file, tmp_path
+):
+    result = invoke(*compress_args(tiny_encoder, tmp_path / "nope", corpus_file, tmp_path / "o"))
+    assert result.exit_code == 2 and "teacher folder not found" in result.stderr
+    result = invoke(*compress_args(tiny_encoder, tiny_encoder, corpus_file, compressed_encoder))
+    assert result.exit_code == 2 and "--overwrite" in result.stderr
