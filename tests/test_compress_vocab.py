@@ -77,3 +77,33 @@ def test_missing_teacher_and_existing_output(
     assert result.exit_code == 2 and "teacher folder not found" in result.stderr
     result = invoke(*compress_args(tiny_encoder, tiny_encoder, corpus_file, compressed_encoder))
     assert result.exit_code == 2 and "--overwrite" in result.stderr
+
+
+def test_compressed_bpe_causal_lm_distils(tiny_gpt2, tmp_path):
+    """Byte-level BPE (GPT-2): compress on a corpus that leaves some tokens out, then distil."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the movie was good\nthe film was bad and dull\n" * 20)
+    small = tmp_path / "gpt2-small-vocab"
+    result = invoke(*compress_args(tiny_gpt2, tiny_gpt2, corpus, small))
+    assert result.exit_code == 0, result.output
+    report = json.loads((small / "compression.json").read_text())
+    assert report["vocab_after"] < report["vocab_before"]
+    config = json.loads((small / "config.json").read_text())
+    assert config["vocab_size"] == report["vocab_after"]
+    out = tmp_path / "student"
+    result = invoke(
+        "pretrain-distill", "--recipe", RECIPES / "glmd-pretrain.yaml", "--teacher", tiny_gpt2,
+        "--student", small, "--data", corpus, "--output-dir", out, "--max-steps", 2,
+        "--set", "train.batch_size=4", "--set", "data.max_length=16",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    code = (
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        f"m = AutoModelForCausalLM.from_pretrained({str(out)!r})\n"
+        f"t = AutoTokenizer.from_pretrained({str(out)!r})\n"
+        "ids = t('the movie was', return_tensors='pt').input_ids\n"
+        f"assert int(ids.max()) < {report['vocab_after']}\n"
+        "m.generate(ids, max_new_tokens=2, do_sample=False)\n"
+    )
+    proc = run_without_distill_cli(code, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
