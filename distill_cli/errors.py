@@ -5,7 +5,3 @@ class DistillError(Exception):
     """Bad input or an unmet requirement: printed as one line, exit code 2."""
 
     exit_code = 2
-
-
-class NotAvailableError(DistillError):
-    """A subcommand that is registered but not implemented yet."""

@@ -27,14 +27,6 @@ def test_top_level_help_lists_all_commands():
         assert name in result.output
 
 
-@pytest.mark.parametrize("name", ["export"])
-def test_unavailable_commands_say_so_and_exit_2(name):
-    result = invoke(name)
-    assert result.exit_code == 2
-    assert result.stdout == ""
-    assert result.stderr.strip() == f"error: distill {name} is not available yet in this version"
-
-
 def test_flag_errors_are_one_line():
     proc = run_module("evaluate", "--no-such-flag")
     assert proc.returncode == 2

@@ -195,15 +195,6 @@ CASES = [
         ("--no-such-flag",),
         inputs=lambda w: [w.teacher, w.data, TKD],
     ),
-    *[
-        Case(
-            f"{name}-not-available",
-            lambda w, name=name: [name],
-            (name, "not available yet"),
-            inputs=lambda w: [],
-        )
-        for name in ("export",)
-    ],
 ]
 
 

@@ -1,14 +1,50 @@
-"""distill export: export to HF, ONNX and int8 (not available yet)."""
+"""distill export: an HF folder, ONNX, or int8 ONNX, verified against the PyTorch model."""
 
+import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from distill_cli.errors import NotAvailableError
+from distill_cli import export
+from distill_cli.commands import options as o
+from distill_cli.reporting import out_console
 
 
 def command(
-    args: Annotated[list[str] | None, typer.Argument(help="Arguments, once available.")] = None,
+    model_dir: Annotated[str, typer.Argument(help="Model folder to export.")],
+    format_: Annotated[
+        str, typer.Option("--format", help="hf | onnx | onnx-int8 (dynamic int8 quantization).")
+    ],
+    output_dir: Annotated[Path, typer.Option("--output-dir", help="Folder for the export.")],
+    dtype: Annotated[
+        str, typer.Option("--dtype", help="Weights for --format hf: fp32 | fp16 | bf16.")
+    ] = "fp32",
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing --output-dir.")
+    ] = False,
+    trust_remote_code: o.TrustRemoteCode = False,
+    json_: o.Json = False,
 ) -> None:
-    """export to HF, ONNX and int8: not available yet in this version."""
-    raise NotAvailableError("distill export is not available yet in this version")
+    """Export a model, load the export back and check it matches the PyTorch model."""
+    result = export.run(model_dir, format_, output_dir, dtype, overwrite, trust_remote_code)
+    if json_:
+        print(json.dumps(result, indent=2))
+        return
+    console = out_console()
+    console.print(f"exported {model_dir} as {result['format']} ({result['dtype']})")
+    for name, mb in result["sizes_mb"].items():
+        console.print(f"  {name:<28} {mb:>10.3f} MB")
+    if "int8_mb" in result:
+        console.print(
+            f"int8: {result['fp32_mb']:.2f} MB → {result['int8_mb']:.2f} MB "
+            f"({100 * result['size_ratio']:.0f}%), latency b1 {result['latency_ms_b1_fp32']:.2f} → "
+            f"{result['latency_ms_b1']:.2f} ms"
+        )
+        console.print(
+            f"vs PyTorch: max abs diff {result['max_abs_diff']:.3g}, "
+            f"argmax agreement {100 * result['argmax_agreement']:.1f}%"
+        )
+    else:
+        console.print(f"verified: max abs diff {result['max_abs_diff']:.3g} vs PyTorch")
+    console.print(f"wrote {result['output_dir']} (export.json)")

@@ -1,0 +1,177 @@
+"""distill export: HF folders and ONNX models that load with no code of ours, verified."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from tests.helpers import invoke, run_without_distill_cli
+
+TEXTS = ["the movie was good", "a dull and boring film but the cast was lovely", "awful"]
+
+
+def export(model, out, fmt, *extra):
+    result = invoke("export", model, "--format", fmt, "--output-dir", out, "--json", *extra)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def torch_outputs(model_dir, texts, auto=AutoModelForSequenceClassification):
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = auto.from_pretrained(model_dir).eval()
+    outs = []
+    for text in texts:
+        enc = tok(text, return_tensors="pt")
+        with torch.no_grad():
+            outs.append(model(**enc).logits[0].numpy())
+    return tok, outs
+
+
+def test_hf_export_loads_in_plain_transformers(tiny_teacher, tmp_path):
+    out = tmp_path / "hf"
+    result = export(tiny_teacher, out, "hf")
+    assert result["verified"] and result["max_abs_diff"] <= 1e-4
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "README.md", "export.json"):
+        assert (out / name).is_file(), name
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\n")
+    header = card.split("---\n")[1]
+    assert "library_name: transformers" in header
+    assert "pipeline_tag: text-classification" in header
+    assert "distill-cli" in header and "## Usage" in card
+    assert "# hf\n" in card and "export-" not in card
+    assert not list(tmp_path.glob(".*")), "temporary folders left behind"
+
+    _, expected = torch_outputs(tiny_teacher, TEXTS)
+    code = f"""
+import json, torch
+from transformers import AutoTokenizer, AutoModelForSequenceClassification
+tok = AutoTokenizer.from_pretrained({str(out)!r})
+model = AutoModelForSequenceClassification.from_pretrained({str(out)!r}).eval()
+rows = []
+for text in {TEXTS!r}:
+    with torch.no_grad():
+        rows.append(model(**tok(text, return_tensors="pt")).logits[0].tolist())
+print(json.dumps(rows))
+print(model.config.id2label[0], model.config.id2label[1])
+"""
+    proc = run_without_distill_cli(code, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    got = json.loads(lines[0])
+    for g, e in zip(got, expected, strict=True):
+        assert abs(torch.tensor(g) - torch.tensor(e)).max() <= 1e-4
+    assert lines[1] == "neg pos"
+
+
+def test_hf_fp16_card_reads_recipe(tiny_teacher, tmp_path):
+    import shutil
+
+    src = tmp_path / "student"
+    shutil.copytree(tiny_teacher, src)
+    (src / "resolved_recipe.yaml").write_text(
+        "method: tkd\nteacher: org/teacher-model\nphases:\n- name: task\n  terms:\n"
+        "    kd_logits: {weight: 1.0, temperature: 2.0}\n"
+    )
+    (src / "train_results.json").write_text(json.dumps({"steps": 5, "phases": {"task": 5}}))
+    out = tmp_path / "hf16"
+    result = export(src, out, "hf", "--dtype", "fp16")
+    assert result["dtype"] == "fp16" and result["max_abs_diff"] < 0.05
+    assert (out / "resolved_recipe.yaml").is_file()
+    card = (out / "README.md").read_text()
+    assert "base_model: org/teacher-model" in card and "`tkd`" in card and "5 steps" in card
+    model = AutoModelForSequenceClassification.from_pretrained(out)
+    assert model.classifier.weight.dtype == torch.float16
+
+
+def test_onnx_dynamic_axes_match_pytorch(tiny_teacher, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    out = tmp_path / "onnx"
+    result = export(tiny_teacher, out, "onnx")
+    assert result["verified"] and result["max_abs_diff"] <= 1e-4
+    assert "token_type_ids" in result["inputs"]
+    for name in ("model.onnx", "tokenizer.json", "config.json", "export.json"):
+        assert (out / name).is_file(), name
+    tok, expected = torch_outputs(tiny_teacher, TEXTS)
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    # batch 1 at three sequence lengths
+    for text, exp in zip(TEXTS, expected, strict=True):
+        enc = tok(text, return_tensors="np")
+        got = sess.run(None, {i.name: enc[i.name] for i in sess.get_inputs()})[0]
+        assert abs(got[0] - exp).max() <= 1e-4
+    # batch 3, padded
+    enc = tok(TEXTS, return_tensors="np", padding=True)
+    got = sess.run(None, {i.name: enc[i.name] for i in sess.get_inputs()})[0]
+    assert got.shape == (3, 2)
+    for g, exp in zip(got, expected, strict=True):
+        assert abs(g - exp).max() <= 1e-4
+
+
+def test_onnx_int8_is_smaller(tiny_teacher, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    out = tmp_path / "int8"
+    result = export(tiny_teacher, out, "onnx-int8")
+    assert result["int8_mb"] < result["fp32_mb"]
+    assert 0 <= result["argmax_agreement"] <= 1 and "latency_ms_b1" in result
+    tok = AutoTokenizer.from_pretrained(out)
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    enc = tok(TEXTS, return_tensors="np", padding=True)
+    assert sess.run(None, {i.name: enc[i.name] for i in sess.get_inputs()})[0].shape == (3, 2)
+    assert json.loads((out / "export.json").read_text())["format"] == "onnx-int8"
+
+
+def test_onnx_causal_lm_logits(tiny_gpt2, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    out = tmp_path / "gpt2"
+    result = export(tiny_gpt2, out, "onnx")
+    assert result["output"] == "logits" and result["inputs"] == ["input_ids", "attention_mask"]
+    tok, expected = torch_outputs(tiny_gpt2, TEXTS, auto=AutoModelForCausalLM)
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    for text, exp in zip(TEXTS, expected, strict=True):
+        enc = tok(text, return_tensors="np")
+        got = sess.run(
+            None, {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        )
+        assert got[0][0].shape == exp.shape and abs(got[0][0] - exp).max() <= 1e-4
+
+
+def test_refuses_existing_output_without_overwrite(tiny_teacher, tmp_path):
+    out = tmp_path / "exists"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    result = invoke("export", tiny_teacher, "--format", "hf", "--output-dir", out)
+    assert result.exit_code == 2 and "--overwrite" in result.output
+    assert (out / "keep.txt").is_file()
+    export(tiny_teacher, out, "hf", "--overwrite")
+    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--format", "tflite"], "unknown --format"),
+        (["--format", "hf", "--dtype", "int4"], "unknown --dtype"),
+        (["--format", "onnx-int8", "--dtype", "bf16"], "does not apply"),
+    ],
+)
+def test_bad_options(tiny_teacher, tmp_path, args, message):
+    result = invoke("export", tiny_teacher, "--output-dir", tmp_path / "o", *args)
+    assert result.exit_code == 2 and message in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_non_model_folder(tmp_path):
+    (tmp_path / "notes.txt").write_text("hi")
+    result = invoke("export", tmp_path, "--format", "hf", "--output-dir", tmp_path / "out")
+    assert result.exit_code == 2 and "not a Hugging Face model folder" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_onnx_encoder_last_hidden_state(tiny_encoder, tmp_path):
+    pytest.importorskip("onnxruntime")
+    result = export(tiny_encoder, tmp_path / "enc", "onnx")
+    assert result["output"] == "last_hidden_state" and result["max_abs_diff"] <= 1e-4
+    card_free = export(tiny_encoder, tmp_path / "enc-hf", "hf")
+    assert card_free["pipeline_tag"] == "feature-extraction"
+    assert "pipeline_tag: feature-extraction" in (tmp_path / "enc-hf" / "README.md").read_text()
