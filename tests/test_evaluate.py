@@ -105,3 +105,28 @@ def test_several_students_against_one_teacher(
     copy = report["models"]["copy-of-teacher"]
     assert copy["retention"] == pytest.approx(1.0) and copy["parameter_ratio"] == 1.0
     assert "copy-of-teacher" in result.stdout
+
+
+def test_evaluate_an_onnx_export_beside_its_source(tiny_teacher, tiny_data_dir, tmp_path):
+    pytest.importorskip("onnxruntime")
+    exported = tmp_path / "onnx-teacher"
+    result = invoke("export", tiny_teacher, "--format", "onnx", "--output-dir", exported)
+    assert result.exit_code == 0, result.output
+    result = invoke(
+        "evaluate",
+        exported,
+        "--data",
+        tiny_data_dir,
+        "--teacher",
+        tiny_teacher,
+        "--output-dir",
+        tmp_path / "eval",
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    onnx, torch_model = report["models"]["onnx-teacher"], report["models"]["teacher"]
+    assert onnx["metrics"] == torch_model["metrics"]  # same predictions through onnxruntime
+    # ONNX counts its stored initializers; constant folding can fold a few small tensors away
+    assert onnx["parameters"] == pytest.approx(torch_model["parameters"], rel=0.05)
+    assert onnx["retention"] == pytest.approx(1.0)
