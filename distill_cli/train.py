@@ -256,6 +256,11 @@ def run(
     accelerator.wait_for_everyone()
     if main:
         write_json_atomic(out / "train_results.json", summary)
+        # a compressed student keeps its vocabulary map (and report) through further training
+        for name in ("vocab_map.json", "compression.json"):
+            source = Path(recipe.student.path or "") / name
+            if recipe.student.path and source.is_file():
+                write_text_atomic(out / name, source.read_text())
         save_model_atomic(accelerator.unwrap_model(student).model, b.tokenizer, out)
     accelerator.end_training()
     summary["is_main_process"] = main

@@ -47,6 +47,10 @@ def test_pretrain_and_finetune_a_compressed_student(
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["loss/word_kl"] > 0
+    # the vocabulary map travels with the student, so it can be distilled again
+    assert (out / "vocab_map.json").read_text() == (
+        compressed_encoder / "vocab_map.json"
+    ).read_text()
     # the student keeps its compressed tokenizer; the teacher kept its full vocabulary
     assert json.loads((out / "config.json").read_text())["vocab_size"] < 85
 
