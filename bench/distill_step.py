@@ -47,7 +47,13 @@ from torch.utils.data import DataLoader
 from distill_cli import losses, stages, text_data
 from distill_cli.heads import StudentModule
 from distill_cli.recipe import load_recipe, validate
-from distill_cli.train import make_accelerator, optimizer_groups, plan_phases, train_step
+from distill_cli.train import (
+    make_accelerator,
+    make_train_loader,
+    optimizer_groups,
+    plan_phases,
+    train_step,
+)
 from distill_cli.word_kd import word_kl_naive
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "glmd-pretrain.yaml"
@@ -85,14 +91,7 @@ def project_step(recipe, b, out: Path):
     phase = plan_phases(recipe, steps_per_epoch=1)[0]
     accelerator = make_accelerator(cfg, out)
     student = StudentModule(b.student)
-    if b.batch_sampler is not None:
-        loader = DataLoader(b.train_ds, batch_sampler=b.batch_sampler, collate_fn=b.collate)
-    else:
-        generator = torch.Generator().manual_seed(cfg.seed)
-        loader = DataLoader(
-            b.train_ds, batch_size=cfg.batch_size, shuffle=True, collate_fn=b.collate,
-            generator=generator,
-        )  # fmt: skip
+    loader = make_train_loader(b, cfg)
     groups = optimizer_groups(student, cfg.weight_decay)
     optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=True)
     student, optimizer, loader = accelerator.prepare(student, optimizer, loader)

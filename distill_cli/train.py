@@ -80,6 +80,17 @@ def plan_phases(recipe: Recipe, steps_per_epoch: int) -> list[PhasePlan]:
     return plans
 
 
+def make_train_loader(b, cfg: TrainConfig) -> DataLoader:
+    """Length-bucketed batches when the stage made them, else seeded shuffling."""
+    if b.batch_sampler is not None:
+        return DataLoader(b.train_ds, batch_sampler=b.batch_sampler, collate_fn=b.collate)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    return DataLoader(
+        b.train_ds, batch_size=cfg.batch_size, shuffle=True, collate_fn=b.collate,
+        generator=generator,
+    )  # fmt: skip
+
+
 def optimizer_groups(model, weight_decay: float) -> list[dict]:
     """No weight decay on biases and normalisation weights."""
     decay, no_decay = [], []
@@ -142,14 +153,7 @@ def run(
             model.set_attn_implementation("eager")
     projections = _projections(recipe, b)
     student = StudentModule(b.student, projections)
-    if b.batch_sampler is not None:
-        train_loader = DataLoader(b.train_ds, batch_sampler=b.batch_sampler, collate_fn=b.collate)
-    else:
-        generator = torch.Generator().manual_seed(cfg.seed)
-        train_loader = DataLoader(
-            b.train_ds, batch_size=cfg.batch_size, shuffle=True, collate_fn=b.collate,
-            generator=generator,
-        )  # fmt: skip
+    train_loader = make_train_loader(b, cfg)
     eval_loader = None
     if b.eval_ds is not None:
         eval_loader = DataLoader(b.eval_ds, batch_size=cfg.eval_batch_size, collate_fn=b.collate)
