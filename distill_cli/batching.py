@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 TEACHER_PREFIX = "teacher_"
@@ -61,3 +62,31 @@ def split_inputs(batch: dict) -> tuple[dict, dict]:
         k.removeprefix(TEACHER_PREFIX): v for k, v in batch.items() if k.startswith(TEACHER_PREFIX)
     }
     return student, teacher or student
+
+
+class EpochBatchSampler:
+    """Batches of dataset indices whose order depends only on (seed, epoch).
+
+    A resumed run sets the epoch and skips the batches already seen, and gets exactly the
+    batches an uninterrupted run would. ``fixed`` batches (length buckets) keep their contents
+    and are reordered each epoch; otherwise all indices are shuffled and cut into batches.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, fixed: list[list[int]] | None = None):
+        self.n, self.batch_size, self.seed, self.fixed = n, batch_size, seed, fixed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.fixed) if self.fixed is not None else -(-self.n // self.batch_size)
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        if self.fixed is not None:
+            yield from (self.fixed[i] for i in rng.permutation(len(self.fixed)))
+            return
+        order = rng.permutation(self.n)
+        for start in range(0, self.n, self.batch_size):
+            yield order[start : start + self.batch_size].tolist()

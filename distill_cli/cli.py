@@ -1,6 +1,6 @@
 """The ``distill`` command: five subcommands, one-line errors, meaningful exit codes.
 
-Exit codes: 0 success, 1 internal error (a bug: please report it), 2 bad input or not available.
+Exit codes are listed in distill_cli/errors.py and the README.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def _one_line_errors(fn):
         try:
             return fn(*args, **kwargs)
         except DistillError as e:
-            print(f"error: {e}", file=sys.stderr, flush=True)
+            print(f"{e.prefix}: {e}", file=sys.stderr, flush=True)
             raise typer.Exit(e.exit_code) from None
 
     return wrapper

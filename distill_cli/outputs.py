@@ -35,6 +35,12 @@ def prepare_output_dir(path: str | Path, overwrite: bool, main: bool = True) -> 
         return out
     for name in MODEL_FILES + ("metrics.jsonl", "train_results.json"):
         (out / name).unlink(missing_ok=True)
+    check_writable(out)
+    return out
+
+
+def check_writable(out: Path) -> None:
+    """Create the folder and write a temp file in it, or fail with one line."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out):
@@ -43,7 +49,17 @@ def prepare_output_dir(path: str | Path, overwrite: bool, main: bool = True) -> 
         raise DistillError(
             f"output folder {out} is not writable ({e.strerror}); choose another"
         ) from None
-    return out
+
+
+def check_free_space(out: Path, need: int) -> None:
+    """Refuse to start when the output folder's disk cannot hold the model and checkpoints."""
+    free = shutil.disk_usage(out).free
+    if free < need:
+        raise DistillError(
+            f"only {free / 1e6:,.0f} MB free in {out} but the run needs about {need / 1e6:,.0f} MB "
+            "(model and checkpoints); free space, lower train.save_total_limit, or choose "
+            "another --output-dir"
+        )
 
 
 def _umask_mode() -> int:

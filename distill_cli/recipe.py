@@ -118,6 +118,13 @@ class TrainConfig:
     mixed_precision: str = _opt("no", "no | fp16 | bf16 (fp16 falls back to fp32 without CUDA).")
     seed: int = _opt(42, "Random seed for init, shuffling and dropout.")
     logging_steps: int = _opt(10, "Log to metrics.jsonl and trackers every N steps.")
+    save_steps: int | None = _opt(
+        500, "Checkpoint every N optimizer steps, and at each phase's end (null: phase ends only)."
+    )
+    save_total_limit: int = _opt(2, "Checkpoints kept; older ones are deleted.")
+    max_bad_steps: int = _opt(
+        0, "Steps with a NaN/inf loss skipped before the run stops with exit code 3."
+    )
     report_to: list[str] = _opt([], "Accelerate trackers: tensorboard, wandb, ...")
 
 
@@ -387,7 +394,12 @@ def validate(recipe: Recipe, known_terms: dict[str, bool], needs_data: bool = Tr
         problems.append("train.epochs must be > 0 (or set train.max_steps)")
     if t.max_steps is not None and t.max_steps < 1:
         problems.append("train.max_steps must be >= 1")
-    for key in ("batch_size", "eval_batch_size", "gradient_accumulation_steps", "logging_steps"):
+    if t.save_steps is not None and t.save_steps < 1:
+        problems.append("train.save_steps must be >= 1, or null for phase ends only")
+    if t.max_bad_steps < 0:
+        problems.append("train.max_bad_steps must be >= 0")
+    keys = ("batch_size", "eval_batch_size", "gradient_accumulation_steps", "logging_steps")
+    for key in (*keys, "save_total_limit"):
         if getattr(t, key) < 1:
             problems.append(f"train.{key} must be >= 1")
     if t.learning_rate <= 0:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +20,14 @@ from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
-from distill_cli import batching, heads, losses, stages
+from distill_cli import batching, checkpoints, heads, losses, stages
+from distill_cli.batching import EpochBatchSampler
 from distill_cli.data import TaskData
+from distill_cli.errors import DistillError, Interrupted, NonFiniteLoss, WriteFailed
 from distill_cli.heads import StudentModule
 from distill_cli.metrics import PRIMARY, compute_metrics, predictions_from_logits
 from distill_cli.outputs import (
-    prepare_output_dir,
+    check_free_space,
     save_model_atomic,
     write_json_atomic,
     write_text_atomic,
@@ -80,15 +83,16 @@ def plan_phases(recipe: Recipe, steps_per_epoch: int) -> list[PhasePlan]:
     return plans
 
 
-def make_train_loader(b, cfg: TrainConfig) -> DataLoader:
-    """Length-bucketed batches when the stage made them, else seeded shuffling."""
-    if b.batch_sampler is not None:
-        return DataLoader(b.train_ds, batch_sampler=b.batch_sampler, collate_fn=b.collate)
+def make_train_loader(b, cfg: TrainConfig) -> tuple[DataLoader, EpochBatchSampler]:
+    """Batches whose order depends only on (seed, epoch): length buckets when the stage made
+    them, else shuffled indices. Returns the loader and its sampler (set its epoch per pass)."""
+    sampler = EpochBatchSampler(len(b.train_ds), cfg.batch_size, cfg.seed, b.batch_sampler)
+    # its own generator, so making an iterator never draws from the global (dropout) RNG
     generator = torch.Generator().manual_seed(cfg.seed)
-    return DataLoader(
-        b.train_ds, batch_size=cfg.batch_size, shuffle=True, collate_fn=b.collate,
-        generator=generator,
-    )  # fmt: skip
+    loader = DataLoader(
+        b.train_ds, batch_sampler=sampler, collate_fn=b.collate, generator=generator
+    )
+    return loader, sampler
 
 
 def optimizer_groups(model, weight_decay: float) -> list[dict]:
@@ -103,15 +107,16 @@ def optimizer_groups(model, weight_decay: float) -> list[dict]:
     ]
 
 
-def evaluate_split(model, loader, accelerator, task: TaskData, id_remap=None) -> dict[str, float]:
-    """Task metrics of a model over a prepared loader, gathered across processes."""
+def evaluate_split(model, loader, accelerator, task: TaskData) -> dict[str, float]:
+    """Task metrics of a model over a prepared loader, gathered across processes.
+
+    The loader holds the split tokenized by the student's own tokenizer, as a user runs it.
+    """
     model.eval()
     all_logits, all_labels = [], []
     with torch.no_grad():
         for batch in loader:
             inputs, _ = batching.split_inputs(batch)
-            if id_remap is not None:
-                inputs = {**inputs, "input_ids": id_remap[inputs["input_ids"]]}
             logits = model(**inputs).logits.float()
             logits, labels = accelerator.gather_for_metrics((logits, batch["labels"]))
             all_logits.append(logits.cpu())
@@ -128,20 +133,26 @@ def run(
     stage: str = "task",
     overwrite: bool = False,
     trust_remote_code: bool = False,
+    resume: bool = False,
 ) -> dict:
     """Train a student as the recipe says; returns the run summary written to train_results.json.
 
-    ``stage`` is ``task`` (finetune-distill) or ``pretrain`` (pretrain-distill).
+    ``stage`` is ``task`` (finetune-distill) or ``pretrain`` (pretrain-distill). A folder with
+    checkpoints and no finished model resumes from its newest checkpoint.
     """
     validate(recipe, losses.TERMS_NEED_TEACHER)
-    out = prepare_output_dir(output_dir, overwrite, main=_is_main_rank())
+    out, resume_from = checkpoints.prepare_run_dir(output_dir, overwrite, resume, _is_main_rank())
+    if resume_from is not None:
+        _check_same_recipe(out, recipe)
+    elif _is_main_rank():
+        check_free_space(out, checkpoints.disk_need(recipe))
     cfg = recipe.train
 
     # setup
     accelerator = make_accelerator(cfg, out)
     main = accelerator.is_main_process
     set_seed(cfg.seed)
-    if main:
+    if main and resume_from is None:
         write_text_atomic(out / "resolved_recipe.yaml", to_yaml(recipe))
 
     # build
@@ -153,7 +164,7 @@ def run(
             model.set_attn_implementation("eager")
     projections = _projections(recipe, b)
     student = StudentModule(b.student, projections)
-    train_loader = make_train_loader(b, cfg)
+    train_loader, sampler = make_train_loader(b, cfg)
     eval_loader = None
     if b.eval_ds is not None:
         eval_loader = DataLoader(b.eval_ds, batch_size=cfg.eval_batch_size, collate_fn=b.collate)
@@ -181,6 +192,20 @@ def run(
     scheduler = get_scheduler(
         cfg.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps
     )
+    masker = TokenMasker(
+        b.input_tokenizer or b.tokenizer, seed=cfg.seed + accelerator.process_index
+    )
+    window = _Window(accelerator.device)
+    pos = Position()
+    if resume_from is not None:
+        saved = checkpoints.load(accelerator, resume_from)
+        pos = Position(**saved["position"])
+        scheduler.load_state_dict(saved["scheduler"])
+        masker.generator.set_state(torch.tensor(saved["masker_rng"], dtype=torch.uint8))
+        window.load(saved["window"])
+        if main:
+            checkpoints.trim_metrics(out / "metrics.jsonl", pos.step)
+            log(f"resuming from {resume_from} (step {pos.step} of {total_steps})")
 
     if cfg.report_to:
         accelerator.init_trackers(out.name, config=_flat(dataclasses.asdict(recipe)))
@@ -194,87 +219,183 @@ def run(
             f"on {accelerator.num_processes} process(es), device {accelerator.device}"
         )
 
+    def save_checkpoint() -> Path:
+        state = {
+            "position": dataclasses.asdict(pos),
+            "scheduler": scheduler.state_dict(),
+            "masker_rng": masker.generator.get_state().tolist(),
+            "window": window.state(),
+        }
+        return checkpoints.save(accelerator, out, pos.step, state, cfg.save_total_limit)
+
     # fit
-    masker = TokenMasker(
-        b.input_tokenizer or b.tokenizer, seed=cfg.seed + accelerator.process_index
-    )
-    step, samples, started = 0, 0, time.perf_counter()
-    window = _Window()
+    started = time.perf_counter() - pos.runtime_s
     student.train()
-    for plan in plans:
-        phase_end = step + plan.steps
-        while step < phase_end:
-            for batch in train_loader:
-                loss, parts = train_step(
-                    student, teacher, batch, plan, b, vocab_index, masker, optimizer, accelerator,
-                    cfg.max_grad_norm,
-                )  # fmt: skip
-                window.add(loss, parts, batch["attention_mask"])
-                samples += len(batch["input_ids"])
-                if not accelerator.sync_gradients:
-                    continue
-                scheduler.step()
-                step += 1
-                if step % cfg.logging_steps == 0 or step == phase_end:
-                    record = window.flush(accelerator, step, plan.name, scheduler.get_last_lr()[0])
-                    record["epoch"] = round(step / steps_per_epoch, 4)
-                    if main:
-                        writer.write(record)
-                        progress.update(step, record)
-                    if cfg.report_to:
-                        accelerator.log(record, step=step)
+    phase_end = 0
+    with checkpoints.StopSignals() as signals:
+        for plan in plans:
+            phase_end += plan.steps
+            while pos.step < phase_end:
+                sampler.set_epoch(pos.epoch)
+                train_loader.set_epoch(pos.epoch)
+                loader = train_loader
+                if pos.batch:  # resumed mid-epoch: the batches already trained on are skipped
+                    loader = accelerator.skip_first_batches(train_loader, pos.batch)
+                for batch in loader:
+                    pos.batch += 1
+                    loss, parts, finite = train_step(
+                        student, teacher, batch, plan, b, vocab_index, masker, optimizer,
+                        accelerator, cfg.max_grad_norm, pos,
+                    )  # fmt: skip
+                    if finite:
+                        window.add(loss, parts, batch["attention_mask"])
+                    pos.samples += len(batch["input_ids"])
+                    if not accelerator.sync_gradients:
+                        continue
+                    scheduler.step()
+                    pos.step += 1
+                    if pos.bad_step:
+                        _skip_bad_step(pos, loss, parts, cfg.max_bad_steps, out, main)
+                    if pos.step % cfg.logging_steps == 0 or pos.step == phase_end:
+                        lr = scheduler.get_last_lr()[0]
+                        record = window.flush(accelerator, pos.step, plan.name, lr)
+                        record["epoch"] = round(pos.step / steps_per_epoch, 4)
+                        if main:
+                            writer.write(record)
+                            progress.update(pos.step, record)
+                        if cfg.report_to:
+                            accelerator.log(record, step=pos.step)
+                    else:
+                        progress.update(pos.step)
+                    if pos.step >= phase_end:  # the next phase starts a new pass over the data
+                        pos.epoch, pos.batch = pos.epoch + 1, 0
+                    signum = signals.requested(accelerator)
+                    save_due = cfg.save_steps and pos.step % cfg.save_steps == 0
+                    if pos.step >= phase_end or save_due or signum:
+                        pos.runtime_s = time.perf_counter() - started
+                        path = save_checkpoint()
+                        if signum:
+                            progress.close()
+                            raise Interrupted(
+                                signum,
+                                f"{signal.Signals(signum).name} at step {pos.step}: checkpoint "
+                                f"saved in {path}; run the same command again to resume",
+                            )
+                    if pos.step >= phase_end:
+                        break
                 else:
-                    progress.update(step)
-                if step >= phase_end:
-                    break
+                    pos.epoch, pos.batch = pos.epoch + 1, 0
     progress.close()
     runtime = time.perf_counter() - started
     log(
         f"process {accelerator.process_index}/{accelerator.num_processes}: "
-        f"{step} optimizer steps on {samples} samples"
+        f"{pos.step} optimizer steps on {pos.samples} samples"
     )
 
     # evaluate
     summary = {
         "output_dir": str(out),
         "stage": stage,
-        "steps": step,
+        "steps": pos.step,
         "phases": {p.name: p.steps for p in plans},
         "num_processes": accelerator.num_processes,
         "runtime_s": round(runtime, 2),
-        "train_samples_per_s": round(samples * accelerator.num_processes / runtime, 2),
+        "train_samples_per_s": round(pos.samples * accelerator.num_processes / runtime, 2),
         "final_loss": window.last_loss,
     }
+    if resume_from is not None:
+        summary["resumed_from"] = str(resume_from)
     if eval_loader is not None:
         model = accelerator.unwrap_model(student).model
-        metrics = evaluate_split(model, eval_loader, accelerator, b.task, b.id_remap)
+        metrics = evaluate_split(model, eval_loader, accelerator, b.task)
         summary["eval_split"] = recipe.data.eval_split
         summary["eval"] = metrics
         summary["primary_metric"] = PRIMARY[b.task.metric]
         if main:
-            writer.write({"step": step, **{f"eval/{k}": v for k, v in metrics.items()}})
+            writer.write({"step": pos.step, **{f"eval/{k}": v for k, v in metrics.items()}})
         if cfg.report_to:
-            accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
+            accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=pos.step)
 
     # save
     accelerator.wait_for_everyone()
     if main:
-        write_json_atomic(out / "train_results.json", summary)
-        # a compressed student keeps its vocabulary map (and report) through further training
-        for name in ("vocab_map.json", "compression.json"):
-            source = Path(recipe.student.path or "") / name
-            if recipe.student.path and source.is_file():
-                write_text_atomic(out / name, source.read_text())
-        save_model_atomic(accelerator.unwrap_model(student).model, b.tokenizer, out)
+        try:
+            write_json_atomic(out / "train_results.json", summary)
+            # a compressed student keeps its vocabulary map (and report) through further training
+            for name in ("vocab_map.json", "compression.json"):
+                source = Path(recipe.student.path or "") / name
+                if recipe.student.path and source.is_file():
+                    write_text_atomic(out / name, source.read_text())
+            save_model_atomic(accelerator.unwrap_model(student).model, b.tokenizer, out)
+        except OSError as e:
+            raise WriteFailed(
+                f"could not write the model to {out} ({e.strerror or e}); the last checkpoint "
+                f"is {checkpoints.latest(out)}; free space, then run the same command to resume"
+            ) from None
     accelerator.end_training()
     summary["is_main_process"] = main
     return summary
 
 
+@dataclass
+class Position:
+    """Where a run is: what a checkpoint needs to continue exactly."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # passes over the data started (a new phase starts a new pass)
+    batch: int = 0  # batches of the current pass already trained on
+    samples: int = 0
+    runtime_s: float = 0.0
+    bad_steps: int = 0
+    bad_step: bool = False  # the step in progress saw a non-finite loss
+
+
+def _skip_bad_step(pos: Position, loss, parts, allowed: int, out: Path, main: bool) -> None:
+    """Count a step whose loss was not finite; stop the run (exit 3) past the allowance."""
+    pos.bad_step = False
+    pos.bad_steps += 1
+    values = ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items())
+    what = f"step {pos.step}: the loss is not finite (loss={loss.item():.4g}; {values})"
+    if pos.bad_steps <= allowed:
+        if main:
+            log(f"warning: {what}; step skipped ({pos.bad_steps} of {allowed} allowed)")
+        return
+    last = checkpoints.latest(out)
+    kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written"
+    raise NonFiniteLoss(
+        f"{what}; stopped, {kept}; lower train.learning_rate, use fp32 or bf16, or allow "
+        "skipping with --set train.max_bad_steps=N"
+    )
+
+
+def _check_same_recipe(out: Path, recipe: Recipe) -> None:
+    """Resuming continues the same run: the recipe must be the one the folder was started with."""
+    saved_file = out / "resolved_recipe.yaml"
+    if not saved_file.is_file():
+        return
+    import yaml
+
+    saved = _flat(yaml.safe_load(saved_file.read_text()) or {})
+    now = _flat(yaml.safe_load(to_yaml(recipe)))
+    diff = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+    if diff:
+        k = diff[0]
+        raise DistillError(
+            f"{out} holds a run started with a different recipe ({k}: {saved.get(k)!r} then, "
+            f"{now.get(k)!r} now); rerun with the same options to resume, or pass --overwrite "
+            "to start again"
+        )
+
+
 def train_step(
-    student, teacher, batch, plan, b, vocab_index, masker, optimizer, accelerator, max_grad_norm
-):
-    """Mask (encoders, when the phase says so), forward, backward, clip, optimizer step."""
+    student, teacher, batch, plan, b, vocab_index, masker, optimizer, accelerator, max_grad_norm,
+    pos,
+):  # fmt: skip
+    """Mask (encoders, when the phase says so), forward, backward, clip, optimizer step.
+
+    A non-finite loss marks the optimizer step bad: it still runs backward (so processes stay
+    in step), but the update is dropped. Returns (loss, parts, finite).
+    """
     mask_p = 0.0 if b.causal else plan.mlm_probability
     if mask_p > 0:
         batch["input_ids"], _ = masker(batch["input_ids"], batch["attention_mask"], mask_p)
@@ -282,12 +403,22 @@ def train_step(
         loss, parts = compute_loss(
             student, teacher, batch, plan.terms, plan.needs, b, vocab_index, accelerator
         )
+        finite = _all_finite(loss, accelerator)
+        pos.bad_step |= not finite
         accelerator.backward(loss)
-        if accelerator.sync_gradients and max_grad_norm > 0:
-            accelerator.clip_grad_norm_(student.parameters(), max_grad_norm)
-        optimizer.step()
+        if accelerator.sync_gradients and not pos.bad_step:
+            if max_grad_norm > 0:
+                accelerator.clip_grad_norm_(student.parameters(), max_grad_norm)
+            optimizer.step()
         optimizer.zero_grad()
-    return loss, parts
+    return loss, parts, finite
+
+
+def _all_finite(loss, accelerator) -> bool:
+    bad = (~torch.isfinite(loss.detach())).float()
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad, reduction="max")
+    return not bool(bad.item())
 
 
 def compute_loss(student, teacher, batch, terms, needs, b, vocab_index, accelerator):
@@ -322,30 +453,49 @@ def _projections(recipe: Recipe, b) -> torch.nn.ModuleList:
 
 
 class _Window:
-    """Losses and token counts since the last log line."""
+    """Losses and token counts since the last log line (kept in checkpoints, so a resumed run
+    logs the same averages)."""
 
-    def __init__(self):
-        self.reset()
+    def __init__(self, device):
+        self.device = device
         self.last_loss = None
+        self.reset()
 
     def reset(self):
-        self.loss, self.parts, self.n, self.tokens = 0.0, {}, 0, 0
+        zero = torch.zeros((), device=self.device)
+        self.loss, self.parts, self.n, self.tokens = zero, {}, 0, zero.long()
         self.t0 = time.perf_counter()
 
     def add(self, loss, parts, attention_mask):
-        self.loss += loss.detach().float()
+        self.loss = self.loss + loss.detach().float()
         for k, v in parts.items():
             self.parts[k] = self.parts.get(k, 0.0) + v.detach().float()
         self.n += 1
-        self.tokens += attention_mask.sum()  # a tensor: no device sync per step
+        self.tokens = self.tokens + attention_mask.sum()  # a tensor: no device sync per step
+
+    def state(self) -> dict:
+        return {
+            "loss": self.loss.item(),
+            "parts": {k: v.item() for k, v in self.parts.items()},
+            "n": self.n,
+            "tokens": int(self.tokens.item()),
+            "last_loss": self.last_loss,
+        }
+
+    def load(self, state: dict) -> None:
+        def as_tensor(value, dtype=torch.float32):
+            return torch.tensor(value, dtype=dtype, device=self.device)
+
+        self.loss = as_tensor(state["loss"])
+        self.parts = {k: as_tensor(v) for k, v in state["parts"].items()}
+        self.n, self.tokens = state["n"], as_tensor(state["tokens"], torch.long)
+        self.last_loss = state["last_loss"]
 
     def flush(self, accelerator, step: int, phase: str, lr: float) -> dict:
         names = sorted(self.parts)
         local = torch.stack([self.loss, *[self.parts[k] for k in names]]) / max(self.n, 1)
         mean = accelerator.reduce(local.to(accelerator.device), reduction="mean").tolist()
-        tokens = accelerator.reduce(
-            torch.as_tensor(self.tokens, device=accelerator.device), reduction="sum"
-        ).item()
+        tokens = accelerator.reduce(self.tokens.to(accelerator.device), reduction="sum").item()
         record = {"step": step, "phase": phase, "loss": mean[0]}
         record.update({f"loss/{k}": v for k, v in zip(names, mean[1:], strict=True)})
         record["lr"] = lr

@@ -173,7 +173,7 @@ CASES = [
     Case(
         "output-holds-model",
         lambda w: finetune(w),
-        ("already holds a model", "--overwrite"),
+        ("already holds a finished model", "--overwrite"),
         inputs=lambda w: [w.teacher, w.data, TKD, w.out],
         setup=_held_output,
     ),
@@ -231,5 +231,5 @@ def test_failed_run_leaves_no_model(tiny_teacher, tiny_data_dir, tmp_path):
     assert not (w.out / "config.json").exists()
     if w.out.exists():
         assert not list(w.out.rglob("*.safetensors"))
-    # A retry into the same folder is not refused as "already holds a model".
+    # A retry into the same folder is not refused as "already holds a finished model".
     assert not (w.out.exists() and holds_model(w.out))

@@ -20,13 +20,19 @@ def command(
     seed: o.Seed = None,
     set_: o.Sets = None,
     overwrite: o.Overwrite = False,
+    resume: o.Resume = False,
     trust_remote_code: o.TrustRemoteCode = False,
     json_: o.Json = False,
 ) -> None:
     """Distil a task teacher into a student on labelled data (or fine-tune with no teacher)."""
     r = load_recipe(recipe, o.typed_options(teacher, student, data, max_steps, seed), set_ or [])
     summary = train.run(
-        r, output_dir, stage="task", overwrite=overwrite, trust_remote_code=trust_remote_code
+        r,
+        output_dir,
+        stage="task",
+        overwrite=overwrite,
+        resume=resume,
+        trust_remote_code=trust_remote_code,
     )
     if summary.pop("is_main_process"):
         print_summary(summary, json_)

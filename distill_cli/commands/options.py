@@ -19,7 +19,18 @@ Sets = Annotated[
     typer.Option("--set", help="Override any recipe value: --set train.epochs=3 (repeatable)."),
 ]
 Overwrite = Annotated[
-    bool, typer.Option("--overwrite", help="Replace a model already in --output-dir.")
+    bool,
+    typer.Option(
+        "--overwrite", help="Start again: replace a model or checkpoints already in --output-dir."
+    ),
+]
+Resume = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        help="Continue the run in --output-dir from its newest checkpoint (rerunning the same "
+        "command on a folder with checkpoints does this too); an error if there is none.",
+    ),
 ]
 TrustRemoteCode = Annotated[
     bool,

@@ -16,13 +16,19 @@ def command(
     seed: o.Seed = None,
     set_: o.Sets = None,
     overwrite: o.Overwrite = False,
+    resume: o.Resume = False,
     trust_remote_code: o.TrustRemoteCode = False,
     json_: o.Json = False,
 ) -> None:
     """Distil a teacher's word predictions into a student on raw text (GLMD stage 1)."""
     r = load_recipe(recipe, o.typed_options(teacher, student, data, max_steps, seed), set_ or [])
     summary = train.run(
-        r, output_dir, stage="pretrain", overwrite=overwrite, trust_remote_code=trust_remote_code
+        r,
+        output_dir,
+        stage="pretrain",
+        overwrite=overwrite,
+        resume=resume,
+        trust_remote_code=trust_remote_code,
     )
     if summary.pop("is_main_process"):
         print_summary(summary, json_)

@@ -1,0 +1,214 @@
+"""Checkpoints that survive a kill at any instant, and exact resume from them.
+
+A checkpoint is accelerate's ``save_state`` (model, optimizer, RNG states; safetensors for the
+weights) plus one ``trainer_state_<rank>.json`` per process (step, data position, scheduler,
+masking RNG, the unlogged loss window). It is written into ``checkpoints/.tmp-checkpoint-N`` and
+renamed to ``checkpoints/checkpoint-N`` when complete, so a folder with that name is always whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+from pathlib import Path
+
+from distill_cli.errors import DistillError, WriteFailed
+from distill_cli.outputs import (
+    FINISHED_MARKER,
+    MODEL_FILES,
+    check_writable,
+    write_json_atomic,
+    write_text_atomic,
+)
+from distill_cli.reporting import log
+
+FOLDER = "checkpoints"
+NAME = re.compile(r"^checkpoint-(\d+)$")
+TMP = ".tmp-"
+
+
+def complete(out: Path) -> list[Path]:
+    """Complete checkpoints in ``out``, oldest first."""
+    root = out / FOLDER
+    if not root.is_dir():
+        return []
+    found = [(int(m[1]), p) for p in root.iterdir() if p.is_dir() and (m := NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest(out: Path) -> Path | None:
+    found = complete(out)
+    return found[-1] if found else None
+
+
+def step_of(path: Path) -> int:
+    return int(NAME.match(path.name)[1])
+
+
+def clean_partial(out: Path) -> None:
+    """Remove temp folders a killed save or prune left behind (main process only)."""
+    root = out / FOLDER
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith(TMP):
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def save(accelerator, out: Path, step: int, state: dict, keep: int) -> Path:
+    """Save every process's state as ``checkpoint-<step>``; keep the newest ``keep``."""
+    root, main = out / FOLDER, accelerator.is_main_process
+    tmp, final = root / f"{TMP}checkpoint-{step}", root / f"checkpoint-{step}"
+    try:
+        if main:
+            root.mkdir(exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        write_json_atomic(tmp / f"trainer_state_{accelerator.process_index}.json", state)
+        accelerator.wait_for_everyone()
+        if main:
+            if final.exists():  # left by an earlier run that was killed after this step
+                _remove(final)
+            os.replace(tmp, final)
+            for old in complete(out)[:-keep]:
+                _remove(old)
+    except OSError as e:
+        previous = latest(out)
+        kept = f"the last complete checkpoint is {previous}" if previous else "no checkpoint yet"
+        raise WriteFailed(
+            f"could not write checkpoint {final} ({e.strerror or e}); {kept}; "
+            "free space or fix permissions, then run the same command again to resume"
+        ) from None
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _remove(path: Path) -> None:
+    """Rename first, so a kill mid-delete never leaves a half checkpoint under a real name."""
+    doomed = path.with_name(f"{TMP}delete-{path.name}")
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def load(accelerator, path: Path) -> dict:
+    """Restore model, optimizer and RNG states; returns this process's trainer state."""
+    saved = len(list(path.glob("trainer_state_*.json")))
+    if saved != accelerator.num_processes:
+        raise DistillError(
+            f"checkpoint {path} was written by {saved} process(es) but this run has "
+            f"{accelerator.num_processes}; resume with the same number of processes"
+        )
+    accelerator.load_state(str(path))
+    return json.loads((path / f"trainer_state_{accelerator.process_index}.json").read_text())
+
+
+def trim_metrics(metrics: Path, step: int) -> None:
+    """Drop lines a killed run wrote after the checkpoint it resumes from, so no step repeats."""
+    if not metrics.is_file():
+        return
+    kept = []
+    for line in metrics.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by the kill
+            continue
+        # training lines of the checkpoint's own step were written before it was saved
+        if record["step"] < step or (record["step"] == step and "phase" in record):
+            kept.append(line)
+    write_text_atomic(metrics, "".join(f"{line}\n" for line in kept))
+
+
+class StopSignals:
+    """Turns the first SIGINT/SIGTERM into a request to checkpoint and stop; a second one aborts."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        try:
+            self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        except ValueError:  # not the main thread: leave signals alone
+            self._old = {}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        log(f"received {signal.Signals(signum).name}: saving a checkpoint after this step")
+
+    def requested(self, accelerator) -> int | None:
+        """The signal any process received (every process must agree before saving)."""
+        if accelerator.num_processes == 1:
+            return self.signum
+        import torch
+
+        local = torch.tensor(self.signum or 0, device=accelerator.device)
+        return int(accelerator.reduce(local, reduction="max").item()) or None
+
+
+def prepare_run_dir(path, overwrite: bool, resume: bool, main: bool) -> tuple[Path, Path | None]:
+    """The output folder of a training run, and the checkpoint it resumes from (or None).
+
+    A folder with a finished model is refused without --overwrite; one with checkpoints and no
+    finished model resumes; --overwrite starts again. Only the main process changes anything.
+    """
+    out = Path(path).expanduser()
+    if resume and overwrite:
+        raise DistillError(
+            "--resume and --overwrite conflict: --resume continues the run in the folder, "
+            "--overwrite starts it again; pass one of them"
+        )
+    if out.exists() and not out.is_dir():
+        raise DistillError(f"output path {out} is a file; pass a folder path to --output-dir")
+    if (out / FINISHED_MARKER).exists() and not overwrite:
+        raise DistillError(
+            f"output folder {out} already holds a finished model; pass --overwrite to train "
+            "again or choose another folder"
+        )
+    checkpoint = None if overwrite else latest(out)
+    if resume and checkpoint is None:
+        raise DistillError(
+            f"--resume: no checkpoint in {out / FOLDER}; drop --resume to start a new run"
+        )
+    if main:
+        if checkpoint is None:
+            for name in (*MODEL_FILES, "metrics.jsonl", "train_results.json"):
+                (out / name).unlink(missing_ok=True)
+            shutil.rmtree(out / FOLDER, ignore_errors=True)
+        else:
+            clean_partial(out)
+        check_writable(out)
+    return out, checkpoint
+
+
+def disk_need(recipe) -> int:
+    """Bytes a run may write: the model, a temp copy, and K+1 checkpoints (weights + AdamW)."""
+    s = recipe.student
+    size = _weights_bytes(s.path if s.init == "checkpoint" else recipe.teacher)
+    if s.init == "truncate" and s.num_layers and recipe.teacher:
+        config = Path(recipe.teacher).expanduser() / "config.json"
+        if config.is_file():
+            c = json.loads(config.read_text())
+            layers = c.get("num_hidden_layers") or c.get("n_layer")
+            if layers:
+                size = size * min(s.num_layers, layers) // layers
+    return size * (2 + 3 * (recipe.train.save_total_limit + 1))
+
+
+def _weights_bytes(name: str | None) -> int:
+    folder = Path(name or "").expanduser()
+    if not name or not folder.is_dir():
+        return 0  # a Hub name: unknown until downloaded
+    return sum(f.stat().st_size for f in folder.iterdir() if f.suffix in (".safetensors", ".bin"))
