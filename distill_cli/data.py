@@ -21,6 +21,7 @@ import pandas as pd
 
 from distill_cli.errors import DistillError
 from distill_cli.recipe import DataConfig
+from distill_cli.reporting import log
 
 SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 TEXT_COLUMNS = ("text", "sentence", "content", "review")
@@ -440,6 +441,9 @@ def load_task_data(
         out[split] = _to_dataset(df, text_columns, task_type)
     if not out:
         raise DistillError(f"{source.name} has no labelled splits")
+    for split in out:
+        if dropped.get(split):
+            log(f"{split}: skipped {dropped[split]} rows with empty text")
     return TaskData(
         splits=datasets.DatasetDict(out),
         text_columns=text_columns,

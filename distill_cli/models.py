@@ -63,6 +63,62 @@ def check_model_source(name: str, role: str) -> None:
         )
 
 
+def from_pretrained(auto, name: str, role: str, **kwargs):
+    """``auto.from_pretrained`` with one clear line for each way a checkpoint can be bad.
+
+    transformers loads safetensors first and a ``.bin`` only with ``torch.load(weights_only=True)``;
+    a pickle that needs more than tensors is refused, never run.
+    """
+    try:
+        return auto.from_pretrained(name, **kwargs)
+    except DistillError:
+        raise
+    except Exception as e:
+        text = str(e)
+        if type(e).__name__ == "SafetensorError" or "deserializ" in text.lower():
+            raise DistillError(
+                f"{role} '{name}' has a corrupted or truncated safetensors file "
+                f"({text.splitlines()[0]}); download or save the model again"
+            ) from None
+        if type(e).__name__ == "UnpicklingError" or "Weights only load failed" in text:
+            what = re.search(r"GLOBAL ([\w.]+)", text)
+            raise DistillError(
+                f"refusing to load {role} '{name}': its .bin checkpoint is a pickle that needs "
+                f"more than tensors{f' ({what[1]})' if what else ''} and could run code; "
+                "convert it to safetensors where you trust it, or use a safetensors checkpoint"
+            ) from None
+        if "ignore_mismatched_sizes" in text or "size mismatch" in text:
+            raise _shape_error(auto, name, role, kwargs) from None
+        raise _load_error(role, name, e) from None
+
+
+def _config(name: str, role: str, trust_remote_code: bool):
+    try:
+        return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except Exception as e:
+        raise _load_error(role, name, e) from None
+
+
+def _is_head(key: str) -> bool:
+    return key.split(".")[0] in ("classifier", "score", "pooler") or ".pooler." in key
+
+
+def _shape_error(auto, name: str, role: str, kwargs: dict) -> DistillError:
+    """Name the first tensor whose saved shape disagrees with the config."""
+    try:
+        _, info = auto.from_pretrained(
+            name, **{**kwargs, "ignore_mismatched_sizes": True, "output_loading_info": True}
+        )
+        key, saved, expected = sorted(info["mismatched_keys"])[0]
+        detail = f"tensor {key} has shape {list(saved)} but the config gives {list(expected)}"
+    except Exception:
+        detail = "a tensor's shape disagrees with config.json"
+    return DistillError(
+        f"{role} '{name}': config.json and the weights disagree: {detail}; "
+        "use the config the weights were saved with"
+    )
+
+
 def load_tokenizer(name: str, role: str, trust_remote_code: bool = False):
     folder = Path(name).expanduser()
     # transformers 5 builds an all-[UNK] tokenizer from config.json alone: refuse that.
@@ -117,15 +173,14 @@ def check_label_sets(config, labels: list[str] | None, task_type: str, role: str
 def load_teacher(name: str, labels, task_type: str, trust_remote_code: bool = False):
     """A task teacher: a classifier whose label set matches the data."""
     check_model_source(name, "teacher")
-    try:
-        model, info = AutoModelForSequenceClassification.from_pretrained(
-            name,
-            dtype=torch.float32,
-            output_loading_info=True,
-            trust_remote_code=trust_remote_code,
-        )
-    except Exception as e:
-        raise _load_error("teacher", name, e) from None
+    model, info = from_pretrained(
+        AutoModelForSequenceClassification,
+        name,
+        "teacher",
+        dtype=torch.float32,
+        output_loading_info=True,
+        trust_remote_code=trust_remote_code,
+    )
     missing = [k for k in info.get("missing_keys", ()) if "classifier" in k or "score" in k]
     if missing:
         raise DistillError(
@@ -166,22 +221,17 @@ def truncate(teacher, num_layers: int):
 def load_lm(name: str, role: str, trust_remote_code: bool = False):
     """A model for the pre-training stage: causal LM, masked LM, or bare encoder, as saved."""
     check_model_source(name, role)
-    try:
-        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
-        archs = getattr(config, "architectures", None) or []
-        if is_causal(config):
-            auto = AutoModelForCausalLM
-        elif any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in archs):
-            auto = AutoModelForMaskedLM
-        else:
-            auto = AutoModel
-        model = auto.from_pretrained(
-            name, config=config, dtype=torch.float32, trust_remote_code=trust_remote_code
-        )
-    except DistillError:
-        raise
-    except Exception as e:
-        raise _load_error(role, name, e) from None
+    config = _config(name, role, trust_remote_code)
+    archs = getattr(config, "architectures", None) or []
+    if is_causal(config):
+        auto = AutoModelForCausalLM
+    elif any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in archs):
+        auto = AutoModelForMaskedLM
+    else:
+        auto = AutoModel
+    model = from_pretrained(
+        auto, name, role, config=config, dtype=torch.float32, trust_remote_code=trust_remote_code
+    )
     return model, load_tokenizer(name, role, trust_remote_code)
 
 
@@ -204,17 +254,24 @@ def build_student(
         if not task_type:
             return load_lm(spec.path, "student", trust_remote_code)
         check_model_source(spec.path, "student")
-        try:
-            model, info = AutoModelForSequenceClassification.from_pretrained(
-                spec.path,
-                dtype=torch.float32,
-                output_loading_info=True,
-                ignore_mismatched_sizes=True,
-                trust_remote_code=trust_remote_code,
-                **label_kwargs,
+        model, info = from_pretrained(
+            AutoModelForSequenceClassification,
+            spec.path,
+            "student",
+            dtype=torch.float32,
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,  # a new label set gets a fresh head
+            trust_remote_code=trust_remote_code,
+            **label_kwargs,
+        )
+        body = sorted(m for m in info.get("mismatched_keys", ()) if not _is_head(m[0]))
+        if body:
+            key, saved, expected = body[0]
+            raise DistillError(
+                f"student '{spec.path}': config.json and the weights disagree: tensor {key} has "
+                f"shape {list(saved)} but the config gives {list(expected)}; use the config the "
+                "weights were saved with"
             )
-        except Exception as e:
-            raise _load_error("student", spec.path, e) from None
         fresh = [*info.get("missing_keys", ()), *(m[0] for m in info.get("mismatched_keys", ()))]
         if fresh:
             log(f"student: newly initialised weights: {', '.join(sorted(fresh))}")
@@ -249,13 +306,15 @@ def load_classifier(path: str, role: str = "model", trust_remote_code: bool = Fa
     check_model_source(path, role)
     if is_onnx_folder(path):
         return OnnxClassifier(path), load_tokenizer(path, role)
-    try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, config=config, dtype=torch.float32, trust_remote_code=trust_remote_code
-        )
-    except Exception as e:
-        raise _load_error(role, path, e) from None
+    config = _config(path, role, trust_remote_code)
+    model = from_pretrained(
+        AutoModelForSequenceClassification,
+        path,
+        role,
+        config=config,
+        dtype=torch.float32,
+        trust_remote_code=trust_remote_code,
+    )
     return model.eval(), load_tokenizer(path, role, trust_remote_code)
 
 
@@ -275,14 +334,15 @@ def load_as_saved(name: str, role: str, trust_remote_code: bool = False):
     import transformers
 
     check_model_source(name, role)
-    try:
-        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
-        archs = getattr(config, "architectures", None) or []
-        cls = getattr(transformers, archs[0], None) if archs else None
-        cls = cls or AutoModel
-        model = cls.from_pretrained(
-            name, config=config, dtype=torch.float32, trust_remote_code=trust_remote_code
-        )
-    except Exception as e:
-        raise _load_error(role, name, e) from None
+    config = _config(name, role, trust_remote_code)
+    archs = getattr(config, "architectures", None) or []
+    cls = getattr(transformers, archs[0], None) if archs else None
+    model = from_pretrained(
+        cls or AutoModel,
+        name,
+        role,
+        config=config,
+        dtype=torch.float32,
+        trust_remote_code=trust_remote_code,
+    )
     return model.eval(), load_tokenizer(name, role, trust_remote_code)

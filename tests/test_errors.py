@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -70,6 +71,12 @@ class W:
     teacher: Path
     data: Path
     tmp: Path
+    other_vocab: Path  # a GPT-2 model with its own BPE vocabulary
+
+    @property
+    def bad(self) -> Path:
+        """A copy of the teacher that a case's setup damages."""
+        return self.tmp / "bad-teacher"
 
     @property
     def out(self) -> Path:
@@ -100,6 +107,7 @@ class Case:
     inputs: Callable[[W], list[Path]] = lambda w: [w.teacher, w.data, TKD]
     setup: Callable[[W], None] = lambda w: None
     marks: list = field(default_factory=list)
+    check: Callable[[W], None] = lambda w: None  # anything else the case must leave true
 
 
 def _empty_teacher(w: W) -> None:
@@ -112,6 +120,53 @@ def _typo_recipe(w: W) -> None:
 
 def _held_output(w: W) -> None:
     shutil.copytree(w.teacher, w.out)
+
+
+def _truncated_weights(w: W) -> None:
+    shutil.copytree(w.teacher, w.bad)
+    weights = w.bad / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+
+
+def _no_tokenizer(w: W) -> None:
+    shutil.copytree(w.teacher, w.bad, ignore=shutil.ignore_patterns("tokenizer*", "vocab*"))
+
+
+def _config_disagrees(w: W) -> None:
+    shutil.copytree(w.teacher, w.bad)
+    config = json.loads((w.bad / "config.json").read_text())
+    config["intermediate_size"] += 16
+    (w.bad / "config.json").write_text(json.dumps(config))
+
+
+class _RunsCode:
+    """Unpickling this runs a shell command that leaves a marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+def _unsafe_pickle(w: W) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    shutil.copytree(w.teacher, w.bad, ignore=shutil.ignore_patterns("*.safetensors"))
+    state = load_file(w.teacher / "model.safetensors")
+    torch.save({**state, "extra": _RunsCode(w.tmp / "code-ran")}, w.bad / "pytorch_model.bin")
+
+
+def _empty_texts(w: W) -> None:
+    data = w.tmp / "blank-data"
+    data.mkdir()
+    for split in ("train", "validation"):
+        (data / f"{split}.csv").write_text('text,label\n"",pos\n" ",neg\n')
+
+
+def _bad_teacher_inputs(w: W) -> list[Path]:
+    return [w.bad, w.data, TKD]
 
 
 CASES = [
@@ -178,6 +233,80 @@ CASES = [
         setup=_held_output,
     ),
     Case(
+        "recipe-missing-required-value",
+        lambda w: finetune(w, "--set", "student.init=checkpoint"),
+        ("student.init is 'checkpoint' but no path", "--student"),
+    ),
+    Case(
+        "temperature-not-positive",
+        lambda w: finetune(w, "--set", "phases.0.terms.soft_label_kl.temperature=0"),
+        ("soft_label_kl.temperature must be > 0",),
+    ),
+    Case(
+        "negative-weight",
+        lambda w: finetune(w, "--set", "phases.0.terms.ce.weight=-0.5"),
+        ("ce.weight must be >= 0",),
+    ),
+    Case(
+        "ratio-outside-range",
+        lambda w: ["compress-vocab", w.teacher, "--teacher", w.teacher, "--corpus",
+                   w.data / "train.csv", "--ratio", "1.5", "--output-dir", w.out],  # fmt: skip
+        ("--ratio must be in (0, 1]",),
+        inputs=lambda w: [w.teacher, w.data],
+    ),
+    Case(
+        "data-empty-after-filtering",
+        lambda w: finetune(w, data=w.tmp / "blank-data"),
+        ("split 'train'", "is empty after dropping 2 rows without text"),
+        inputs=lambda w: [w.teacher, w.tmp / "blank-data", TKD],
+        setup=_empty_texts,
+    ),
+    Case(
+        "truncated-safetensors",
+        lambda w: finetune(w, teacher=w.bad),
+        ("bad-teacher", "corrupted or truncated safetensors"),
+        inputs=_bad_teacher_inputs,
+        setup=_truncated_weights,
+    ),
+    Case(
+        "checkpoint-without-tokenizer",
+        lambda w: finetune(w, teacher=w.bad),
+        ("bad-teacher", "has no tokenizer files"),
+        inputs=_bad_teacher_inputs,
+        setup=_no_tokenizer,
+    ),
+    Case(
+        "config-and-weights-disagree",
+        lambda w: finetune(w, teacher=w.bad),
+        ("config.json and the weights disagree", "intermediate.dense.bias", "[96]", "[112]"),
+        inputs=_bad_teacher_inputs,
+        setup=_config_disagrees,
+    ),
+    Case(
+        "pickle-that-runs-code",
+        lambda w: finetune(w, teacher=w.bad),
+        ("refusing to load teacher", "posix.system", "safetensors"),
+        inputs=_bad_teacher_inputs,
+        setup=_unsafe_pickle,
+        check=lambda w: not (w.tmp / "code-ran").exists() or pytest.fail("the pickle ran code"),
+    ),
+    Case(
+        "mismatched-vocabularies",
+        lambda w: finetune(w, "--student", w.other_vocab, recipe=RECIPES / "glmd-finetune.yaml"),
+        ("word_kl", "must share a tokenizer"),
+        inputs=lambda w: [w.teacher, w.data, w.other_vocab, RECIPES / "glmd-finetune.yaml"],
+    ),
+    Case(
+        "conflicting-flags-resume-overwrite",
+        lambda w: finetune(w, "--resume", "--overwrite"),
+        ("--resume and --overwrite conflict",),
+    ),
+    Case(
+        "resume-without-checkpoint",
+        lambda w: finetune(w, "--resume"),
+        ("--resume: no checkpoint", "drop --resume"),
+    ),
+    Case(
         "evaluate-missing-model",
         lambda w: ["evaluate", w.tmp / "no-such-model", "--data", w.data],
         ("model folder not found", "no-such-model"),
@@ -199,8 +328,8 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in CASES])
-def test_bad_input(case: Case, tiny_teacher, tiny_data_dir, tmp_path):
-    w = W(teacher=tiny_teacher, data=tiny_data_dir, tmp=tmp_path)
+def test_bad_input(case: Case, tiny_teacher, tiny_data_dir, tiny_gpt2, tmp_path):
+    w = W(teacher=tiny_teacher, data=tiny_data_dir, tmp=tmp_path, other_vocab=tiny_gpt2)
     case.setup(w)
     inputs = case.inputs(w)
     before = snapshot(inputs)
@@ -212,17 +341,19 @@ def test_bad_input(case: Case, tiny_teacher, tiny_data_dir, tmp_path):
     assert "Traceback" not in output, output
     assert result.returncode == 2, output
     lines = error_lines(result.stderr)
-    assert len(lines) == 1, result.stderr
-    line = lines[0]
+    # progress lines (e.g. "student: newly initialised weights") may come first; the error ends it
+    assert [x for x in lines if x.startswith("error")] == lines[-1:], result.stderr
+    line = lines[-1]
     assert line.startswith("error: "), line
     for part in case.expect:
         assert part in line, line
     assert result.stdout.strip() == "", result.stdout
     assert snapshot(inputs) == before, "input files changed"
+    case.check(w)
 
 
 def test_failed_run_leaves_no_model(tiny_teacher, tiny_data_dir, tmp_path):
-    w = W(teacher=tiny_teacher, data=tiny_data_dir, tmp=tmp_path)
+    w = W(teacher=tiny_teacher, data=tiny_data_dir, tmp=tmp_path, other_vocab=tiny_teacher)
     assert not w.out.exists()
     result = run_cli(finetune(w, "--set", "data.text_columns=[review]"), cwd=tmp_path)
     assert result.returncode == 2, result.stderr
