@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import OFFLINE_ENV, RECIPES, invoke
 from safetensors.torch import load_file
 
 from distill_cli import checkpoints, train
-from helpers import OFFLINE_ENV, RECIPES, invoke
 
 STEPS = 24
 
