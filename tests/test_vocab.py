@@ -282,3 +282,21 @@ def test_tokenizers_keeps_one_string_per_id():
     wp = models.WordPiece({"[UNK]": 0, "the": 1, "cat": 1}, unk_token="[UNK]")
     saved = json.loads(Tokenizer(wp).to_str())["model"]["vocab"]
     assert len(saved) == 2
+
+
+def test_a_shared_id_does_not_survive_save_pretrained(tmp_path):
+    """Why dropped tokens are not aliased to their substitute's id in the saved tokenizer: such a
+    tokenizer encodes right when loaded, but one plain ``save_pretrained`` (as HF Trainer and
+    push_to_hub do) keeps a single string per id, so one of the words sharing an id, possibly the
+    kept one, silently becomes [UNK]."""
+    wp = Tokenizer(models.WordPiece({"[UNK]": 0, "kept": 1}, unk_token="[UNK]"))
+    wp.pre_tokenizer = pre_tokenizers.Whitespace()
+    spec = json.loads(wp.to_str())
+    spec["model"]["vocab"]["dropped"] = 1  # written by hand: tokenizers would not save it
+    (tmp_path / "aliased").mkdir()
+    (tmp_path / "aliased" / "tokenizer.json").write_text(json.dumps(spec))
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "aliased" / "tokenizer.json"))
+    assert tok("kept dropped")["input_ids"] == [1, 1]  # as loaded: the substitute, exactly
+    tok.save_pretrained(tmp_path / "resaved")
+    again = AutoTokenizer.from_pretrained(tmp_path / "resaved")("kept dropped")["input_ids"]
+    assert sorted(again) == [0, 1]  # after a round trip one word reads as [UNK]
