@@ -364,3 +364,20 @@ def test_failed_run_leaves_no_model(tiny_teacher, tiny_data_dir, tmp_path):
         assert not list(w.out.rglob("*.safetensors"))
     # A retry into the same folder is not refused as "already holds a finished model".
     assert not (w.out.exists() and holds_model(w.out))
+
+
+def test_empty_and_overlong_texts_are_counted_not_fatal(tiny_teacher, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = ["good film,pos", "bad film,neg", '"",pos', '" ",neg', " ".join(["long"] * 80) + ",pos"]
+    for split in ("train", "validation"):
+        (data / f"{split}.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    before = snapshot([data])
+    w = W(teacher=tiny_teacher, data=data, tmp=tmp_path, other_vocab=tiny_teacher)
+    result = run_cli(finetune(w, "--set", "data.max_length=16"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "train: skipped 2 rows with empty text" in result.stderr
+    assert "validation: skipped 2 rows with empty text" in result.stderr
+    assert "train: 1 texts longer than data.max_length=16 were truncated" in result.stderr
+    assert (w.out / "model.safetensors").is_file()
+    assert snapshot([data]) == before

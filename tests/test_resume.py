@@ -274,3 +274,20 @@ def test_a_half_written_checkpoint_is_never_resumed(tmp_path):
     assert checkpoints.latest(tmp_path) == root / "checkpoint-4"
     checkpoints.clean_partial(tmp_path)
     assert sorted(p.name for p in root.iterdir()) == ["checkpoint-4"]
+
+
+def test_a_run_killed_while_saving_the_model_resumes_from_its_last_checkpoint(
+    tiny_teacher, tiny_data_dir, tmp_path
+):
+    out = tmp_path / "out"
+    args = tkd(tiny_teacher, tiny_data_dir, out, "--max-steps", 6)
+    assert invoke(*args).exit_code == 0
+    weights = load_file(out / "model.safetensors")
+    (out / "model.safetensors").unlink()  # as if killed before the weights were moved in
+    (out / "train_results.json").unlink()
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert "resuming from" in result.stderr and "checkpoint-6 (step 6 of 6)" in result.stderr
+    again = load_file(out / "model.safetensors")
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
+    assert training_steps(out) == list(range(1, 7))
