@@ -249,8 +249,18 @@ CASES = [
     ),
     Case(
         "ratio-outside-range",
-        lambda w: ["compress-vocab", w.teacher, "--teacher", w.teacher, "--corpus",
-                   w.data / "train.csv", "--ratio", "1.5", "--output-dir", w.out],  # fmt: skip
+        lambda w: [
+            "compress-vocab",
+            w.teacher,
+            "--teacher",
+            w.teacher,
+            "--corpus",
+            w.data / "train.csv",
+            "--ratio",
+            "1.5",
+            "--output-dir",
+            w.out,
+        ],  # fmt: skip
         ("--ratio must be in (0, 1]",),
         inputs=lambda w: [w.teacher, w.data],
     ),

@@ -98,9 +98,7 @@ def max_weight_diff(a: Path, b: Path) -> float:
     return max((wa[k] - wb[k]).abs().max().item() for k in wa)
 
 
-def test_sigkill_at_a_random_step_then_rerun_resumes_exactly(
-    tiny_teacher, tiny_data_dir, tmp_path
-):
+def test_sigkill_at_a_random_step_then_rerun_resumes_exactly(tiny_teacher, tiny_data_dir, tmp_path):
     whole = finish(tkd(tiny_teacher, tiny_data_dir, tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr
     names = [p.name for p in checkpoints.complete(tmp_path / "whole")]
@@ -252,9 +250,7 @@ def test_too_little_disk_space_is_refused_before_loading(
     assert "MB free" in result.stderr and "save_total_limit" in result.stderr
 
 
-def test_an_unwritable_output_folder_is_refused(
-    tiny_teacher, tiny_data_dir, tmp_path, monkeypatch
-):
+def test_an_unwritable_output_folder_is_refused(tiny_teacher, tiny_data_dir, tmp_path, monkeypatch):
     from distill_cli import outputs
 
     def read_only(*args, **kwargs):
