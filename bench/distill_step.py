@@ -50,6 +50,7 @@ from distill_cli import losses, stages, text_data
 from distill_cli.heads import StudentModule
 from distill_cli.recipe import load_recipe, validate
 from distill_cli.train import (
+    Position,
     make_accelerator,
     make_train_loader,
     optimizer_groups,
@@ -101,12 +102,13 @@ def project_step(recipe, b, out: Path):
     vocab_index = b.vocab_index.to(accelerator.device) if b.vocab_index is not None else None
     masker = text_data.TokenMasker(b.tokenizer, seed=cfg.seed)
     batches = forever(loader)
+    pos = Position()
 
     def step():
         batch = next(batches)
-        loss, _ = train_step(
+        loss, _, _ = train_step(
             student, teacher, batch, phase, b, vocab_index, masker, optimizer, accelerator,
-            cfg.max_grad_norm,
+            cfg.max_grad_norm, pos,
         )  # fmt: skip
         mask = batch["attention_mask"]
         return int(mask.sum()), mask.numel(), loss.item()
