@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
 from distill_cli import batching, checkpoints, heads, losses, stages
+from distill_cli.allocator import keep_freed_memory
 from distill_cli.batching import EpochBatchSampler
 from distill_cli.data import TaskData
 from distill_cli.errors import DistillError, Interrupted, NonFiniteLoss, WriteFailed
@@ -141,6 +142,7 @@ def run(
     checkpoints and no finished model resumes from its newest checkpoint.
     """
     validate(recipe, losses.TERMS_NEED_TEACHER)
+    keep_freed_memory()
     out, resume_from = checkpoints.prepare_run_dir(output_dir, overwrite, resume, _is_main_rank())
     if resume_from is not None:
         _check_same_recipe(out, recipe)
