@@ -20,6 +20,7 @@ from distill_cli.outputs import (
     FINISHED_MARKER,
     MODEL_FILES,
     check_writable,
+    weights_bytes,
     write_json_atomic,
     write_text_atomic,
 )
@@ -196,7 +197,7 @@ def prepare_run_dir(path, overwrite: bool, resume: bool, main: bool) -> tuple[Pa
 def disk_need(recipe) -> int:
     """Bytes a run may write: the model, a temp copy, and K+1 checkpoints (weights + AdamW)."""
     s = recipe.student
-    size = _weights_bytes(s.path if s.init == "checkpoint" else recipe.teacher)
+    size = weights_bytes(s.path if s.init == "checkpoint" else recipe.teacher)
     if s.init == "truncate" and s.num_layers and recipe.teacher:
         config = Path(recipe.teacher).expanduser() / "config.json"
         if config.is_file():
@@ -205,10 +206,3 @@ def disk_need(recipe) -> int:
             if layers:
                 size = size * min(s.num_layers, layers) // layers
     return size * (2 + 3 * (recipe.train.save_total_limit + 1))
-
-
-def _weights_bytes(name: str | None) -> int:
-    folder = Path(name or "").expanduser()
-    if not name or not folder.is_dir():
-        return 0  # a Hub name: unknown until downloaded
-    return sum(f.stat().st_size for f in folder.iterdir() if f.suffix in (".safetensors", ".bin"))

@@ -5,6 +5,7 @@ Exit codes are listed in distill_cli/errors.py and the README.
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 
@@ -23,7 +24,11 @@ from distill_cli.commands import (
     finetune_distill,
     pretrain_distill,
 )
-from distill_cli.errors import DistillError
+from distill_cli.errors import DistillError, WriteFailed
+
+# OSErrors that are the machine's state, not a bug: one line, not a traceback
+_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EIO}
+_ACCESS_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS}
 
 COMMANDS = {
     "pretrain-distill": pretrain_distill.command,
@@ -51,6 +56,13 @@ def _one_line_errors(fn):
         except DistillError as e:
             print(f"{e.prefix}: {e}", file=sys.stderr, flush=True)
             raise typer.Exit(e.exit_code) from None
+        except OSError as e:
+            if e.errno not in _DISK_ERRORS and e.errno not in _ACCESS_ERRORS:
+                raise
+            where = f" ({e.filename})" if e.filename else ""
+            fix = "fix the disk or permissions and run the command again"
+            print(f"error: {e.strerror or e}{where}; {fix}", file=sys.stderr)
+            raise typer.Exit(WriteFailed.exit_code if e.errno in _DISK_ERRORS else 2) from None
 
     return wrapper
 

@@ -8,7 +8,13 @@ from pathlib import Path
 from distill_cli import text_data, vocab
 from distill_cli.errors import DistillError
 from distill_cli.models import load_as_saved
-from distill_cli.outputs import prepare_output_dir, save_model_atomic, write_json_atomic
+from distill_cli.outputs import (
+    check_free_space,
+    prepare_output_dir,
+    save_model_atomic,
+    weights_bytes,
+    write_json_atomic,
+)
 from distill_cli.recipe import DataConfig
 from distill_cli.reporting import log
 
@@ -33,6 +39,7 @@ def run(
     if Path(model_dir).resolve() == Path(output_dir).resolve():
         raise DistillError("--output-dir must differ from MODEL_DIR: inputs are never modified")
     out = prepare_output_dir(output_dir, overwrite)
+    check_free_space(out, weights_bytes(model_dir), "the compressed model")
     model, tokenizer = load_as_saved(model_dir, "model", trust_remote_code)
     teacher_model, _ = load_as_saved(teacher, "teacher", trust_remote_code)
     texts = text_data.load_texts(DataConfig(name=corpus))["text"]

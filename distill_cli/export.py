@@ -22,6 +22,7 @@ import torch
 from distill_cli.errors import DistillError
 from distill_cli.heads import is_causal
 from distill_cli.models import check_model_source, load_as_saved
+from distill_cli.outputs import check_free_space, weights_bytes
 from distill_cli.reporting import log
 
 FORMATS = ("hf", "onnx", "onnx-int8")
@@ -73,6 +74,8 @@ def run(
     out = Path(output_dir).expanduser()
     _check_args(model_dir, fmt, dtype, out, overwrite)
     check_model_source(model_dir, "model")
+    # an fp32 copy, and for int8 the fp32 ONNX file beside the quantized one
+    check_free_space(out.parent, 3 * weights_bytes(model_dir), "the export and its temp files")
     model, tokenizer = load_as_saved(model_dir, "model", trust_remote_code)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

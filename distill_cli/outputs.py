@@ -51,15 +51,26 @@ def check_writable(out: Path) -> None:
         ) from None
 
 
-def check_free_space(out: Path, need: int) -> None:
-    """Refuse to start when the output folder's disk cannot hold the model and checkpoints."""
-    free = shutil.disk_usage(out).free
+def check_free_space(out: Path, need: int, what: str = "model and checkpoints") -> None:
+    """Refuse to start when the output folder's disk cannot hold what the command writes."""
+    where = Path(out)
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    free = shutil.disk_usage(where).free
     if free < need:
+        hint = ", lower train.save_total_limit" if "checkpoints" in what else ""
         raise DistillError(
-            f"only {free / 1e6:,.0f} MB free in {out} but the run needs about {need / 1e6:,.0f} MB "
-            "(model and checkpoints); free space, lower train.save_total_limit, or choose "
-            "another --output-dir"
+            f"only {free / 1e6:,.0f} MB free in {where} but this needs about {need / 1e6:,.0f} MB "
+            f"({what}); free space{hint}, or choose another --output-dir"
         )
+
+
+def weights_bytes(name: str | Path | None) -> int:
+    """Size of a local model folder's weight files; 0 for a Hub name (unknown until fetched)."""
+    folder = Path(name or "").expanduser()
+    if not name or not folder.is_dir():
+        return 0
+    return sum(f.stat().st_size for f in folder.iterdir() if f.suffix in (".safetensors", ".bin"))
 
 
 def _umask_mode() -> int:
