@@ -1,10 +1,13 @@
 """Several processes through accelerate launch: both train, exactly one output is written."""
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
 from helpers import OFFLINE_ENV, RECIPES, tkd_args
+from safetensors.torch import load_file
 
 
 def test_two_cpu_processes_train_and_one_writes(tiny_teacher, tiny_data_dir, tmp_path):
@@ -63,3 +66,48 @@ def test_two_processes_run_glmd_pretraining(tiny_encoder, corpus_file, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "process 1/2: 2 optimizer steps" in proc.stderr
     assert json.loads((out / "train_results.json").read_text())["num_processes"] == 2
+
+
+def launch(args, port: int) -> list:
+    return [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+        "-m", "distill_cli", *map(str, args),
+    ]  # fmt: skip
+
+
+def test_two_processes_stop_on_sigterm_and_resume_exactly(tiny_teacher, tiny_data_dir, tmp_path):
+    """Every process saves its RNG and data position; the resumed run ends where one never
+    stopped would."""
+    env = {**OFFLINE_ENV, "CUDA_VISIBLE_DEVICES": ""}
+
+    def args(out):
+        return tkd_args(tiny_teacher, tiny_data_dir, out, "--max-steps", 8,
+                        "--set", "train.save_steps=2")  # fmt: skip
+
+    whole = subprocess.run(launch(args(tmp_path / "whole"), 29521), capture_output=True,
+                           text=True, env=env, timeout=300)  # fmt: skip
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    out = tmp_path / "stopped"
+    proc = subprocess.Popen(launch(args(out), 29522), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    metrics, deadline = out / "metrics.jsonl", time.monotonic() + 300
+    while not (metrics.is_file() and '"step": 3,' in metrics.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0  # the launcher reports its processes' non-zero exits as 1
+    assert "stopped: SIGTERM at step " in err
+    assert not (out / "model.safetensors").exists()
+
+    again = subprocess.run(launch(args(out), 29523), capture_output=True, text=True, env=env,
+                           timeout=300)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from" in again.stderr
+    a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(out / "model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines()]
+    assert steps == [*range(1, 9), 8]  # every step once, then the eval line
