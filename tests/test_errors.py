@@ -165,6 +165,13 @@ def _empty_texts(w: W) -> None:
         (data / f"{split}.csv").write_text('text,label\n"",pos\n" ",neg\n')
 
 
+def _python_tag_recipe(w: W) -> None:
+    marker = w.tmp / "code-ran"
+    (w.tmp / "tagged.yaml").write_text(
+        f'train: !!python/object/apply:os.system ["touch {marker}"]\n'
+    )
+
+
 def _bad_teacher_inputs(w: W) -> list[Path]:
     return [w.bad, w.data, TKD]
 
@@ -208,6 +215,14 @@ CASES = [
         ("unknown key 'train.epoch'", "did you mean 'epochs'"),
         inputs=lambda w: [w.teacher, w.data, w.tmp / "typo.yaml"],
         setup=_typo_recipe,
+    ),
+    Case(
+        "recipe-python-tag",
+        lambda w: finetune(w, recipe=w.tmp / "tagged.yaml"),
+        ("tagged.yaml", "not valid YAML"),
+        inputs=lambda w: [w.teacher, w.data, w.tmp / "tagged.yaml"],
+        setup=_python_tag_recipe,
+        check=lambda w: not (w.tmp / "code-ran").exists() or pytest.fail("the recipe ran code"),
     ),
     Case(
         "recipe-wrong-type",
@@ -391,3 +406,27 @@ def test_empty_and_overlong_texts_are_counted_not_fatal(tiny_teacher, tmp_path):
     assert "train: 1 texts longer than data.max_length=16 were truncated" in result.stderr
     assert (w.out / "model.safetensors").is_file()
     assert snapshot([data]) == before
+
+
+def test_model_code_runs_only_with_trust_remote_code(tiny_teacher, tiny_data_dir, tmp_path):
+    """A teacher folder that ships its own modeling code (auto_map): ignored unless asked for."""
+    teacher = tmp_path / "remote-code-teacher"
+    shutil.copytree(tiny_teacher, teacher)
+    marker = tmp_path / "code-ran"  # transformers runs a copy of the module from its cache
+    (teacher / "modeling_custom.py").write_text(
+        "import pathlib\n"
+        f"pathlib.Path({str(marker)!r}).touch()\n"
+        "from transformers import BertForSequenceClassification\n"
+        "class Custom(BertForSequenceClassification):\n    pass\n"
+    )
+    config = json.loads((teacher / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForSequenceClassification": "modeling_custom.Custom"}
+    (teacher / "config.json").write_text(json.dumps(config))
+    w = W(teacher=teacher, data=tiny_data_dir, tmp=tmp_path, other_vocab=teacher)
+
+    result = run_cli(finetune(w), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert not marker.exists()
+    # the flag is what lets it run (here: our own harmless file)
+    result = run_cli(finetune(w, "--overwrite", "--trust-remote-code"), cwd=tmp_path)
+    assert marker.exists(), result.stderr
