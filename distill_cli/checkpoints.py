@@ -29,6 +29,14 @@ from distill_cli.reporting import log
 FOLDER = "checkpoints"
 NAME = re.compile(r"^checkpoint-(\d+)$")
 TMP = ".tmp-"
+# what a training run writes beside the model; a new run clears them (a resumed one keeps them)
+RUN_FILES = (
+    "metrics.jsonl",
+    "train_results.json",
+    "resolved_recipe.yaml",
+    "vocab_map.json",
+    "compression.json",
+)
 
 
 def complete(out: Path) -> list[Path]:
@@ -185,7 +193,7 @@ def prepare_run_dir(path, overwrite: bool, resume: bool, main: bool) -> tuple[Pa
         )
     if main:
         if checkpoint is None:
-            for name in (*MODEL_FILES, "metrics.jsonl", "train_results.json"):
+            for name in (*MODEL_FILES, *RUN_FILES):
                 (out / name).unlink(missing_ok=True)
             shutil.rmtree(out / FOLDER, ignore_errors=True)
         else:

@@ -287,3 +287,18 @@ def test_a_run_killed_while_saving_the_model_resumes_from_its_last_checkpoint(
     again = load_file(out / "model.safetensors")
     assert all(torch.equal(weights[k], again[k]) for k in weights)
     assert training_steps(out) == list(range(1, 7))
+
+
+def test_overwrite_clears_what_the_previous_run_wrote(tmp_path):
+    out = tmp_path / "out"
+    (out / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "vocab_map.json",
+        "metrics.jsonl",
+        "notes.txt",
+    ):
+        (out / name).write_text("x")
+    assert checkpoints.prepare_run_dir(out, True, False, True) == (out, None)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # the user's own file stays
