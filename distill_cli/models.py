@@ -218,21 +218,34 @@ def truncate(teacher, num_layers: int):
     return student
 
 
-def load_lm(name: str, role: str, trust_remote_code: bool = False):
-    """A model for the pre-training stage: causal LM, masked LM, or bare encoder, as saved."""
+def _load_by_config(name: str, role: str, trust_remote_code: bool, pick_class):
+    """Check the folder, read its config, load the class ``pick_class(config)`` names in fp32,
+    and its tokenizer."""
     check_model_source(name, role)
     config = _config(name, role, trust_remote_code)
-    archs = getattr(config, "architectures", None) or []
-    if is_causal(config):
-        auto = AutoModelForCausalLM
-    elif any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in archs):
-        auto = AutoModelForMaskedLM
-    else:
-        auto = AutoModel
     model = from_pretrained(
-        auto, name, role, config=config, dtype=torch.float32, trust_remote_code=trust_remote_code
+        pick_class(config),
+        name,
+        role,
+        config=config,
+        dtype=torch.float32,
+        trust_remote_code=trust_remote_code,
     )
     return model, load_tokenizer(name, role, trust_remote_code)
+
+
+def _lm_class(config):
+    archs = getattr(config, "architectures", None) or []
+    if is_causal(config):
+        return AutoModelForCausalLM
+    if any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in archs):
+        return AutoModelForMaskedLM
+    return AutoModel
+
+
+def load_lm(name: str, role: str, trust_remote_code: bool = False):
+    """A model for the pre-training stage: causal LM, masked LM, or bare encoder, as saved."""
+    return _load_by_config(name, role, trust_remote_code, _lm_class)
 
 
 def build_student(
@@ -303,19 +316,13 @@ def load_classifier(path: str, role: str = "model", trust_remote_code: bool = Fa
     """A trained classifier and its tokenizer, for evaluation (ONNX exports run in onnxruntime)."""
     from distill_cli.onnx_model import OnnxClassifier, is_onnx_folder
 
-    check_model_source(path, role)
     if is_onnx_folder(path):
+        check_model_source(path, role)
         return OnnxClassifier(path), load_tokenizer(path, role)
-    config = _config(path, role, trust_remote_code)
-    model = from_pretrained(
-        AutoModelForSequenceClassification,
-        path,
-        role,
-        config=config,
-        dtype=torch.float32,
-        trust_remote_code=trust_remote_code,
+    model, tokenizer = _load_by_config(
+        path, role, trust_remote_code, lambda config: AutoModelForSequenceClassification
     )
-    return model.eval(), load_tokenizer(path, role, trust_remote_code)
+    return model.eval(), tokenizer
 
 
 def label_names(config) -> list[str] | None:
@@ -333,16 +340,9 @@ def load_as_saved(name: str, role: str, trust_remote_code: bool = False):
     """A model with the head it was saved with (its config's architecture), and its tokenizer."""
     import transformers
 
-    check_model_source(name, role)
-    config = _config(name, role, trust_remote_code)
-    archs = getattr(config, "architectures", None) or []
-    cls = getattr(transformers, archs[0], None) if archs else None
-    model = from_pretrained(
-        cls or AutoModel,
-        name,
-        role,
-        config=config,
-        dtype=torch.float32,
-        trust_remote_code=trust_remote_code,
-    )
-    return model.eval(), load_tokenizer(name, role, trust_remote_code)
+    def saved_class(config):
+        archs = getattr(config, "architectures", None) or []
+        return (getattr(transformers, archs[0], None) if archs else None) or AutoModel
+
+    model, tokenizer = _load_by_config(name, role, trust_remote_code, saved_class)
+    return model.eval(), tokenizer
