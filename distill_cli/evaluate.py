@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -14,6 +12,7 @@ from torch.utils.data import DataLoader
 from distill_cli import batching
 from distill_cli.data import TaskData, load_task_data
 from distill_cli.errors import DistillError
+from distill_cli.latency import median_ms
 from distill_cli.metrics import PRIMARY, compute_metrics, predictions_from_logits
 from distill_cli.models import label_names, load_classifier
 from distill_cli.outputs import write_json_atomic
@@ -90,27 +89,15 @@ def latency(
             *cols, truncation=True, max_length=max_length, padding=True, return_tensors="pt"
         )
 
+    def forward(batch):
+        return model(**batch)
+
     n = len(texts[0])
     singles = [encode(i % n, i % n + 1) for i in range(runs)]
     big = encode(0, 32)
-    times = []
-    with torch.inference_mode():
-        for x in singles[:warmup]:
-            model(**x)
-        for x in singles:
-            t0 = time.perf_counter()
-            model(**x)
-            times.append(time.perf_counter() - t0)
-        big_times = []
-        for i in range(2 + batch_runs):
-            t0 = time.perf_counter()
-            model(**big)
-            if i >= 2:  # two warm-up batches
-                big_times.append(time.perf_counter() - t0)
-    return {
-        "latency_ms_b1": 1000 * statistics.median(times),
-        "throughput_b32": len(big["input_ids"]) / statistics.median(big_times),
-    }
+    b1_ms = median_ms(forward, singles, warmup=warmup)
+    b32_ms = median_ms(forward, [big], warmup=2, repeats=batch_runs)
+    return {"latency_ms_b1": b1_ms, "throughput_b32": 1000 * len(big["input_ids"]) / b32_ms}
 
 
 def evaluate_model(

@@ -41,6 +41,7 @@ def test_hf_export_loads_in_plain_transformers(tiny_teacher, tmp_path):
     assert "pipeline_tag: text-classification" in header
     assert "distill-cli" in header and "## Usage" in card
     assert "# hf\n" in card and "export-" not in card
+    assert "No recipe or training record was found" in card and "## Metrics" not in card
     assert not list(tmp_path.glob(".*")), "temporary folders left behind"
 
     _, expected = torch_outputs(tiny_teacher, TEXTS)
@@ -65,24 +66,68 @@ print(model.config.id2label[0], model.config.id2label[1])
     assert lines[1] == "neg pos"
 
 
-def test_hf_fp16_card_reads_recipe(tiny_teacher, tmp_path):
+def test_hf_fp16_card_reads_recipe_and_reports(tiny_teacher, tmp_path):
     import shutil
 
     src = tmp_path / "student"
     shutil.copytree(tiny_teacher, src)
     (src / "resolved_recipe.yaml").write_text(
         "method: tkd\nteacher: org/teacher-model\nphases:\n- name: task\n  terms:\n"
-        "    kd_logits: {weight: 1.0, temperature: 2.0}\n"
+        "    soft_label_kl: {weight: 0.5, temperature: 2.0}\n    ce: {weight: 0.5}\n"
     )
+    # reports hold more keys than the card reads, and train_results.json may be partial
     (src / "train_results.json").write_text(json.dumps({"steps": 5, "phases": {"task": 5}}))
+    compression = {
+        "vocab_before": 400, "vocab_after": 200, "ratio": 0.5, "similarity": "inner",
+        "remapped_share": 0.0312, "top_remaps": [], "corpus": "c",
+    }  # fmt: skip
+    (src / "compression.json").write_text(json.dumps(compression))
+    evaluation = {
+        "data": "rotten_tomatoes", "split": "test", "num_examples": 12,
+        "primary_metric": "accuracy", "machine": {"device": "cpu"},
+        "models": {"student": {"metrics": {"accuracy": 0.75, "f1": 0.5}, "size_mb": 1.25,
+                               "latency_ms_b1": 1.0}},
+    }  # fmt: skip
+    (src / "evaluation.json").write_text(json.dumps(evaluation))
     out = tmp_path / "hf16"
     result = export(src, out, "hf", "--dtype", "fp16")
     assert result["dtype"] == "fp16" and result["max_abs_diff"] < 0.05
     assert (out / "resolved_recipe.yaml").is_file()
     card = (out / "README.md").read_text()
-    assert "base_model: org/teacher-model" in card and "`tkd`" in card and "5 steps" in card
+    assert "base_model: org/teacher-model" in card and "(fp16 weights)" in card
+    assert "- method: `tkd`\n- teacher: `org/teacher-model`" in card
+    assert "- stage `task`: soft_label_kl × 0.5000, ce × 0.5000, 5 steps\n" in card
+    assert "- training: 5 steps (? stage), final loss ?\n" in card
+    assert "from 400 to 200 tokens (ratio 0.5, similarity `inner`); 3.12% of corpus" in card
+    assert "On `rotten_tomatoes` (test, 12 examples):" in card
+    assert "| student | accuracy (primary) | 0.7500 | 1.2500 |\n| student | f1 | 0.5000 |" in card
+    assert card.endswith("```\n") and "\n\n\n" not in card
     model = AutoModelForSequenceClassification.from_pretrained(out)
     assert model.classifier.weight.dtype == torch.float16
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("evaluation.json", "{not json", "evaluation.json: not valid JSON (line 1)"),
+        ("evaluation.json", '{"data": "d"}', "evaluation.json: key 'split' is missing"),
+        ("compression.json", "[1, 2]", "compression.json: expected a JSON object"),
+        ("train_results.json", '{"steps": "five"}', "key 'steps' expects int"),
+        ("resolved_recipe.yaml", "phases: [", "resolved_recipe.yaml: not valid YAML"),
+        ("resolved_recipe.yaml", "methd: tkd", "unknown key 'methd'; did you mean 'method'?"),
+    ],
+)
+def test_hf_card_bad_files_beside_the_model(tiny_teacher, tmp_path, name, text, message):
+    import shutil
+
+    src = tmp_path / "student"
+    shutil.copytree(tiny_teacher, src)
+    (src / name).write_text(text)
+    result = invoke("export", src, "--format", "hf", "--output-dir", tmp_path / "o")
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".*"))
+    assert (src / name).read_text() == text
 
 
 def test_onnx_dynamic_axes_match_pytorch(tiny_teacher, tmp_path):

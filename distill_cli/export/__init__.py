@@ -1,0 +1,112 @@
+"""export's core: write an HF folder, an ONNX model or an int8 ONNX model, then verify it.
+
+Every export is written into a temporary sibling folder, loaded back and compared with the
+PyTorch model on a few test sentences, and only then renamed into place: the output folder
+appears only when it is complete and verified. One module per format (hf, onnx, int8); verify
+holds what they share, card the HF model card.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from distill_cli.errors import DistillError
+from distill_cli.export.hf import DTYPES, export_hf
+from distill_cli.export.int8 import export_int8
+from distill_cli.export.onnx import export_onnx
+from distill_cli.export.verify import MB
+from distill_cli.models import check_model_source, load_as_saved
+from distill_cli.outputs import check_free_space, weights_bytes
+
+FORMATS = ("hf", "onnx", "onnx-int8")
+EXTRAS = ("vocab_map.json", "evaluation.json", "resolved_recipe.yaml")
+
+
+def _check_args(model_dir: str, fmt: str, dtype: str, out: Path, overwrite: bool) -> None:
+    if fmt not in FORMATS:
+        raise DistillError(f"unknown --format '{fmt}'; choose {', '.join(FORMATS)}")
+    if dtype not in DTYPES:
+        raise DistillError(f"unknown --dtype '{dtype}'; choose {', '.join(DTYPES)}")
+    if fmt != "hf" and dtype != "fp32":
+        hint = "int8 quantizes the fp32 export" if fmt == "onnx-int8" else "ONNX export is fp32"
+        raise DistillError(
+            f"--dtype {dtype} does not apply to --format {fmt} ({hint}); "
+            "drop --dtype, or use --format hf for fp16/bf16 weights"
+        )
+    src = Path(model_dir).expanduser().resolve()
+    dst = out.resolve()
+    if dst == src or dst in src.parents:
+        raise DistillError("--output-dir must not be MODEL_DIR or a folder holding it")
+    if out.exists() and not out.is_dir():
+        raise DistillError(f"output path {out} is a file; pass a folder path to --output-dir")
+    if out.exists() and not overwrite:
+        raise DistillError(
+            f"output folder {out} already exists; pass --overwrite or choose another folder"
+        )
+
+
+def run(
+    model_dir: str,
+    fmt: str,
+    output_dir: str | Path,
+    dtype: str = "fp32",
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
+) -> dict:
+    """Export ``model_dir`` as ``fmt`` into ``output_dir``; returns what export.json holds."""
+    out = Path(output_dir).expanduser()
+    _check_args(model_dir, fmt, dtype, out, overwrite)
+    check_model_source(model_dir, "model")
+    # an fp32 copy, and for int8 the fp32 ONNX file beside the quantized one
+    check_free_space(out.parent, 3 * weights_bytes(model_dir), "the export and its temp files")
+    model, tokenizer = load_as_saved(model_dir, "model", trust_remote_code)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.export-"))
+    except OSError as e:
+        raise DistillError(f"cannot write beside {out} ({e.strerror}); choose another") from None
+    try:
+        result = {"model": str(model_dir), "format": fmt, "dtype": dtype}
+        if fmt == "hf":
+            result.update(export_hf(model, tokenizer, Path(model_dir), tmp, dtype, out.name))
+        elif fmt == "onnx":
+            result.update(export_onnx(model, tokenizer, tmp))
+        else:
+            result.update(export_int8(model, tokenizer, tmp))
+        for name in EXTRAS:
+            if (Path(model_dir) / name).is_file():
+                shutil.copy2(Path(model_dir) / name, tmp / name)
+        files = sorted(p.name for p in tmp.iterdir() if p.is_file()) + ["export.json"]
+        sizes = {n: round((tmp / n).stat().st_size / MB, 4) for n in files if (tmp / n).exists()}
+        total = round(sum(sizes.values()), 4)
+        result.update(files=files, sizes_mb=sizes, total_mb=total, verified=True)
+        (tmp / "export.json").write_text(json.dumps(result, indent=2) + "\n")
+        _move_into_place(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    result["output_dir"] = str(out)
+    return result
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished folder to ``out``; an old ``out`` (with --overwrite) goes after."""
+    tmp.chmod(0o777 & ~_umask())
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+        old.rmdir()
+        out.rename(old)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,197 @@
+"""The model card (README.md) of an HF export: templates/model_card.md filled from typed data.
+
+The data: the model's config, its resolved_recipe.yaml as a ``Recipe``, and the reports that
+training, compress-vocab and evaluate left beside it. Any of them may be absent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from distill_cli.errors import DistillError
+from distill_cli.heads import is_causal
+from distill_cli.recipe import Recipe, from_dict, load_recipe
+
+TEMPLATE = "templates/model_card.md"
+AUTO_CLASSES = {
+    "text-classification": "AutoModelForSequenceClassification",
+    "fill-mask": "AutoModelForMaskedLM",
+    "text-generation": "AutoModelForCausalLM",
+    "feature-extraction": "AutoModel",
+}
+
+
+@dataclass
+class TrainResults:
+    """train_results.json, as far as the card uses it."""
+
+    steps: int | None = None
+    stage: str | None = None
+    final_loss: float | None = None
+    phases: dict[str, int] = field(default_factory=dict)  # optimizer steps per phase
+    eval_split: str | None = None
+    eval: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Compression:
+    """compression.json, as far as the card uses it."""
+
+    vocab_before: int
+    vocab_after: int
+    ratio: float
+    similarity: str
+    remapped_share: float
+
+
+@dataclass
+class ModelScores:
+    metrics: dict[str, float]
+    size_mb: float
+
+
+@dataclass
+class Evaluation:
+    """evaluation.json, as far as the card uses it."""
+
+    data: str
+    split: str
+    num_examples: int
+    primary_metric: str
+    models: dict[str, ModelScores]
+
+
+@dataclass
+class CardData:
+    """Everything the template reads."""
+
+    name: str
+    arch: str
+    dtype: str
+    tag: str
+    recipe: Recipe | None = None
+    train: TrainResults | None = None
+    compression: Compression | None = None
+    evaluation: Evaluation | None = None
+
+    @property
+    def auto(self) -> str:
+        return AUTO_CLASSES[self.tag]
+
+    @property
+    def header(self) -> str:
+        """The YAML front matter the Hub reads."""
+        meta = {"library_name": "transformers"}
+        if self.recipe is not None and self.recipe.teacher:
+            meta["base_model"] = self.recipe.teacher
+        meta.update(pipeline_tag=self.tag, tags=["distill-cli", "distillation"])
+        return yaml.safe_dump(meta, sort_keys=False).strip()
+
+
+def pipeline_tag(model_or_config) -> str:
+    config = getattr(model_or_config, "config", model_or_config)
+    archs = getattr(config, "architectures", None) or []
+    arch = archs[0] if archs else ""
+    if arch.endswith("ForSequenceClassification"):
+        return "text-classification"
+    if arch.endswith(("ForMaskedLM", "ForPreTraining")):
+        return "fill-mask"
+    if is_causal(config):
+        return "text-generation"
+    return "feature-extraction"
+
+
+def card_data(config, model_dir: Path, name: str, dtype: str = "fp32") -> CardData:
+    """Read what the card shows from the config and the files beside the model."""
+    recipe_path = model_dir / "resolved_recipe.yaml"
+    return CardData(
+        name=name,
+        arch=(getattr(config, "architectures", None) or ["?"])[0],
+        dtype=dtype,
+        tag=pipeline_tag(config),
+        recipe=load_recipe(recipe_path) if recipe_path.is_file() else None,
+        train=read_report(TrainResults, model_dir / "train_results.json"),
+        compression=read_report(Compression, model_dir / "compression.json"),
+        evaluation=read_report(Evaluation, model_dir / "evaluation.json"),
+    )
+
+
+def model_card(config, model_dir: Path, name: str, dtype: str = "fp32") -> str:
+    """README.md in the HF convention: YAML header, then how it was made, metrics, usage."""
+    return render(card_data(config, model_dir, name, dtype))
+
+
+def render(data: CardData) -> str:
+    import jinja2
+
+    env = jinja2.Environment(
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,  # Markdown, not HTML
+    )
+    env.filters["num"] = _num
+    text = resources.files("distill_cli").joinpath(TEMPLATE).read_text(encoding="utf-8")
+    fields = {f.name: getattr(data, f.name) for f in dataclasses.fields(data)}
+    return env.from_string(text).render(**fields, auto=data.auto, header=data.header)
+
+
+def _num(value) -> str:
+    if value is None:
+        return "?"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+# ---------------------------------------------------------------- reports beside the model
+
+
+def read_report(cls: type, path: Path):
+    """A JSON report as ``cls``: the keys ``cls`` declares, type-checked; None when absent."""
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise DistillError(f"cannot read {path} ({e}); fix or remove the file") from None
+    except ValueError as e:
+        raise DistillError(
+            f"{path}: not valid JSON (line {getattr(e, 'lineno', '?')}); fix or remove the file"
+        ) from None
+    if not isinstance(raw, dict):
+        raise DistillError(f"{path}: expected a JSON object; fix or remove the file")
+    return from_dict(cls, _declared(cls, raw, path), "", str(path))
+
+
+def _declared(cls: type, raw: dict, path: Path, prefix: str = "") -> dict:
+    """The keys of ``raw`` that ``cls`` declares, in nested reports too; a missing one that
+    ``cls`` requires is an error. Other keys are the report's business, not the card's."""
+    hints = typing.get_type_hints(cls)
+    kept = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            required = f.default is dataclasses.MISSING
+            if required and f.default_factory is dataclasses.MISSING:
+                raise DistillError(
+                    f"{path}: key '{prefix}{f.name}' is missing; fix or remove the file"
+                )
+            continue
+        value = raw[f.name]
+        args = typing.get_args(hints[f.name])
+        if typing.get_origin(hints[f.name]) is dict and dataclasses.is_dataclass(args[1]):
+            if isinstance(value, dict):
+                value = {
+                    k: _declared(args[1], v, path, f"{prefix}{f.name}.{k}.")
+                    if isinstance(v, dict)
+                    else v
+                    for k, v in value.items()
+                }
+        kept[f.name] = value
+    return kept

@@ -1,0 +1,170 @@
+"""--format onnx: an fp32 ONNX graph with dynamic batch and length, run by onnxruntime."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distill_cli.errors import DistillError
+from distill_cli.export.verify import (
+    SENTENCES,
+    check_fp32,
+    compare,
+    encode,
+    forward_kwargs,
+    input_names,
+    main_output,
+    main_output_name,
+    torch_outputs,
+)
+from distill_cli.latency import median_ms
+from distill_cli.reporting import log
+
+OPSET = 17
+
+
+def require_onnx():
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime
+    except ImportError:
+        raise DistillError(
+            "ONNX export needs onnx and onnxruntime: pip install 'distill-cli[onnx]'"
+        ) from None
+    return onnxruntime
+
+
+def prepare(model):
+    """fp32, eval mode, and eager attention, which traces to plain ops that run everywhere."""
+    model = model.float().eval()
+    if hasattr(model, "set_attn_implementation"):
+        try:
+            model.set_attn_implementation("eager")
+        except Exception:  # noqa: BLE001 - keep the model's own attention
+            pass
+    return model
+
+
+class _Wrapper(torch.nn.Module):
+    """Positional inputs in, the main output tensor out (no cache, no tuples)."""
+
+    def __init__(self, model, names):
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *inputs):
+        kwargs = dict(zip(self.names, inputs, strict=True))
+        return main_output(self.model(**kwargs, **forward_kwargs(self.model)))
+
+
+def _trace(model, names: list[str], path: Path) -> str:
+    """torch.onnx.export with dynamic batch and sequence axes; returns the output's name."""
+    # a padded row, so that tracing records the attention-mask path rather than a shortcut
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, 5:] = 0
+    values = {"input_ids": torch.ones(2, 7, dtype=torch.long), "attention_mask": mask}
+    dummy = tuple(values.get(n, torch.zeros(2, 7, dtype=torch.long)) for n in names)
+    with torch.no_grad():
+        out = model(**dict(zip(names, dummy, strict=True)), **forward_kwargs(model))
+    output = main_output_name(out)
+    axes = {n: {0: "batch", 1: "sequence"} for n in names}
+    ndim = getattr(out, output).dim()
+    axes[output] = {0: "batch", 1: "sequence"} if ndim == 3 else {0: "batch"}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarnings and the legacy exporter's deprecation
+            torch.onnx.export(
+                _Wrapper(model, names).eval(),  # a fresh Module is in train mode: the exporter
+                dummy,  # restores that mode afterwards, recursively, so it must be eval
+                str(path),
+                input_names=names,
+                output_names=[output],
+                dynamic_axes=axes,
+                opset_version=OPSET,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DistillError(
+            f"torch.onnx.export failed for {type(model).__name__}: {first}"
+        ) from None
+    return output
+
+
+def session(path: Path):
+    ort = require_onnx()
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def run_session(sess, batch: dict):
+    return sess.run(None, {k: v.numpy() for k, v in batch.items()})[0]
+
+
+def latency_ms(sess, tokenizer, names: list[str]) -> float:
+    """Median time of one test sentence (batch 1) through ``sess``."""
+    one = {k: v[:1] for k, v in encode(tokenizer, SENTENCES, names).items()}
+    return round(median_ms(lambda b: run_session(sess, b), [one], warmup=1, repeats=10), 3)
+
+
+def verify_onnx(sess, model, tokenizer, names) -> dict:
+    """Compare on the padded batch and on each sentence alone (dynamic batch and length)."""
+    batch = encode(tokenizer, SENTENCES, names)
+    stats = compare(torch_outputs(model, batch), run_session(sess, batch), batch["attention_mask"])
+    for text in SENTENCES:
+        one = encode(tokenizer, [text], names)
+        s = compare(torch_outputs(model, one), run_session(sess, one), one["attention_mask"])
+        stats["max_abs_diff"] = max(stats["max_abs_diff"], s["max_abs_diff"])
+    return stats
+
+
+@dataclass
+class Graph:
+    """A verified fp32 ONNX file: its session, inputs, match with PyTorch, export.json facts."""
+
+    path: Path
+    session: Any
+    names: list[str]
+    stats: dict
+    facts: dict
+
+
+def write_graph(model, tokenizer, path: Path) -> Graph:
+    """Export a prepared model to ``path``, load it in onnxruntime and check it matches."""
+    ort = require_onnx()
+    names = input_names(model, tokenizer)
+    log(f"exporting {type(model).__name__} to ONNX (opset {OPSET}, inputs {', '.join(names)})")
+    output = _trace(model, names, path)
+    model.eval()  # the exporter restores train/eval modes; keep dropout off regardless
+    sess = session(path)
+    stats = verify_onnx(sess, model, tokenizer, names)
+    log(f"onnx fp32: max abs diff {stats['max_abs_diff']:.3g} vs PyTorch")
+    check_fp32("ONNX export", stats)
+    facts = {
+        "opset": OPSET,
+        "inputs": names,
+        "output": output,
+        "num_test_sentences": len(SENTENCES),
+        "onnxruntime": ort.__version__,
+    }
+    return Graph(path, sess, names, stats, facts)
+
+
+def save_beside(model, tokenizer, folder: Path) -> None:
+    """The tokenizer and config.json an ONNX folder needs to be used (and evaluated)."""
+    tokenizer.save_pretrained(folder)
+    model.config.save_pretrained(folder)
+
+
+def export_onnx(model, tokenizer, tmp: Path) -> dict:
+    model = prepare(model)
+    graph = write_graph(model, tokenizer, tmp / "model.onnx")
+    save_beside(model, tokenizer, tmp)
+    latency = latency_ms(graph.session, tokenizer, graph.names)
+    return {**graph.facts, **graph.stats, "latency_ms_b1": latency}
