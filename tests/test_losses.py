@@ -16,7 +16,11 @@ from distill_cli.losses import (
     soft_label_kl,
     weighted_sum,
 )
-from distill_cli.recipe import Term
+
+
+def params(name, **values):
+    """A term's parameters as a recipe gives them."""
+    return KD_LOSSES[name].params(**values)
 
 
 def naive_kl(zs, zt, t):
@@ -72,7 +76,10 @@ def test_fp16_inputs_are_computed_in_fp32():
 def test_tkd_combination_alpha(alpha):
     torch.manual_seed(2)
     zs, zt, y = torch.randn(8, 3), torch.randn(8, 3), torch.randint(0, 3, (8,))
-    terms = {"soft_label_kl": Term(weight=alpha, temperature=1.0), "ce": Term(weight=1 - alpha)}
+    terms = {
+        "soft_label_kl": params("soft_label_kl", weight=alpha, temperature=1.0),
+        "ce": params("ce", weight=1 - alpha),
+    }
     step = Step(student=Outputs(logits=zs), teacher=Outputs(logits=zt), labels=y)
     parts = loss_parts(terms, step)
     expected = alpha * naive_kl(zs, zt, 1.0) + (1 - alpha) * naive_ce(zs, y)
@@ -102,7 +109,7 @@ def test_registry_names_and_teacher_needs():
 
 def test_registry_covers_glmd_and_ablation_terms():
     assert {"word_kl", "hidden_mse", "attention_kl"} <= set(KD_LOSSES)
-    needs = needs_of({"soft_label_kl": Term(), "word_kl": Term()})
+    needs = needs_of({"soft_label_kl": params("soft_label_kl"), "word_kl": params("word_kl")})
     assert needs.logits and needs.word and not needs.hidden
 
 
