@@ -420,7 +420,8 @@ def validate(recipe: Recipe, needs_data: bool = True) -> None:
         problems.append("'phases' is empty; give at least one phase with loss terms")
     for i, phase in enumerate(recipe.phases):
         if not phase.terms:
-            problems.append(f"phases.{i} has no loss terms; add e.g. 'ce: {{weight: 1.0}}'")
+            example = losses.DEFAULT_TERMS[0]
+            problems.append(f"phases.{i} has no loss terms; add e.g. '{example}: {{weight: 1.0}}'")
         for name, params in phase.terms.items():
             needs_teacher |= losses.KD_LOSSES[name].needs_teacher
             problems += [f"phases.{i}.terms.{name}.{p}" for p in losses.param_problems(params)]

@@ -486,12 +486,15 @@ def _skip_bad_step(s: State) -> None:
 
 
 def _describe(values: dict[str, float]) -> str:
-    """The terms that were not finite and their values, then the rest: ': ce=inf (loss=inf)'."""
+    """The terms that were not finite, then the loss and the other terms:
+    ': word_kl=nan (loss=nan; ce=0.6931)', or ' (loss=nan; ce=0.6931)' when every term was."""
     if not values:
         return " in another process"
-    bad = [f"{k}={v:.4g}" for k, v in values.items() if k != "loss" and not math.isfinite(v)]
-    rest = [f"{k}={v:.4g}" for k, v in values.items() if k == "loss" or math.isfinite(v)]
-    return f": {', '.join(bad) or 'the weighted sum'} ({', '.join(rest)})"
+    loss = values.pop("loss")
+    bad = [f"{k}={v:.4g}" for k, v in values.items() if not math.isfinite(v)]
+    good = [f"{k}={v:.4g}" for k, v in values.items() if math.isfinite(v)]
+    named = f": {', '.join(bad)}" if bad else ""
+    return f"{named} (loss={loss:.4g}" + (f"; {', '.join(good)})" if good else ")")
 
 
 def _check_same_recipe(out: Path, recipe: Recipe) -> None:
