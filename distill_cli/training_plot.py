@@ -6,6 +6,7 @@ Drawn at the end of every training run, so a user with no tracker set up still s
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from distill_cli.reporting import log
@@ -37,9 +38,9 @@ def draw(records: list[dict], path: Path) -> None:
         curves[key.removeprefix("loss/")] = [r.get(key, float("nan")) for r in records]
     fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(8, 6), height_ratios=(2, 1))
     for name, values in curves.items():
-        style = {"color": "black", "linewidth": 2} if name == "loss" else {}
+        style = {"color": "black", "linewidth": 2, "zorder": 3} if name == "loss" else {}
         top.plot(steps, values, label=name if name == "loss" else f"{name} (unweighted)", **style)
-    if all(v > 0 for values in curves.values() for v in values):
+    if all(v > 0 for values in curves.values() for v in values if not math.isnan(v)):
         top.set_yscale("log")
     top.set_ylabel("loss")
     top.legend(fontsize="small")
