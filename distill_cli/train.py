@@ -278,7 +278,9 @@ def setup(
     return state
 
 
-def build(recipe: Recipe, stage: str, main: bool, trust_remote_code: bool):
+def build(
+    recipe: Recipe, stage: str, main: bool, trust_remote_code: bool
+) -> tuple[stages.Built, torch.nn.ModuleDict]:
     """The stage's models and data, checked against the loss terms; and the terms' extras."""
     make = stages.build_task if stage == "task" else stages.build_pretrain
     b = make(recipe, main, trust_remote_code)
@@ -374,6 +376,7 @@ def _after_step(s: State, plan: PhasePlan, phase_end: int, signals) -> None:
 def finish(s: State) -> dict:
     """Evaluate (task stage), draw training.png and save the model; returns the run summary."""
     accelerator, pos, recipe, out, main = s.accelerator, s.pos, s.recipe, s.out, s.main
+    student, b = s.student, s.built
     runtime = time.perf_counter() - s.started
     log(
         f"process {accelerator.process_index}/{accelerator.num_processes}: "
@@ -406,7 +409,7 @@ def finish(s: State) -> dict:
                 source = Path(recipe.student.path or "") / name
                 if recipe.student.path and source.is_file():
                     write_text_atomic(out / name, source.read_text())
-            save_model_atomic(accelerator.unwrap_model(s.student).model, s.built.tokenizer, out)
+            save_model_atomic(accelerator.unwrap_model(student).model, b.tokenizer, out)
         except OSError as e:
             raise WriteFailed(
                 f"could not write the model to {out} ({e.strerror or e}); the last checkpoint "
@@ -516,7 +519,7 @@ def _check_same_recipe(out: Path, recipe: Recipe) -> None:
         )
 
 
-def train_step(s: State, batch: dict, plan: PhasePlan):
+def train_step(s: State, batch: dict, plan: PhasePlan) -> tuple[torch.Tensor, dict, bool]:
     """Mask (encoders, when the phase says so), forward, backward, clip, optimizer step.
 
     A non-finite loss marks the optimizer step bad: it still runs backward (so processes stay
@@ -549,7 +552,7 @@ def _all_finite(loss, accelerator) -> bool:
     return not bool(bad.item())
 
 
-def compute_loss(s: State, batch: dict, plan: PhasePlan):
+def compute_loss(s: State, batch: dict, plan: PhasePlan) -> tuple[torch.Tensor, dict]:
     """One forward pass of student and teacher, and the phase's weighted loss and its parts."""
     b, accelerator, needs = s.built, s.accelerator, plan.needs
     s_inputs, t_inputs = batching.split_inputs(batch)
