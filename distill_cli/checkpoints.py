@@ -36,6 +36,7 @@ RUN_FILES = (
     "resolved_recipe.yaml",
     "vocab_map.json",
     "compression.json",
+    "training.png",
 )
 
 

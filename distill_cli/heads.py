@@ -113,16 +113,16 @@ def forward(model, inputs: dict, needs: Needs, mode: str) -> Outputs:
 
 
 class StudentModule(torch.nn.Module):
-    """The student plus any trainable loss parts (hidden-state projections).
+    """The student plus the trainable modules its loss terms add, by term name (projections).
 
     Accelerate wraps this one module, so gradients of both are synchronised across processes;
     only ``model`` is saved.
     """
 
-    def __init__(self, model, projections: torch.nn.ModuleList | None = None):
+    def __init__(self, model, extras: torch.nn.ModuleDict | None = None):
         super().__init__()
         self.model = model
-        self.projections = projections if projections is not None else torch.nn.ModuleList()
+        self.extras = extras if extras is not None else torch.nn.ModuleDict()
 
     def forward(self, inputs: dict, needs: Needs, mode: str) -> Outputs:
         return forward(self.model, inputs, needs, mode)

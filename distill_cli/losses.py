@@ -1,12 +1,15 @@
 """Distillation loss math as plain functions, and the registry of loss terms recipes can name.
 
-All math runs in fp32 whatever the model's dtype.
+Each registry entry declares the parameters it takes, what it reads and what it requires; the rest
+of the code reads those declarations and never names a term, so adding a term means editing this
+file only. All math runs in fp32 whatever the model's dtype.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -88,76 +91,174 @@ class Step:
     labels: torch.Tensor | None = None
     mask: torch.Tensor | None = None  # attention mask of the (shared) inputs
     vocab_index: torch.Tensor | None = None  # teacher rows of a compressed student vocabulary
-    projections: torch.nn.ModuleList | None = None
+
+
+# ---------------------------------------------------------------- the parameters terms take
+
+
+def _param(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class Weighted:
+    weight: float = _param(1.0, "Weight of this term in the phase's weighted sum.")
+
+
+@dataclass
+class Tempered(Weighted):
+    temperature: float = _param(1.0, "Softmax temperature T; the KL is scaled by T².")
+
+
+@dataclass
+class LayerMapped(Weighted):
+    layer_map: list[int] | None = _param(
+        None, "Teacher layer (1-based) for each student layer (default: uniform, as TinyBERT)."
+    )
+
+
+def param_names(params: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(params)]
+
+
+def param_problems(params) -> list[str]:
+    """What is wrong with a term's parameter values, each as 'name must ...'."""
+    problems = []
+    if params.weight < 0:
+        problems.append("weight must be >= 0")
+    if getattr(params, "temperature", 1.0) <= 0:
+        problems.append("temperature must be > 0")
+    return problems
+
+
+# ---------------------------------------------------------------- the registry
 
 
 @dataclass(frozen=True)
 class LossTerm:
-    fn: Callable[[Step, Any], torch.Tensor]
-    needs_teacher: bool
-    needs: Needs
+    """A loss term a recipe can name: what it computes, takes, reads, adds and requires."""
+
+    fn: Callable[[Step, Any, torch.nn.Module | None], torch.Tensor]  # (step, params, extra)
+    params: type  # the dataclass of the parameters it takes in a recipe
     help: str
+    needs_teacher: bool
+    needs: Needs  # the outputs it reads
+    token_level: bool = False  # compares token positions: both models must read the same tokens
+    eager_attention: bool = False  # reads attention maps, which fused kernels do not return
+    class_logits: bool = False  # reads class probabilities: refused for regression tasks
+    # trainable modules it adds to the student, from (teacher config, student config)
+    extras: Callable[[Any, Any], torch.nn.Module | None] | None = None
+    # raises DistillError when its parameters do not fit the two models (params, teacher, student)
+    check: Callable[[Any, Any, Any], None] | None = None
+
+    @property
+    def task_only(self) -> bool:
+        """It reads classifier logits (and labels), which only the task stage has."""
+        return self.needs.logits
 
 
-def _word_kl(step: Step, term) -> torch.Tensor:
+def _word_kl(step: Step, p: Tempered, extra) -> torch.Tensor:
     s, t = step.student, step.teacher
     return word_kl(
         s.word_features, s.word_weight, t.word_features, t.word_weight,
-        mask=step.mask, temperature=term.temperature, b_s=s.word_bias, b_t=t.word_bias,
+        mask=step.mask, temperature=p.temperature, b_s=s.word_bias, b_t=t.word_bias,
         vocab_index=step.vocab_index,
     )  # fmt: skip
 
 
-def _pairs(step: Step, term) -> list[tuple[int, int]]:
-    return layer_pairs(len(step.student.hidden) - 1, len(step.teacher.hidden) - 1, term.layer_map)
+def _pairs(step: Step, p: LayerMapped) -> list[tuple[int, int]]:
+    return layer_pairs(len(step.student.hidden) - 1, len(step.teacher.hidden) - 1, p.layer_map)
+
+
+def _hidden_mse(step: Step, p: LayerMapped, projections) -> torch.Tensor:
+    s, t = step.student, step.teacher
+    return hidden_mse(s.hidden, t.hidden, step.mask, _pairs(step, p), projections)
+
+
+def _attention_kl(step: Step, p: LayerMapped, extra) -> torch.Tensor:
+    s, t = step.student, step.teacher
+    return attention_kl(s.attentions, t.attentions, step.mask, _pairs(step, p))
+
+
+def _check_layer_map(p: LayerMapped, teacher_config, student_config) -> None:
+    """The map (or the uniform one) gives each student layer a teacher layer that exists."""
+    try:
+        layer_pairs(student_config.num_hidden_layers, teacher_config.num_hidden_layers, p.layer_map)
+    except DistillError as e:
+        raise DistillError(f"{e}; fix layer_map, or leave it out for the uniform map") from None
+
+
+def _projections(teacher_config, student_config) -> torch.nn.ModuleList | None:
+    """Learned maps from student to teacher width, one per student layer, when widths differ."""
+    d_s, d_t = student_config.hidden_size, teacher_config.hidden_size
+    if d_s == d_t:
+        return None
+    n = student_config.num_hidden_layers
+    return torch.nn.ModuleList(torch.nn.Linear(d_s, d_t) for _ in range(n))
 
 
 KD_LOSSES: dict[str, LossTerm] = {
     "soft_label_kl": LossTerm(
-        lambda st, term: soft_label_kl(st.student.logits, st.teacher.logits, term.temperature),
+        lambda st, p, _: soft_label_kl(st.student.logits, st.teacher.logits, p.temperature),
+        params=Tempered,
+        help="T²·KL(teacher ‖ student) on the classifier logits",
         needs_teacher=True,
         needs=Needs(logits=True),
-        help="T²·KL(teacher ‖ student) on the classifier logits",
+        class_logits=True,
     ),
     "ce": LossTerm(
-        lambda st, term: hard_label_loss(st.student.logits, st.labels),
+        lambda st, p, _: hard_label_loss(st.student.logits, st.labels),
+        params=Weighted,
+        help="hard-label cross-entropy (MSE for regression)",
         needs_teacher=False,
         needs=Needs(logits=True),
-        help="hard-label cross-entropy (MSE for regression)",
     ),
     "logit_mse": LossTerm(
-        lambda st, term: logit_mse(st.student.logits, st.teacher.logits),
+        lambda st, p, _: logit_mse(st.student.logits, st.teacher.logits),
+        params=Weighted,
+        help="MSE between student and teacher logits",
         needs_teacher=True,
         needs=Needs(logits=True),
-        help="MSE between student and teacher logits",
     ),
     "word_kl": LossTerm(
         _word_kl,
+        params=Tempered,
+        help="GLMD word-prediction KL, T²·KL(softmax(Z_t/T) ‖ softmax(Z_s/T)) over non-pad tokens",
         needs_teacher=True,
         needs=Needs(word=True),
-        help="GLMD word-prediction KL, T²·KL(softmax(Z_t/T) ‖ softmax(Z_s/T)) over non-pad tokens",
+        token_level=True,
     ),
     "hidden_mse": LossTerm(
-        lambda st, term: hidden_mse(
-            st.student.hidden, st.teacher.hidden, st.mask, _pairs(st, term), st.projections
-        ),
+        _hidden_mse,
+        params=LayerMapped,
+        help="MSE between mapped hidden states (a learned projection when widths differ)",
         needs_teacher=True,
         needs=Needs(hidden=True),
-        help="MSE between mapped hidden states (a learned projection when widths differ)",
+        token_level=True,
+        extras=_projections,
+        check=_check_layer_map,
     ),
     "attention_kl": LossTerm(
-        lambda st, term: attention_kl(
-            st.student.attentions, st.teacher.attentions, st.mask, _pairs(st, term)
-        ),
+        _attention_kl,
+        params=LayerMapped,
+        help="KL between mapped, head-averaged attention maps",
         needs_teacher=True,
         needs=Needs(attentions=True, hidden=True),
-        help="KL between mapped, head-averaged attention maps",
+        token_level=True,
+        eager_attention=True,
+        check=_check_layer_map,
     ),
 }
 
-TERMS_NEED_TEACHER = {name: term.needs_teacher for name, term in KD_LOSSES.items()}
-# Terms that read classifier logits: only the task stage has them.
-TASK_ONLY_TERMS = {name for name, term in KD_LOSSES.items() if term.needs.logits}
+# A phase that names no terms trains on the labels alone.
+DEFAULT_TERMS = ("ce",)
+
+
+def default_terms() -> dict:
+    return {name: KD_LOSSES[name].params() for name in DEFAULT_TERMS}
+
+
+# ---------------------------------------------------------------- what a run's terms need
 
 
 def needs_of(terms: dict) -> Needs:
@@ -170,10 +271,37 @@ def needs_of(terms: dict) -> Needs:
     return needs
 
 
-def loss_parts(terms: dict, step: Step) -> dict[str, torch.Tensor]:
-    """Each named term of a phase, unweighted. ``terms`` maps names to recipe Terms."""
-    return {name: KD_LOSSES[name].fn(step, term) for name, term in terms.items()}
+def check_models(phases: list[dict], teacher_config, student_config) -> None:
+    """Run each term's check against the two models (before step 1)."""
+    for i, terms in enumerate(phases):
+        for name, params in terms.items():
+            check = KD_LOSSES[name].check
+            if check is not None and teacher_config is not None:
+                try:
+                    check(params, teacher_config, student_config)
+                except DistillError as e:
+                    raise DistillError(f"phases.{i}.terms.{name}: {e}") from None
+
+
+def make_extras(names, teacher_config, student_config) -> torch.nn.ModuleDict:
+    """The trainable modules the named terms add to the student, by term name."""
+    extras = torch.nn.ModuleDict()
+    for name in sorted(set(names)):
+        make = KD_LOSSES[name].extras
+        module = make(teacher_config, student_config) if make and teacher_config else None
+        if module is not None:
+            extras[name] = module
+    return extras
+
+
+def loss_parts(terms: dict, step: Step, extras=None) -> dict[str, torch.Tensor]:
+    """Each named term of a phase, unweighted. ``terms`` maps names to their parameters."""
+    extras = extras if extras is not None else {}
+    return {
+        name: KD_LOSSES[name].fn(step, params, extras[name] if name in extras else None)
+        for name, params in terms.items()
+    }
 
 
 def weighted_sum(terms: dict, parts: dict[str, torch.Tensor]) -> torch.Tensor:
-    return sum(term.weight * parts[name] for name, term in terms.items())
+    return sum(params.weight * parts[name] for name, params in terms.items())

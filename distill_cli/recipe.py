@@ -16,7 +16,9 @@ from typing import Any
 
 import yaml
 
+from distill_cli import losses
 from distill_cli.errors import DistillError
+from distill_cli.reporting import log
 
 
 class _Loader(yaml.SafeLoader):
@@ -44,20 +46,14 @@ def _opt(default: Any, help: str) -> Any:
 
 
 @dataclass
-class Term:
-    weight: float = _opt(1.0, "Weight of this loss term in the phase's weighted sum.")
-    temperature: float = _opt(1.0, "Softmax temperature T; KL terms are scaled by T².")
-    layer_map: list[int] | None = _opt(
-        None, "hidden_mse/attention_kl: teacher layer for each student layer (default: uniform)."
-    )
-
-
-@dataclass
 class Phase:
     name: str = _opt("task", "Name shown in logs and metrics.jsonl.")
-    terms: dict[str, Term] = field(
-        default_factory=lambda: {"ce": Term()},
-        metadata={"help": "Loss terms by registry name (soft_label_kl, ce, logit_mse)."},
+    terms: dict[str, Any] = field(
+        default_factory=losses.default_terms,
+        metadata={
+            "help": "Loss terms by registry name (distill_cli/losses.py) with their parameters.",
+            "convert": lambda value, where, source: _convert_terms(value, where, source),
+        },
     )
     epochs: float | None = _opt(None, "Length of this phase in epochs (default: train.epochs).")
     mlm_probability: float = _opt(
@@ -207,16 +203,56 @@ def _convert(value: Any, tp: Any, where: str, source: str) -> Any:
 
 def from_dict(cls: type, raw: dict, prefix: str, source: str) -> Any:
     hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in raw.items():
         where = f"{prefix}.{key}" if prefix else str(key)
-        if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(known)}"
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(fields)}"
             raise DistillError(f"{source}: unknown key '{where}'; {hint}")
-        kwargs[key] = _convert(value, hints[key], where, source)
+        convert = fields[key].metadata.get("convert")
+        if convert is not None:
+            kwargs[key] = convert(value, where, source)
+        else:
+            kwargs[key] = _convert(value, hints[key], where, source)
     return cls(**kwargs)
+
+
+def _unknown_term(name: str, where: str, source: str) -> DistillError:
+    return DistillError(
+        f"{source}: unknown loss term '{name}' in {where}; "
+        f"known terms: {', '.join(losses.KD_LOSSES)}"
+    )
+
+
+def _not_taken(name: str, key: str, where: str, source: str) -> DistillError:
+    takes = ", ".join(losses.param_names(losses.KD_LOSSES[name].params))
+    return DistillError(
+        f"{source}: loss term '{name}' takes no parameter '{key}' ({where}.{name}.{key}); "
+        f"it takes: {takes}"
+    )
+
+
+def _convert_terms(value: Any, where: str, source: str) -> dict:
+    """A phase's terms, each checked against the parameters its registry entry declares."""
+    if not isinstance(value, dict):
+        raise DistillError(
+            f"{source}: key '{where}' expects a mapping of loss terms to their parameters, "
+            f"got {value!r}; fix the value"
+        )
+    terms = {}
+    for name, params in value.items():
+        name = str(name)
+        if name not in losses.KD_LOSSES:
+            raise _unknown_term(name, where, source)
+        entry = losses.KD_LOSSES[name]
+        if isinstance(params, dict):
+            for key in params:
+                if key not in losses.param_names(entry.params):
+                    raise _not_taken(name, key, where, source)
+        terms[name] = _convert(params, entry.params, f"{where}.{name}", source)
+    return terms
 
 
 # ---------------------------------------------------------------- loading
@@ -285,6 +321,43 @@ def parse_set(item: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+_TERMS_KEY = re.compile(r"^phases\.(\d+)\.terms(?:\.([^.]+))?(?:\.([^.]+))?")
+
+
+def _check_term_set(raw: dict, key: str, value: Any, source: str) -> None:
+    """``--set phases.N.terms[.NAME[.PARAM]]=...``, checked so that errors name the --set item.
+
+    A term the phase lacks is added only by setting its weight (with a log line); setting any
+    other parameter of an absent term is an error listing the phase's terms.
+    """
+    m = _TERMS_KEY.match(key)
+    phases = raw.get("phases")
+    if not m or not isinstance(phases, list) or int(m[1]) >= len(phases):
+        return  # not a term, or _set_path reports the bad index
+    i, name, param = int(m[1]), m[2], m[3]
+    where = f"phases.{i}.terms"
+    if name is None:  # the whole mapping of terms
+        _convert_terms(value, where, source)
+        return
+    if name not in losses.KD_LOSSES:
+        raise _unknown_term(name, where, source)
+    given = [param] if param else list(value) if isinstance(value, dict) else []
+    for key in given:
+        if key not in losses.param_names(losses.KD_LOSSES[name].params):
+            raise _not_taken(name, key, where, source)
+    phase = phases[i] if isinstance(phases[i], dict) else {}
+    terms = phase.get("terms") if isinstance(phase.get("terms"), dict) else {}
+    if name in terms:
+        return
+    if "weight" not in given:
+        raise DistillError(
+            f"{source}: phase {i} ({phase.get('name')}) has no loss term '{name}' (its terms: "
+            f"{', '.join(terms) or 'none'}); to add it, set its weight: "
+            f"--set {where}.{name}.weight=1.0"
+        )
+    log(f"{source}: adding loss term '{name}' to phase {i} ({phase.get('name')})")
+
+
 def load_recipe(
     path: str | Path | None,
     options: dict[str, Any] | None = None,
@@ -298,6 +371,7 @@ def load_recipe(
             _set_path(raw, key, value, f"option for {key}")
     for item in sets:
         key, value = parse_set(item)
+        _check_term_set(raw, key, value, f"--set {item}")
         _set_path(raw, key, value, f"--set {item}")
     return from_dict(Recipe, raw, "", source)
 
@@ -337,11 +411,8 @@ SCHEDULERS = (
 )
 
 
-def validate(recipe: Recipe, known_terms: dict[str, bool], needs_data: bool = True) -> None:
-    """Check rules that span fields; collect every problem and raise once.
-
-    ``known_terms`` maps each loss-term name to whether it needs a teacher.
-    """
+def validate(recipe: Recipe, needs_data: bool = True) -> None:
+    """Check rules that span fields; collect every problem and raise once."""
     problems: list[str] = []
     s, t, d = recipe.student, recipe.train, recipe.data
     needs_teacher = s.init in ("truncate", "config")
@@ -349,19 +420,11 @@ def validate(recipe: Recipe, known_terms: dict[str, bool], needs_data: bool = Tr
         problems.append("'phases' is empty; give at least one phase with loss terms")
     for i, phase in enumerate(recipe.phases):
         if not phase.terms:
-            problems.append(f"phases.{i} has no loss terms; add e.g. 'ce: {{weight: 1.0}}'")
-        for name, term in phase.terms.items():
-            if name not in known_terms:
-                problems.append(
-                    f"phases.{i}.terms: unknown loss term '{name}'; "
-                    f"known terms: {', '.join(sorted(known_terms))}"
-                )
-                continue
-            needs_teacher |= known_terms[name]
-            if term.temperature <= 0:
-                problems.append(f"phases.{i}.terms.{name}.temperature must be > 0")
-            if term.weight < 0:
-                problems.append(f"phases.{i}.terms.{name}.weight must be >= 0")
+            example = losses.DEFAULT_TERMS[0]
+            problems.append(f"phases.{i} has no loss terms; add e.g. '{example}: {{weight: 1.0}}'")
+        for name, params in phase.terms.items():
+            needs_teacher |= losses.KD_LOSSES[name].needs_teacher
+            problems += [f"phases.{i}.terms.{name}.{p}" for p in losses.param_problems(params)]
         if not 0 <= phase.mlm_probability < 1:
             problems.append(f"phases.{i}.mlm_probability must be in [0, 1)")
         if phase.epochs is not None and phase.epochs <= 0:

@@ -79,7 +79,7 @@ def compressed_vocab(student_path: str | None) -> tuple[torch.Tensor, torch.Tens
 
 def _check_aligned(recipe: Recipe, separate: bool) -> None:
     """Token-level terms compare positions, so both models must read the same tokens."""
-    token_level = term_names(recipe) & {"word_kl", "hidden_mse", "attention_kl"}
+    token_level = {n for n in term_names(recipe) if losses.KD_LOSSES[n].token_level}
     if separate and token_level:
         raise DistillError(
             f"{', '.join(sorted(token_level))} compare token positions, so teacher and student "
@@ -106,8 +106,13 @@ def build_task(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built:
     has_eval = d.eval_split != d.train_split and d.eval_split in task.splits
     if main and not has_eval:
         log(f"no '{d.eval_split}' split in the data: skipping evaluation after training")
-    if task.task_type == "regression" and "soft_label_kl" in term_names(recipe):
-        raise DistillError("soft_label_kl needs class logits; use logit_mse for regression tasks")
+    class_terms = sorted(n for n in term_names(recipe) if losses.KD_LOSSES[n].class_logits)
+    if task.task_type == "regression" and class_terms:
+        usable = [n for n, t in losses.KD_LOSSES.items() if t.task_only and not t.class_logits]
+        raise DistillError(
+            f"{', '.join(class_terms)} need class logits, and this task is regression; "
+            f"use {' or '.join(usable)} instead"
+        )
 
     teacher = teacher_tok = None
     if _needs_teacher(recipe):
@@ -150,11 +155,12 @@ def build_task(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built:
 
 
 def build_pretrain(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built:
-    task_terms = term_names(recipe) & losses.TASK_ONLY_TERMS
+    task_terms = sorted(n for n in term_names(recipe) if losses.KD_LOSSES[n].task_only)
     if task_terms:
+        usable = [n for n, t in losses.KD_LOSSES.items() if not t.task_only]
         raise DistillError(
-            f"{', '.join(sorted(task_terms))} need a classifier and labels: use them in "
-            "finetune-distill; pretrain-distill takes word_kl, hidden_mse and attention_kl"
+            f"{', '.join(task_terms)} need a classifier and labels: use them in "
+            f"finetune-distill; pretrain-distill takes {', '.join(usable)}"
         )
     teacher, tokenizer = load_lm(recipe.teacher, "teacher", trust_remote_code)
     student, student_tok = build_student(

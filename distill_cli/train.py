@@ -1,5 +1,7 @@
-"""The one training loop every training command runs: setup → build → fit → evaluate → save.
+"""The one training loop every training command runs: setup → fit → finish over one State.
 
+``setup`` prepares the output folder and builds models, data, optimizer and phase plans (resuming
+from a checkpoint when there is one); ``fit`` trains every phase; ``finish`` evaluates and saves.
 It reads like accelerate's nlp_example.py: Accelerate handles devices, mixed precision,
 gradient accumulation and processes started by ``accelerate launch``.
 """
@@ -13,6 +15,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -20,7 +23,7 @@ from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
-from distill_cli import batching, checkpoints, heads, losses, stages
+from distill_cli import batching, checkpoints, heads, losses, stages, training_plot
 from distill_cli.allocator import keep_freed_memory
 from distill_cli.batching import EpochBatchSampler
 from distill_cli.data import TaskData
@@ -41,7 +44,7 @@ from distill_cli.text_data import TokenMasker
 @dataclass
 class PhasePlan:
     name: str
-    terms: dict
+    terms: dict  # term name → its parameters
     steps: int
     mlm_probability: float = 0.0
     needs: heads.Needs = field(default_factory=heads.Needs)  # what its loss terms read
@@ -128,6 +131,56 @@ def evaluate_split(model, loader, accelerator, task: TaskData) -> dict[str, floa
     return compute_metrics(task.metric, preds, torch.cat(all_labels).numpy())
 
 
+@dataclass
+class Position:
+    """Where a run is: what a checkpoint needs to continue exactly."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # passes over the data started (a new phase starts a new pass)
+    batch: int = 0  # batches of the current pass already trained on
+    batches: int = 0  # batches trained on in all passes (the logged epoch is batches / pass)
+    samples: int = 0
+    runtime_s: float = 0.0
+    bad_steps: int = 0
+    bad_step: bool = False  # the step in progress saw a non-finite loss
+
+
+@dataclass
+class State:
+    """What setup builds, fit advances and finish saves."""
+
+    recipe: Recipe
+    out: Path
+    stage: str
+    accelerator: Accelerator
+    built: stages.Built
+    student: torch.nn.Module  # the prepared StudentModule: the student and its terms' extras
+    teacher: torch.nn.Module | None
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    train_loader: DataLoader
+    sampler: EpochBatchSampler
+    eval_loader: DataLoader | None
+    plans: list[PhasePlan]
+    masker: TokenMasker
+    window: _Window
+    vocab_index: torch.Tensor | None = None
+    pos: Position = field(default_factory=Position)
+    resume_from: Path | None = None
+    writer: MetricsWriter | None = None
+    progress: TrainProgress | None = None
+    started: float = 0.0  # perf_counter() at step 0, as if the run had never stopped
+    bad: dict[str, float] = field(default_factory=dict)  # values of this step's non-finite loss
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def total_steps(self) -> int:
+        return sum(p.steps for p in self.plans)
+
+
 def run(
     recipe: Recipe,
     output_dir: str | Path,
@@ -141,7 +194,22 @@ def run(
     ``stage`` is ``task`` (finetune-distill) or ``pretrain`` (pretrain-distill). A folder with
     checkpoints and no finished model resumes from its newest checkpoint.
     """
-    validate(recipe, losses.TERMS_NEED_TEACHER)
+    state = setup(recipe, output_dir, stage, overwrite, trust_remote_code, resume)
+    fit(state)
+    return finish(state)
+
+
+def setup(
+    recipe: Recipe,
+    output_dir: str | Path,
+    stage: str = "task",
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
+    resume: bool = False,
+) -> State:
+    """Everything before step 1: the output folder, models, data, optimizer, schedule, phases,
+    and the checkpoint a run resumes from."""
+    validate(recipe)
     keep_freed_memory()
     out, resume_from = checkpoints.prepare_run_dir(output_dir, overwrite, resume, _is_main_rank())
     if resume_from is not None:
@@ -150,22 +218,13 @@ def run(
         check_free_space(out, checkpoints.disk_need(recipe))
     cfg = recipe.train
 
-    # setup
     accelerator = make_accelerator(cfg, out)
     main = accelerator.is_main_process
     set_seed(cfg.seed)
     if main and resume_from is None:
         write_text_atomic(out / "resolved_recipe.yaml", to_yaml(recipe))
-
-    # build
-    build = stages.build_task if stage == "task" else stages.build_pretrain
-    b = build(recipe, main, trust_remote_code)
-    if "attention_kl" in stages.term_names(recipe):
-        # fused attention kernels return no attention maps
-        for model in (b.student, b.teacher):
-            model.set_attn_implementation("eager")
-    projections = _projections(recipe, b)
-    student = StudentModule(b.student, projections)
+    b, extras = build(recipe, stage, main, trust_remote_code)
+    student = StudentModule(b.student, extras)
     train_loader, sampler = make_train_loader(b, cfg)
     eval_loader = None
     if b.eval_ds is not None:
@@ -178,145 +237,167 @@ def run(
     student, optimizer, train_loader = accelerator.prepare(student, optimizer, train_loader)
     if eval_loader is not None:
         eval_loader = accelerator.prepare(eval_loader)
-    teacher = b.teacher
-    if teacher is not None:
-        teacher.to(accelerator.device).eval()
-        teacher.requires_grad_(False)
-    vocab_index = b.vocab_index.to(accelerator.device) if b.vocab_index is not None else None
+    if b.teacher is not None:
+        b.teacher.to(accelerator.device).eval()
+        b.teacher.requires_grad_(False)
     if b.id_remap is not None:
         b.id_remap = b.id_remap.to(accelerator.device)
 
-    steps_per_epoch = max(1, len(train_loader) // cfg.gradient_accumulation_steps)
-    plans = plan_phases(recipe, steps_per_epoch)
+    plans = plan_phases(recipe, steps_per_epoch(len(train_loader), cfg))
     total_steps = sum(p.steps for p in plans)
     warmup = cfg.warmup_steps or int(cfg.warmup_ratio * total_steps)
     # Stepped once per optimizer step by hand, so its length is exact in every process.
     scheduler = get_scheduler(
         cfg.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps
     )
-    masker = TokenMasker(
-        b.input_tokenizer or b.tokenizer, seed=cfg.seed + accelerator.process_index
+    seed = cfg.seed + accelerator.process_index
+    state = State(
+        recipe=recipe,
+        out=out,
+        stage=stage,
+        accelerator=accelerator,
+        built=b,
+        student=student,
+        teacher=b.teacher,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        train_loader=train_loader,
+        sampler=sampler,
+        eval_loader=eval_loader,
+        plans=plans,
+        masker=TokenMasker(b.input_tokenizer or b.tokenizer, seed=seed),
+        window=_Window(accelerator.device),
+        vocab_index=b.vocab_index.to(accelerator.device) if b.vocab_index is not None else None,
+        resume_from=resume_from,
+        writer=MetricsWriter(out / "metrics.jsonl") if main else None,
     )
-    window = _Window(accelerator.device)
-    pos = Position()
     if resume_from is not None:
-        saved = checkpoints.load(accelerator, resume_from)
-        pos = Position(**saved["position"])
-        scheduler.load_state_dict(saved["scheduler"])
-        masker.generator.set_state(torch.tensor(saved["masker_rng"], dtype=torch.uint8))
-        window.load(saved["window"])
-        if main:
-            checkpoints.trim_metrics(out / "metrics.jsonl", pos.step)
-            log(f"resuming from {resume_from} (step {pos.step} of {total_steps})")
-
+        _load_checkpoint(state, resume_from)
     if cfg.report_to:
         accelerator.init_trackers(out.name, config=_flat(dataclasses.asdict(recipe)))
-    writer = MetricsWriter(out / "metrics.jsonl") if main else None
-    progress = TrainProgress(total_steps, enabled=main)
-    if main:
-        n_params = sum(p.numel() for p in b.student.parameters())
-        log(
-            f"training {n_params:,}-parameter student for {total_steps} steps "
-            f"({', '.join(f'{p.name}: {p.steps}' for p in plans)}) "
-            f"on {accelerator.num_processes} process(es), device {accelerator.device}"
-        )
+    return state
 
-    def save_checkpoint() -> Path:
-        state = {
-            "position": dataclasses.asdict(pos),
-            "scheduler": scheduler.state_dict(),
-            "masker_rng": masker.generator.get_state().tolist(),
-            "window": window.state(),
-        }
-        return checkpoints.save(accelerator, out, pos.step, state, cfg.save_total_limit)
 
-    # fit
-    started = time.perf_counter() - pos.runtime_s
-    student.train()
+def build(
+    recipe: Recipe, stage: str, main: bool, trust_remote_code: bool
+) -> tuple[stages.Built, torch.nn.ModuleDict]:
+    """The stage's models and data, checked against the loss terms; and the terms' extras."""
+    make = stages.build_task if stage == "task" else stages.build_pretrain
+    b = make(recipe, main, trust_remote_code)
+    names = stages.term_names(recipe)
+    teacher_config = b.teacher.config if b.teacher is not None else None
+    losses.check_models([p.terms for p in recipe.phases], teacher_config, b.student.config)
+    if any(losses.KD_LOSSES[n].eager_attention for n in names):
+        # fused attention kernels return no attention maps
+        for model in (b.student, b.teacher):
+            if model is not None:
+                model.set_attn_implementation("eager")
+    return b, losses.make_extras(names, teacher_config, b.student.config)
+
+
+def steps_per_epoch(batches: int, cfg: TrainConfig) -> int:
+    """Optimizer steps in one pass over ``batches`` batches. Accelerate syncs gradients at the end
+    of the data too, so a last partial accumulation window is a step of its own."""
+    return max(1, math.ceil(batches / cfg.gradient_accumulation_steps))
+
+
+def fit(s: State) -> None:
+    """Train every phase from the state's position, with checkpoints as train.save_steps says,
+    at each phase end and when a signal asks to stop."""
+    pos = s.pos
+    _log_start(s)
+    s.progress = TrainProgress(s.total_steps, enabled=s.main)
+    s.started = time.perf_counter() - pos.runtime_s
+    s.student.train()
     phase_end = 0
     with checkpoints.StopSignals() as signals:
-        for plan in plans:
+        for plan in s.plans:
             phase_end += plan.steps
             while pos.step < phase_end:
-                sampler.set_epoch(pos.epoch)
-                train_loader.set_epoch(pos.epoch)
-                loader = train_loader
-                if pos.batch:  # resumed mid-epoch: the batches already trained on are skipped
-                    loader = accelerator.skip_first_batches(train_loader, pos.batch)
-                for batch in loader:
+                for batch in _rest_of_pass(s):
                     pos.batch += 1
-                    loss, parts, finite = train_step(
-                        student, teacher, batch, plan, b, vocab_index, masker, optimizer,
-                        accelerator, cfg.max_grad_norm, pos,
-                    )  # fmt: skip
+                    pos.batches += 1
+                    loss, parts, finite = train_step(s, batch, plan)
                     if finite:
-                        window.add(loss, parts, batch["attention_mask"])
+                        s.window.add(loss, parts, batch["attention_mask"])
                     pos.samples += len(batch["input_ids"])
-                    if not accelerator.sync_gradients:
-                        continue
-                    scheduler.step()
-                    pos.step += 1
-                    if pos.bad_step:
-                        _skip_bad_step(pos, loss, parts, cfg.max_bad_steps, out, main)
-                    if pos.step % cfg.logging_steps == 0 or pos.step == phase_end:
-                        lr = scheduler.get_last_lr()[0]
-                        record = window.flush(accelerator, pos.step, plan.name, lr)
-                        record["epoch"] = round(pos.step / steps_per_epoch, 4)
-                        if main:
-                            writer.write(record)
-                            progress.update(pos.step, record)
-                        if cfg.report_to:
-                            accelerator.log(record, step=pos.step)
-                    else:
-                        progress.update(pos.step)
-                    if pos.step >= phase_end:  # the next phase starts a new pass over the data
-                        pos.epoch, pos.batch = pos.epoch + 1, 0
-                    signum = signals.requested(accelerator)
-                    save_due = cfg.save_steps and pos.step % cfg.save_steps == 0
-                    if pos.step >= phase_end or save_due or signum:
-                        pos.runtime_s = time.perf_counter() - started
-                        path = save_checkpoint()
-                        if signum:
-                            progress.close()
-                            raise Interrupted(
-                                signum,
-                                f"{signal.Signals(signum).name} at step {pos.step}: checkpoint "
-                                f"saved in {path}; run the same command again to resume",
-                            )
-                    if pos.step >= phase_end:
-                        break
+                    if s.accelerator.sync_gradients:
+                        _after_step(s, plan, phase_end, signals)
+                        if pos.step >= phase_end:
+                            break
                 else:
                     pos.epoch, pos.batch = pos.epoch + 1, 0
-    progress.close()
-    runtime = time.perf_counter() - started
+    s.progress.close()
+
+
+def _rest_of_pass(s: State):
+    """The batches of the current pass not trained on yet (all of them unless resumed)."""
+    s.sampler.set_epoch(s.pos.epoch)
+    s.train_loader.set_epoch(s.pos.epoch)
+    if s.pos.batch:  # resumed mid-pass: the batches already trained on are skipped
+        return s.accelerator.skip_first_batches(s.train_loader, s.pos.batch)
+    return s.train_loader
+
+
+def _after_step(s: State, plan: PhasePlan, phase_end: int, signals) -> None:
+    """Schedule, count, log and checkpoint after an optimizer step; stop on a signal."""
+    cfg, pos = s.recipe.train, s.pos
+    s.scheduler.step()
+    pos.step += 1
+    if pos.bad_step:
+        _skip_bad_step(s)
+    if pos.step % cfg.logging_steps == 0 or pos.step == phase_end:
+        lr = s.scheduler.get_last_lr()[0]
+        record = s.window.flush(s.accelerator, pos.step, plan.name, lr)
+        record["epoch"] = round(pos.batches / len(s.train_loader), 4)
+        if s.main:
+            s.writer.write(record)
+            s.progress.update(pos.step, record)
+        if cfg.report_to:
+            s.accelerator.log(record, step=pos.step)
+    else:
+        s.progress.update(pos.step)
+    if pos.step >= phase_end:  # the next phase starts a new pass over the data
+        pos.epoch, pos.batch = pos.epoch + 1, 0
+    signum = signals.requested(s.accelerator)
+    save_due = cfg.save_steps and pos.step % cfg.save_steps == 0
+    if pos.step >= phase_end or save_due or signum:
+        pos.runtime_s = time.perf_counter() - s.started
+        path = _save_checkpoint(s)
+        if signum:
+            s.progress.close()
+            raise Interrupted(
+                signum,
+                f"{signal.Signals(signum).name} at step {pos.step}: checkpoint "
+                f"saved in {path}; run the same command again to resume",
+            )
+
+
+def finish(s: State) -> dict:
+    """Evaluate (task stage), draw training.png and save the model; returns the run summary."""
+    accelerator, pos, recipe, out, main = s.accelerator, s.pos, s.recipe, s.out, s.main
+    student, b = s.student, s.built
+    runtime = time.perf_counter() - s.started
     log(
         f"process {accelerator.process_index}/{accelerator.num_processes}: "
         f"{pos.step} optimizer steps on {pos.samples} samples"
     )
-
-    # evaluate
     summary = {
         "output_dir": str(out),
-        "stage": stage,
+        "stage": s.stage,
         "steps": pos.step,
-        "phases": {p.name: p.steps for p in plans},
+        "phases": {p.name: p.steps for p in s.plans},
         "num_processes": accelerator.num_processes,
         "runtime_s": round(runtime, 2),
         "train_samples_per_s": round(pos.samples * accelerator.num_processes / runtime, 2),
-        "final_loss": window.last_loss,
+        "final_loss": s.window.last_loss,
     }
-    if resume_from is not None:
-        summary["resumed_from"] = str(resume_from)
-    if eval_loader is not None:
-        model = accelerator.unwrap_model(student).model
-        metrics = evaluate_split(model, eval_loader, accelerator, b.task)
-        summary["eval_split"] = recipe.data.eval_split
-        summary["eval"] = metrics
-        summary["primary_metric"] = PRIMARY[b.task.metric]
-        if main:
-            writer.write({"step": pos.step, **{f"eval/{k}": v for k, v in metrics.items()}})
-        if cfg.report_to:
-            accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=pos.step)
+    if s.resume_from is not None:
+        summary["resumed_from"] = str(s.resume_from)
+    if s.eval_loader is not None:
+        summary.update(_evaluate(s))
+    if main:
+        training_plot.write(out / "metrics.jsonl", out / "training.png")
 
     # save
     accelerator.wait_for_everyone()
@@ -339,35 +420,84 @@ def run(
     return summary
 
 
-@dataclass
-class Position:
-    """Where a run is: what a checkpoint needs to continue exactly."""
+def _evaluate(s: State) -> dict:
+    """Task metrics on the evaluation split, logged; the summary's eval fields."""
+    task, step = s.built.task, s.pos.step
+    model = s.accelerator.unwrap_model(s.student).model
+    metrics = evaluate_split(model, s.eval_loader, s.accelerator, task)
+    if s.main:
+        s.writer.write({"step": step, **{f"eval/{k}": v for k, v in metrics.items()}})
+    if s.recipe.train.report_to:
+        s.accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
+    return {
+        "eval_split": s.recipe.data.eval_split,
+        "eval": metrics,
+        "primary_metric": PRIMARY[task.metric],
+    }
 
-    step: int = 0  # optimizer steps done
-    epoch: int = 0  # passes over the data started (a new phase starts a new pass)
-    batch: int = 0  # batches of the current pass already trained on
-    samples: int = 0
-    runtime_s: float = 0.0
-    bad_steps: int = 0
-    bad_step: bool = False  # the step in progress saw a non-finite loss
+
+def _log_start(s: State) -> None:
+    if s.main:
+        n_params = sum(p.numel() for p in s.built.student.parameters())
+        log(
+            f"training {n_params:,}-parameter student for {s.total_steps} steps "
+            f"({', '.join(f'{p.name}: {p.steps}' for p in s.plans)}) "
+            f"on {s.accelerator.num_processes} process(es), device {s.accelerator.device}"
+        )
 
 
-def _skip_bad_step(pos: Position, loss, parts, allowed: int, out: Path, main: bool) -> None:
+def _save_checkpoint(s: State) -> Path:
+    state = {
+        "position": dataclasses.asdict(s.pos),
+        "scheduler": s.scheduler.state_dict(),
+        "masker_rng": s.masker.generator.get_state().tolist(),
+        "window": s.window.state(),
+    }
+    return checkpoints.save(
+        s.accelerator, s.out, s.pos.step, state, s.recipe.train.save_total_limit
+    )
+
+
+def _load_checkpoint(s: State, path: Path) -> None:
+    saved = checkpoints.load(s.accelerator, path)
+    s.pos = Position(**saved["position"])
+    s.scheduler.load_state_dict(saved["scheduler"])
+    s.masker.generator.set_state(torch.tensor(saved["masker_rng"], dtype=torch.uint8))
+    s.window.load(saved["window"])
+    if s.main:
+        checkpoints.trim_metrics(s.out / "metrics.jsonl", s.pos.step)
+        log(f"resuming from {path} (step {s.pos.step} of {s.total_steps})")
+
+
+def _skip_bad_step(s: State) -> None:
     """Count a step whose loss was not finite; stop the run (exit 3) past the allowance."""
+    pos, allowed = s.pos, s.recipe.train.max_bad_steps
     pos.bad_step = False
     pos.bad_steps += 1
-    values = ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items())
-    what = f"step {pos.step}: the loss is not finite (loss={loss.item():.4g}; {values})"
+    what = f"step {pos.step}: the loss is not finite{_describe(s.bad)}"
+    s.bad = {}
     if pos.bad_steps <= allowed:
-        if main:
+        if s.main:
             log(f"warning: {what}; step skipped ({pos.bad_steps} of {allowed} allowed)")
         return
-    last = checkpoints.latest(out)
+    last = checkpoints.latest(s.out)
     kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written"
     raise NonFiniteLoss(
         f"{what}; stopped, {kept}; lower train.learning_rate, use fp32 or bf16, or allow "
         "skipping with --set train.max_bad_steps=N"
     )
+
+
+def _describe(values: dict[str, float]) -> str:
+    """The terms that were not finite, then the loss and the other terms:
+    ': word_kl=nan (loss=nan; ce=0.6931)', or ' (loss=nan; ce=0.6931)' when every term was."""
+    if not values:
+        return " in another process"
+    loss = values.pop("loss")
+    bad = [f"{k}={v:.4g}" for k, v in values.items() if not math.isfinite(v)]
+    good = [f"{k}={v:.4g}" for k, v in values.items() if math.isfinite(v)]
+    named = f": {', '.join(bad)}" if bad else ""
+    return f"{named} (loss={loss:.4g}" + (f"; {', '.join(good)})" if good else ")")
 
 
 def _check_same_recipe(out: Path, recipe: Recipe) -> None:
@@ -389,30 +519,29 @@ def _check_same_recipe(out: Path, recipe: Recipe) -> None:
         )
 
 
-def train_step(
-    student, teacher, batch, plan, b, vocab_index, masker, optimizer, accelerator, max_grad_norm,
-    pos,
-):  # fmt: skip
+def train_step(s: State, batch: dict, plan: PhasePlan) -> tuple[torch.Tensor, dict, bool]:
     """Mask (encoders, when the phase says so), forward, backward, clip, optimizer step.
 
     A non-finite loss marks the optimizer step bad: it still runs backward (so processes stay
     in step), but the update is dropped. Returns (loss, parts, finite).
     """
-    mask_p = 0.0 if b.causal else plan.mlm_probability
+    accelerator = s.accelerator
+    mask_p = 0.0 if s.built.causal else plan.mlm_probability
     if mask_p > 0:
-        batch["input_ids"], _ = masker(batch["input_ids"], batch["attention_mask"], mask_p)
-    with accelerator.accumulate(student):
-        loss, parts = compute_loss(
-            student, teacher, batch, plan.terms, plan.needs, b, vocab_index, accelerator
-        )
+        batch["input_ids"], _ = s.masker(batch["input_ids"], batch["attention_mask"], mask_p)
+    with accelerator.accumulate(s.student):
+        loss, parts = compute_loss(s, batch, plan)
         finite = _all_finite(loss, accelerator)
-        pos.bad_step |= not finite
+        if not finite and not s.bad and not math.isfinite(loss.item()):  # this process's values
+            s.bad = {"loss": loss.item(), **{k: v.item() for k, v in parts.items()}}
+        s.pos.bad_step |= not finite
         accelerator.backward(loss)
-        if accelerator.sync_gradients and not pos.bad_step:
+        if accelerator.sync_gradients and not s.pos.bad_step:
+            max_grad_norm = s.recipe.train.max_grad_norm
             if max_grad_norm > 0:
-                accelerator.clip_grad_norm_(student.parameters(), max_grad_norm)
-            optimizer.step()
-        optimizer.zero_grad()
+                accelerator.clip_grad_norm_(s.student.parameters(), max_grad_norm)
+            s.optimizer.step()
+        s.optimizer.zero_grad()
     return loss, parts, finite
 
 
@@ -423,35 +552,24 @@ def _all_finite(loss, accelerator) -> bool:
     return not bool(bad.item())
 
 
-def compute_loss(student, teacher, batch, terms, needs, b, vocab_index, accelerator):
+def compute_loss(s: State, batch: dict, plan: PhasePlan) -> tuple[torch.Tensor, dict]:
     """One forward pass of student and teacher, and the phase's weighted loss and its parts."""
+    b, accelerator, needs = s.built, s.accelerator, plan.needs
     s_inputs, t_inputs = batching.split_inputs(batch)
     if b.id_remap is not None:  # a compressed student reads the teacher's tokens, remapped
         s_inputs = {**s_inputs, "input_ids": b.id_remap[s_inputs["input_ids"]]}
     step = losses.Step(
-        student=student(s_inputs, needs, b.student_mode),
+        student=s.student(s_inputs, needs, b.student_mode),
         labels=batch.get("labels"),
         mask=s_inputs["attention_mask"],
-        vocab_index=vocab_index,
-        projections=accelerator.unwrap_model(student).projections,
+        vocab_index=s.vocab_index,
     )
     if needs.teacher:
         with torch.no_grad(), accelerator.autocast():
-            step.teacher = heads.forward(teacher, t_inputs, needs, b.teacher_mode)
+            step.teacher = heads.forward(s.teacher, t_inputs, needs, b.teacher_mode)
     with accelerator.autocast():  # the vocabulary matmuls run in bf16/fp16 on GPUs too
-        parts = losses.loss_parts(terms, step)
-    return losses.weighted_sum(terms, parts), parts
-
-
-def _projections(recipe: Recipe, b) -> torch.nn.ModuleList:
-    """Learned maps from student to teacher width for hidden_mse, when the widths differ."""
-    if "hidden_mse" not in stages.term_names(recipe) or b.teacher is None:
-        return torch.nn.ModuleList()
-    d_s, d_t = b.student.config.hidden_size, b.teacher.config.hidden_size
-    if d_s == d_t:
-        return torch.nn.ModuleList()
-    n = b.student.config.num_hidden_layers
-    return torch.nn.ModuleList(torch.nn.Linear(d_s, d_t) for _ in range(n))
+        parts = losses.loss_parts(plan.terms, step, accelerator.unwrap_model(s.student).extras)
+    return losses.weighted_sum(plan.terms, parts), parts
 
 
 class _Window:

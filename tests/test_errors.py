@@ -263,6 +263,22 @@ CASES = [
         ("ce.weight must be >= 0",),
     ),
     Case(
+        "term-parameter-not-taken",
+        lambda w: finetune(w, "--set", "phases.0.terms.ce.temperature=2"),
+        ("loss term 'ce' takes no parameter 'temperature'", "it takes: weight"),
+    ),
+    Case(
+        "set-on-absent-term",
+        lambda w: finetune(w, "--set", "phases.0.terms.word_kl.temperature=5"),
+        ("no loss term 'word_kl'", "its terms: soft_label_kl, ce", "word_kl.weight=1.0"),
+    ),
+    Case(
+        "layer-map-does-not-fit",
+        lambda w: finetune(w, "--set", "phases.0.terms.hidden_mse={weight: 1, layer_map: [2, 9]}"),
+        ("phases.0.terms.hidden_mse: layer_map [2, 9]", "(1..4)", "fix layer_map"),
+        check=lambda w: not (w.out / "metrics.jsonl").exists() or pytest.fail("it trained"),
+    ),
+    Case(
         "ratio-outside-range",
         lambda w: [
             "compress-vocab",

@@ -2,21 +2,29 @@ import math
 
 import pytest
 import torch
+from transformers import BertConfig
 
+from distill_cli.errors import DistillError
 from distill_cli.heads import Outputs
 from distill_cli.losses import (
     KD_LOSSES,
     Step,
     attention_kl,
+    check_models,
     hard_label_loss,
     hidden_mse,
     layer_pairs,
     loss_parts,
+    make_extras,
     needs_of,
     soft_label_kl,
     weighted_sum,
 )
-from distill_cli.recipe import Term
+
+
+def params(name, **values):
+    """A term's parameters as a recipe gives them."""
+    return KD_LOSSES[name].params(**values)
 
 
 def naive_kl(zs, zt, t):
@@ -72,7 +80,10 @@ def test_fp16_inputs_are_computed_in_fp32():
 def test_tkd_combination_alpha(alpha):
     torch.manual_seed(2)
     zs, zt, y = torch.randn(8, 3), torch.randn(8, 3), torch.randint(0, 3, (8,))
-    terms = {"soft_label_kl": Term(weight=alpha, temperature=1.0), "ce": Term(weight=1 - alpha)}
+    terms = {
+        "soft_label_kl": params("soft_label_kl", weight=alpha, temperature=1.0),
+        "ce": params("ce", weight=1 - alpha),
+    }
     step = Step(student=Outputs(logits=zs), teacher=Outputs(logits=zt), labels=y)
     parts = loss_parts(terms, step)
     expected = alpha * naive_kl(zs, zt, 1.0) + (1 - alpha) * naive_ce(zs, y)
@@ -102,7 +113,7 @@ def test_registry_names_and_teacher_needs():
 
 def test_registry_covers_glmd_and_ablation_terms():
     assert {"word_kl", "hidden_mse", "attention_kl"} <= set(KD_LOSSES)
-    needs = needs_of({"soft_label_kl": Term(), "word_kl": Term()})
+    needs = needs_of({"soft_label_kl": params("soft_label_kl"), "word_kl": params("word_kl")})
     assert needs.logits and needs.word and not needs.hidden
 
 
@@ -134,3 +145,37 @@ def test_attention_kl_matches_formula():
     expected = (pt * (pt.log() - ps.log())).sum(-1).mean().item()
     assert got == pytest.approx(expected, rel=1e-5)
     assert attention_kl(a_t, a_t, mask, [(1, 1)]).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def config(layers, hidden):
+    return BertConfig(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=2)
+
+
+def test_a_layer_map_is_checked_against_both_models_before_training():
+    teacher, student = config(4, 48), config(2, 32)
+    fits = {"hidden_mse": params("hidden_mse", layer_map=[2, 4]), "ce": params("ce")}
+    check_models([fits], teacher, student)
+    too_deep = {"attention_kl": params("attention_kl", layer_map=[2, 9])}
+    with pytest.raises(DistillError) as e:
+        check_models([fits, too_deep], teacher, student)
+    msg = str(e.value)
+    assert msg.startswith("phases.1.terms.attention_kl: layer_map [2, 9]") and "(1..4)" in msg
+    with pytest.raises(DistillError, match="uniform"):  # the uniform map cannot fit either
+        check_models([{"hidden_mse": params("hidden_mse")}], config(2, 32), config(4, 32))
+
+
+def test_extras_are_projections_only_when_widths_differ():
+    extras = make_extras(["hidden_mse", "ce"], config(4, 48), config(2, 32))
+    assert list(extras) == ["hidden_mse"] and len(extras["hidden_mse"]) == 2
+    assert extras["hidden_mse"][0].weight.shape == (48, 32)
+    assert not make_extras(["hidden_mse"], config(4, 32), config(2, 32))
+
+
+def test_every_term_declares_what_a_recipe_needs():
+    for name, entry in KD_LOSSES.items():
+        assert entry.params().weight == 1.0, name
+        assert entry.needs_teacher or name == "ce", name
+        if entry.eager_attention:
+            assert entry.needs.attentions, name
+        if entry.token_level:
+            assert not entry.task_only, name

@@ -3,7 +3,6 @@ from pathlib import Path
 import pytest
 
 from distill_cli.errors import DistillError
-from distill_cli.losses import TERMS_NEED_TEACHER
 from distill_cli.recipe import Recipe, help_for, load_recipe, to_yaml, validate
 
 RECIPES = sorted(Path(__file__).parents[1].glob("recipes/*.yaml"))
@@ -17,7 +16,7 @@ def test_shipped_recipes_load_and_validate(path):
     recipe = load_recipe(
         path, {"teacher": "some/teacher", "data.name": "sst2", "student.path": "x"}
     )
-    validate(recipe, TERMS_NEED_TEACHER)
+    validate(recipe)
 
 
 def test_tkd_nlp_numbers():
@@ -80,17 +79,16 @@ def test_validate_collects_every_problem():
     r = load_recipe(
         None,
         sets=[
-            "phases.0.terms={bogus: {weight: 1.0}, ce: {weight: -1, temperature: 0}}",
+            "phases.0.terms={soft_label_kl: {weight: -1, temperature: 0}}",
             "train.mixed_precision=fp8",
         ],
     )
     with pytest.raises(DistillError) as e:
-        validate(r, TERMS_NEED_TEACHER)
+        validate(r)
     msg = str(e.value)
     assert "\n" not in msg
     for part in (
-        "unknown loss term 'bogus'",
-        "temperature must be > 0",
+        "soft_label_kl.temperature must be > 0",
         "weight must be >= 0",
         "mixed_precision",
         "num_layers",
@@ -117,3 +115,49 @@ def test_yaml_no_stays_a_string(tmp_path):
     assert r.train.mixed_precision == "no" and r.data.packing == "none"
     r = load_recipe(None, sets=["train.mixed_precision=no"])
     assert r.train.mixed_precision == "no"
+
+
+def test_a_term_takes_only_its_own_parameters(tmp_path):
+    path = write(tmp_path, "phases:\n  - terms: {ce: {weight: 1.0, temperature: 2.0}}\n")
+    with pytest.raises(DistillError) as e:
+        load_recipe(path)
+    msg = str(e.value)
+    assert str(path) in msg and "loss term 'ce' takes no parameter 'temperature'" in msg
+    assert msg.endswith("it takes: weight")
+    with pytest.raises(DistillError, match="'soft_label_kl' takes no parameter 'layer_map'.*"):
+        load_recipe(None, sets=["phases.0.terms={soft_label_kl: {layer_map: [1]}}"])
+    r = load_recipe(None, sets=["phases.0.terms={hidden_mse: {layer_map: [2, 4]}}"])
+    assert r.phases[0].terms["hidden_mse"].layer_map == [2, 4]
+
+
+def test_an_unknown_term_lists_the_known_ones():
+    with pytest.raises(DistillError, match="unknown loss term 'bogus'.*known terms: .*ce"):
+        load_recipe(None, sets=["phases.0.terms={bogus: {weight: 1.0}}"])
+
+
+TKD = Path(__file__).parents[1] / "recipes/tkd-nlp.yaml"
+
+
+def test_set_on_an_absent_term_is_an_error_unless_it_sets_the_weight(capsys):
+    with pytest.raises(DistillError) as e:
+        load_recipe(TKD, sets=["phases.0.terms.word_kl.temperature=5"])
+    msg = str(e.value)
+    assert msg.startswith("--set phases.0.terms.word_kl.temperature=5: ")
+    assert "no loss term 'word_kl'" in msg and "its terms: soft_label_kl, ce" in msg
+    assert "phases.0.terms.word_kl.weight" in msg
+    assert capsys.readouterr().err == ""
+
+    sets = ["phases.0.terms.word_kl.weight=0.5", "phases.0.terms.word_kl.temperature=5"]
+    r = load_recipe(TKD, sets=sets)
+    assert r.phases[0].terms["word_kl"].weight == 0.5
+    assert r.phases[0].terms["word_kl"].temperature == 5.0
+    assert "adding loss term 'word_kl' to phase 0" in capsys.readouterr().err
+
+
+def test_set_checks_parameters_of_present_terms():
+    with pytest.raises(
+        DistillError, match=r"^--set phases.0.terms.ce.temperature=2: .*takes: weight"
+    ):
+        load_recipe(TKD, sets=["phases.0.terms.ce.temperature=2"])
+    r = load_recipe(TKD, sets=["phases.0.terms.soft_label_kl.temperature=2"])
+    assert r.phases[0].terms["soft_label_kl"].temperature == 2.0
