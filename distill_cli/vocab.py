@@ -8,7 +8,10 @@ The saved tokenizer cannot carry those substitutes: ``tokenizers`` stores one st
 saves (duplicate ids are lost or picked at random), and BPE merges are keyed by id pairs, so two
 strings sharing an id change the segmentation of kept text too. The rewritten tokenizer instead
 holds only the kept tokens: text made of kept tokens encodes exactly as before (new ids), and a
-dropped token is segmented into kept ones (BPE, lossless) or into kept pieces or [UNK] (WordPiece).
+dropped token is segmented into kept ones. BPE keeps its base symbols and WordPiece every
+single-character token and its continuation form (``##x``), so no text gains an [UNK]: with every
+character in both forms (as in uncased BERT's vocabulary), a word that had no [UNK] still matches at
+least one character at each position.
 """
 
 from __future__ import annotations
@@ -47,6 +50,11 @@ CHUNK = 1024  # dropped rows scored against all kept rows at once
 class CompressionReport:
     vocab_before: int
     vocab_after: int
+    vocab_requested: int  # round(ratio·V): the most frequent tokens
+    kept_special: int  # special tokens outside those (always kept)
+    kept_for_coverage: int  # tokens outside those kept so every text still tokenizes
+    ratio_after: float  # vocab_after / vocab_before
+    kept_note: str  # the line above in words, saying when the ratio was exceeded
     params_before: int
     params_after: int
     mb_before: float  # float32 weights, 10^6 bytes
@@ -61,9 +69,10 @@ class CompressionReport:
 def compress(model, tokenizer, teacher_model, texts: list[str], ratio: float, similarity="inner"):
     """Compress ``model``'s vocabulary (in place) to the top ``ratio``·V tokens of ``texts``.
 
-    Always kept, on top of that count: special and added tokens, the config's special ids and,
-    for BPE, the base symbols (so every text still tokenizes) and every token a kept token is
-    merged from. Kept ids keep their original order. Returns
+    Always kept, on top of that count: special and added tokens and the config's special ids;
+    and so that every text still tokenizes without a new [UNK], for BPE the base symbols and every
+    token a kept token is merged from, for WordPiece every single-character token and its ``##``
+    form. The report counts both groups. Kept ids keep their original order. Returns
     ``(model, tokenizer, vocab_map, report)``; the tokenizer is a new one emitting the new ids.
     """
     if not 0 < ratio <= 1:
@@ -86,7 +95,10 @@ def compress(model, tokenizer, teacher_model, texts: list[str], ratio: float, si
     spec = tokenizer_spec(tokenizer)
 
     counts = token_counts(tokenizer, texts, size)
-    kept = kept_ids(counts, ratio, spec, _required_ids(model, tokenizer, size))
+    top = top_ids(counts, ratio, spec)
+    special = _required_ids(model, tokenizer, size)
+    coverage = coverage_ids(spec, top | special, size)
+    kept = np.array(sorted(top | special | coverage), dtype=np.int64)
     dropped = np.setdiff1d(np.arange(size), kept)
     subs = substitutes(teacher_weight, dropped, kept, similarity, tokenizer.unk_token_id)
 
@@ -110,6 +122,11 @@ def compress(model, tokenizer, teacher_model, texts: list[str], ratio: float, si
     report = CompressionReport(
         vocab_before=size,
         vocab_after=len(kept),
+        vocab_requested=len(top),
+        kept_special=len(special - top),
+        kept_for_coverage=len(coverage - top - special),
+        ratio_after=len(kept) / size,
+        kept_note=_kept_note(spec, len(top), special - top, coverage - top - special, ratio, size),
         params_before=params_before,
         params_after=params_after,
         mb_before=params_before * 4 / 1e6,
@@ -118,6 +135,23 @@ def compress(model, tokenizer, teacher_model, texts: list[str], ratio: float, si
         top_remaps=[(name(d), name(sub_of[d]), int(counts[d])) for d in order],
     )
     return model, new_tokenizer, vocab_map, report
+
+
+COVERAGE_KINDS = {
+    "WordPiece": "single characters and their ## forms, so no text gains an [UNK]",
+    "BPE": "base symbols and merge parts, so every text still tokenizes",
+}
+
+
+def _kept_note(spec: dict, top: int, special: set, coverage: set, ratio: float, size: int) -> str:
+    kept = top + len(special) + len(coverage)
+    note = (
+        f"kept {kept:,} of {size:,} tokens ({100 * kept / size:.1f}%): the {top:,} most frequent, "
+        f"{len(special):,} special, {len(coverage):,} {COVERAGE_KINDS[spec['model']['type']]}"
+    )
+    if coverage:
+        note += f"; above --ratio {ratio} because of these {len(coverage):,}"
+    return note
 
 
 def tokenizer_spec(tokenizer) -> dict:
@@ -171,33 +205,45 @@ def _merge_pairs(model_spec: dict) -> list[tuple[str, str, str]]:
     return out
 
 
-def kept_ids(counts: np.ndarray, ratio: float, spec: dict, required: set[int]) -> np.ndarray:
-    """Top ratio·V ids by count (ties: lower id) plus ``required``, sorted ascending."""
+def top_ids(counts: np.ndarray, ratio: float, spec: dict) -> set[int]:
+    """The max(1, round(ratio·V)) most frequent ids (ties: lower id); rows without a string last."""
     size = len(counts)
-    vocab = spec["model"]["vocab"]
-    score = np.full(size, -1, dtype=np.int64)  # rows without a token string come last
-    named = np.array([i for i in vocab.values() if i < size], dtype=np.int64)
+    score = np.full(size, -1, dtype=np.int64)
+    named = np.array([i for i in spec["model"]["vocab"].values() if i < size], dtype=np.int64)
     score[named] = counts[named]
     order = np.lexsort((np.arange(size), -score))
-    kept = set(order[: max(1, round(ratio * size))].tolist()) | required
-    if vocab.get(spec["model"].get("unk_token"), size) < size:
-        kept.add(vocab[spec["model"]["unk_token"]])
-    if spec["model"]["type"] == "BPE":
-        merges = _merge_pairs(spec["model"])
-        produced = {result for _, _, result in merges}
-        kept |= {i for token, i in vocab.items() if token not in produced and i < size}
-        while True:  # a kept token needs the tokens it is merged from
-            needed = {
-                vocab[part]
-                for a, b, result in merges
-                if vocab.get(result) in kept
-                for part in (a, b)
-                if vocab[part] not in kept
-            }
-            if not needed:
-                break
-            kept |= needed
-    return np.array(sorted(kept), dtype=np.int64)
+    return set(order[: max(1, round(ratio * size))].tolist())
+
+
+def coverage_ids(spec: dict, kept: set[int], size: int) -> set[int]:
+    """Ids that must be kept beside ``kept`` so every text still tokenizes as it did.
+
+    The unk token; WordPiece: every single character and its continuation form, so a word never
+    becomes [UNK] for want of a piece; BPE: the base symbols, and every token a kept token is
+    merged from, so kept tokens still form.
+    """
+    model_spec = spec["model"]
+    vocab = {t: i for t, i in model_spec["vocab"].items() if i < size}
+    out = {vocab[model_spec["unk_token"]]} if model_spec.get("unk_token") in vocab else set()
+    if model_spec["type"] == "WordPiece":
+        prefix = model_spec.get("continuing_subword_prefix") or ""
+        stem = {t: t[len(prefix) :] if prefix and t.startswith(prefix) else t for t in vocab}
+        return out | {i for t, i in vocab.items() if len(stem[t]) == 1}
+    merges = _merge_pairs(model_spec)
+    produced = {result for _, _, result in merges}
+    out |= {i for token, i in vocab.items() if token not in produced}
+    while True:  # a kept token needs the tokens it is merged from
+        have = kept | out
+        needed = {
+            vocab[part]
+            for a, b, result in merges
+            if vocab.get(result) in have
+            for part in (a, b)
+            if vocab[part] not in have
+        }
+        if not needed:
+            return out
+        out |= needed
 
 
 def substitutes(weight, dropped, kept, similarity: str, unk_id: int | None) -> np.ndarray:

@@ -6,16 +6,18 @@ import pytest
 from helpers import RECIPES, invoke, run_without_distill_cli, tkd_args
 
 
-def compress_args(model, teacher, corpus, out, *extra):
+def compress_args(model, teacher, corpus, out, *extra, ratio=0.5):
     return ["compress-vocab", model, "--teacher", teacher, "--corpus", corpus,
-            "--ratio", 0.5, "--output-dir", out, *extra]  # fmt: skip
+            "--ratio", ratio, "--output-dir", out, *extra]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def compressed_encoder(tiny_encoder, corpus_file, tmp_path_factory):
+    """Ratio 0.2: the 17 most frequent of the corpus's 29 words, and every single character."""
     out = tmp_path_factory.mktemp("compressed") / "encoder"
-    result = invoke(*compress_args(tiny_encoder, tiny_encoder, corpus_file, out))
+    result = invoke(*compress_args(tiny_encoder, tiny_encoder, corpus_file, out, ratio=0.2))
     assert result.exit_code == 0, result.output
+    (out.parent / "output.txt").write_text(result.output)
     return out
 
 
@@ -25,12 +27,23 @@ def test_compress_vocab_writes_a_plain_folder(compressed_encoder, tmp_path):
     assert report["vocab_after"] == len(vmap["kept_ids"]) < report["vocab_before"]
     assert report["params_after"] < report["params_before"]
     assert 0 <= report["remapped_share"] <= 1 and len(report["top_remaps"]) <= 10
+    # 17 by frequency + 5 special + the 51 single characters and ## forms not among them
+    kept = (report["vocab_requested"], report["kept_special"], report["kept_for_coverage"])
+    assert kept == (17, 5, 51) and report["vocab_after"] == sum(kept)
+    note = "kept 73 of 85 tokens (85.9%): the 17 most frequent, 5 special, 51 single characters"
+    assert report["kept_note"].startswith(note)
+    assert report["kept_note"].endswith("; above --ratio 0.2 because of these 51")
+    assert report["kept_note"] in (compressed_encoder.parent / "output.txt").read_text()
     code = (
         "from transformers import AutoModel, AutoTokenizer\n"
         f"m = AutoModel.from_pretrained({str(compressed_encoder)!r})\n"
         f"t = AutoTokenizer.from_pretrained({str(compressed_encoder)!r})\n"
         "x = t('the movie was good', return_tensors='pt')\n"
         f"assert m(**x).last_hidden_state.shape[-1] == 48 and len(t) == {report['vocab_after']}\n"
+        # dropped words are spelled out in kept characters, never [UNK]
+        "ids = t('a superb and lovely film', add_special_tokens=False).input_ids\n"
+        "assert t.unk_token_id not in ids and t.decode(ids) == 'a superb and lovely film'\n"
+        "assert 'superb' not in t.get_vocab() and len(ids) > 5\n"
     )
     proc = run_without_distill_cli(code, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -22,7 +22,8 @@ from distill_cli.errors import DistillError
 from distill_cli.stages import compressed_vocab
 
 KEPT_TEXT = "the movie was good and the film was bad"
-BPE_DROPPED = ("quite", "cast", "story")  # left out of the BPE corpus, so their tokens drop
+DROPPED = ("quite", "cast", "story")  # left out of the corpus, so their tokens drop
+ENCODER_RATIO = 0.3  # 26 of 85 ids: the 26 words left in the corpus
 
 # Loads a saved folder with plain transformers and prints ids and outputs as JSON.
 PLAIN_LOAD = r"""
@@ -50,6 +51,11 @@ def corpus(path, leave_out=()):
     return [t for t in path.read_text().splitlines() if not any(w in t for w in leave_out)]
 
 
+def corpus_without(path, words):
+    """The corpus with ``words`` deleted from every line."""
+    return [" ".join(w for w in t.split() if w not in words) for t in corpus(path)]
+
+
 def compressed(folder, auto, texts, ratio=0.5, similarity="inner"):
     model, tok = auto.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
     original = auto.from_pretrained(folder).eval()
@@ -59,12 +65,12 @@ def compressed(folder, auto, texts, ratio=0.5, similarity="inner"):
 
 @pytest.fixture(scope="module")
 def encoder(tiny_encoder, corpus_file):
-    return compressed(tiny_encoder, AutoModel, corpus(corpus_file))
+    return compressed(tiny_encoder, AutoModel, corpus_without(corpus_file, DROPPED), ENCODER_RATIO)
 
 
 @pytest.fixture(scope="module")
 def gpt2(tiny_gpt2, corpus_file):
-    return compressed(tiny_gpt2, AutoModelForCausalLM, corpus(corpus_file, BPE_DROPPED))
+    return compressed(tiny_gpt2, AutoModelForCausalLM, corpus(corpus_file, DROPPED))
 
 
 def new_ids(vocab_map, ids):
@@ -82,10 +88,21 @@ def check_vocab_map(vocab_map, tok, model):
     assert model.config.vocab_size == k == model.get_input_embeddings().weight.shape[0]
 
 
+def single_characters(tok):
+    return {i for t, i in tok.get_vocab().items() if len(t.removeprefix("##")) == 1}
+
+
 def test_encoder_kept_text_and_vocab_map(encoder):
     original, tok, (model, new_tok, vocab_map, report) = encoder
     check_vocab_map(vocab_map, tok, model)
-    assert report.vocab_before == 85 and report.vocab_after == len(new_tok) == 42
+    # the 26 words of the corpus, the 5 specials, and the 51 single characters not among them
+    assert report.vocab_before == 85 and report.vocab_requested == 26
+    assert (report.kept_special, report.kept_for_coverage) == (5, 51)
+    assert report.vocab_after == len(new_tok) == 26 + 5 + 51
+    assert report.ratio_after == pytest.approx(82 / 85)
+    assert "51 single characters and their ## forms" in report.kept_note
+    assert "above --ratio 0.3 because of these 51" in report.kept_note
+    assert single_characters(tok) <= set(vocab_map["kept_ids"])
     assert report.params_after < report.params_before and report.mb_after < report.mb_before
     old = tok(KEPT_TEXT, return_tensors="pt")
     assert set(old["input_ids"][0].tolist()) <= set(vocab_map["kept_ids"])
@@ -97,12 +114,23 @@ def test_encoder_kept_text_and_vocab_map(encoder):
     assert new_tok.decode(new["input_ids"][0], skip_special_tokens=True) == KEPT_TEXT
 
 
-def test_encoder_dropped_tokens(encoder):
+def test_dropped_words_split_into_characters_never_unk(encoder):
     _, tok, (_, new_tok, vocab_map, _) = encoder
-    # "jazz" was j ##a ##z ##z; those pieces are dropped, so the word is unknown now
-    assert str(tok.convert_tokens_to_ids("j")) in vocab_map["dropped"]
-    ids = new_tok("the jazz film", add_special_tokens=False)["input_ids"]
-    assert ids == new_ids(vocab_map, tok("the [UNK] film", add_special_tokens=False)["input_ids"])
+    dropped = {tok.convert_ids_to_tokens(int(i)) for i in vocab_map["dropped"]}
+    assert dropped == set(DROPPED)
+    text = "quite a story the cast was good jazz"  # "jazz" is j ##a ##z ##z in both
+    before = tok(text, add_special_tokens=False)["input_ids"]
+    after = new_tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.unk_token_id not in before and new_tok.unk_token_id not in after
+    assert new_tok.convert_ids_to_tokens(after)[:5] == ["q", "##u", "##i", "##t", "##e"]
+    assert new_tok.decode(after) == tok.decode(before)
+    # text made of kept tokens encodes exactly as before, under the new ids
+    kept_text = "the film was bad jazz"
+    assert new_tok(kept_text)["input_ids"] == new_ids(vocab_map, tok(kept_text)["input_ids"])
+    # and text the original could not read stays [UNK] (no character of it in the vocabulary)
+    assert new_tok("the 42 film", add_special_tokens=False)["input_ids"] == new_ids(
+        vocab_map, tok("the 42 film", add_special_tokens=False)["input_ids"]
+    )
 
 
 def test_gpt2_kept_text_tied_and_dropped(gpt2):
@@ -169,7 +197,9 @@ def test_masked_lm_head_and_bias_sliced(tiny_encoder, corpus_file):
     model = BertForMaskedLM(original.config)
     model.load_state_dict(original.state_dict())
     tok = AutoTokenizer.from_pretrained(tiny_encoder)
-    model, new_tok, vocab_map, _ = vocab.compress(model, tok, original, corpus(corpus_file), 0.5)
+    model, new_tok, vocab_map, _ = vocab.compress(
+        model, tok, original, corpus_without(corpus_file, DROPPED), ENCODER_RATIO
+    )
     head = model.cls.predictions
     assert head.decoder.weight is model.bert.embeddings.word_embeddings.weight
     assert head.decoder.bias is head.bias and head.bias.shape == (len(vocab_map["kept_ids"]),)
@@ -196,7 +226,9 @@ def test_special_ids_remapped_in_post_processor(tiny_encoder, corpus_file, tmp_p
         sep_token="[SEP]", mask_token="[MASK]",
     )  # fmt: skip
     model = AutoModel.from_pretrained(tiny_encoder)  # 85 rows, as many as this vocabulary
-    _, new_tok, vocab_map, _ = vocab.compress(model, tok, model, corpus(corpus_file), 0.5)
+    _, new_tok, vocab_map, _ = vocab.compress(
+        model, tok, model, corpus_without(corpus_file, DROPPED), ENCODER_RATIO
+    )
     new_tok.save_pretrained(tmp_path)
     loaded = AutoTokenizer.from_pretrained(tmp_path)
     want = new_ids(vocab_map, tok(KEPT_TEXT)["input_ids"])

@@ -49,6 +49,7 @@ def command(
     table.add_row("MB (fp32)", f"{result['mb_before']:.1f}", f"{result['mb_after']:.1f}")
     console = out_console()
     console.print(table)
+    console.print(result["kept_note"], markup=False)
     console.print(f"corpus tokens remapped: {100 * result['remapped_share']:.2f}%")
     for src, dst, count in result["top_remaps"]:
         console.print(f"  {src} → {dst}  ({count:,})")
