@@ -24,11 +24,11 @@ from distill_cli import batching, checkpoints, heads, losses, stages
 from distill_cli.allocator import keep_freed_memory
 from distill_cli.batching import EpochBatchSampler
 from distill_cli.data import TaskData
-from distill_cli.errors import DistillError, Interrupted, NonFiniteLoss, WriteFailed
+from distill_cli.errors import Interrupted, NonFiniteLoss, WriteFailed
 from distill_cli.heads import StudentModule
 from distill_cli.metrics import PRIMARY, compute_metrics, predictions_from_logits
 from distill_cli.outputs import (
-    check_free_space,
+    mark_finished,
     save_model_atomic,
     write_json_atomic,
     write_text_atomic,
@@ -143,11 +143,9 @@ def run(
     """
     validate(recipe, losses.TERMS_NEED_TEACHER)
     keep_freed_memory()
-    out, resume_from = checkpoints.prepare_run_dir(output_dir, overwrite, resume, _is_main_rank())
-    if resume_from is not None:
-        _check_same_recipe(out, recipe)
-    elif _is_main_rank():
-        check_free_space(out, checkpoints.disk_need(recipe))
+    out, resume_from = checkpoints.prepare_run_dir(
+        recipe, output_dir, stage, overwrite, resume, _is_main_rank()
+    )
     cfg = recipe.train
 
     # setup
@@ -334,6 +332,7 @@ def run(
                 f"could not write the model to {out} ({e.strerror or e}); the last checkpoint "
                 f"is {checkpoints.latest(out)}; free space, then run the same command to resume"
             ) from None
+        mark_finished(out)
     accelerator.end_training()
     summary["is_main_process"] = main
     return summary
@@ -368,25 +367,6 @@ def _skip_bad_step(pos: Position, loss, parts, allowed: int, out: Path, main: bo
         f"{what}; stopped, {kept}; lower train.learning_rate, use fp32 or bf16, or allow "
         "skipping with --set train.max_bad_steps=N"
     )
-
-
-def _check_same_recipe(out: Path, recipe: Recipe) -> None:
-    """Resuming continues the same run: the recipe must be the one the folder was started with."""
-    saved_file = out / "resolved_recipe.yaml"
-    if not saved_file.is_file():
-        return
-    import yaml
-
-    saved = _flat(yaml.safe_load(saved_file.read_text()) or {})
-    now = _flat(yaml.safe_load(to_yaml(recipe)))
-    diff = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
-    if diff:
-        k = diff[0]
-        raise DistillError(
-            f"{out} holds a run started with a different recipe ({k}: {saved.get(k)!r} then, "
-            f"{now.get(k)!r} now); rerun with the same options to resume, or pass --overwrite "
-            "to start again"
-        )
 
 
 def train_step(
