@@ -148,9 +148,10 @@ def _difference(record: dict, job: dict, what: str) -> str:
     """What makes ``job`` another run than the one ``record`` describes, in a few words."""
     if record["command"] != job["command"]:
         return f"another command ({record['command']})"
+    different = f"different {what}" if what.endswith("s") else f"a different {what}"
     found = _first_difference(record["args"], job["args"])
     if found:
-        return f"a different {what} ({found})"
+        return f"{different} ({found})"
     for role in sorted(record["inputs"].keys() | job["inputs"].keys()):
         old, new = record["inputs"].get(role, {}), job["inputs"].get(role, {})
         if old == new:
@@ -158,7 +159,7 @@ def _difference(record: dict, job: dict, what: str) -> str:
         if old.get("given") == new.get("given"):
             return f"other inputs (the {role} {new['given']} changed since)"
         return f"other inputs ({role}: {old.get('given')!r} then, {new.get('given')!r} now)"
-    return f"a different {what}"
+    return different
 
 
 # --- run.json ----------------------------------------------------------------------------------

@@ -45,6 +45,9 @@ def test_two_cpu_processes_train_and_one_writes(tiny_teacher, tiny_data_dir, tmp
     assert steps == [1, 2, 2]
     # one progress stream: only the main process prints step lines
     assert proc.stderr.count("step 2/2") == 1
+    # only the main process locked the folder, and released it; run.json says finished
+    assert not (out / "run.lock").exists() and "taking over" not in proc.stderr
+    assert json.loads((out / "run.json").read_text())["status"] == "finished"
 
 
 def test_two_processes_run_glmd_pretraining(tiny_encoder, corpus_file, tmp_path):
