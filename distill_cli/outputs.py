@@ -194,8 +194,12 @@ def _write_record(out: Path, record: dict) -> None:
 
 
 def record_written(out: Path, names: Iterable[str]) -> None:
-    """Add names to what run.json says the tool wrote (before writing them); no-op without one."""
-    record = read_record(out)
+    """Add names to what run.json says the tool wrote (before writing them); a folder without
+    a run.json of distill's is left as it is."""
+    try:
+        record = read_record(out)
+    except DistillError:
+        return
     if record is not None:
         record["wrote"] = sorted(set(record["wrote"]) | set(names))
         _write_record(out, record)
@@ -264,15 +268,17 @@ def claim(
 
 
 def _decide(out, job, overwrite, resumable, what, main) -> tuple[dict | None, bool]:
-    """The folder's record, and whether the run continues it; raises when it must not run."""
+    """The folder's record, and whether the run continues it; raises when it must not run.
+
+    Every process decides the same from the same record; run.json says "clearing" while the
+    main process removes an earlier run, so no process resumes from what is being removed.
+    """
     record = read_record(out) if out.is_dir() else None
     if record is None or overwrite:
         return record, False
     same = record["fingerprint"] == job["fingerprint"]
     if record["status"] == "finished":
         if same:
-            if main:
-                release(out)
             raise AlreadyFinished(str(out) if main else "")
         raise DistillError(
             f"output folder {out} already holds a finished model made with "
@@ -315,6 +321,8 @@ def _check_foreign(out: Path, record: dict | None, writes: Iterable[str]) -> Non
 def mark_finished(out: Path) -> None:
     """The run is complete: run.json says so (the marker), and the folder is unlocked."""
     record = read_record(out)
+    if record is None:  # not claimed (a caller of save_model_atomic alone)
+        return
     record["wrote"] = [n for n in record["wrote"] if (out / n).exists()]
     record.update(status="finished", finished=_now())
     _write_record(out, record)
