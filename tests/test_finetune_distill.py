@@ -34,7 +34,7 @@ def test_tkd_end_to_end(tiny_teacher, tiny_data_dir, tmp_path):
         "train_results.json",
     ):
         assert (out / name).is_file(), name
-    assert not list(out.glob(".saving-*"))
+    assert not list(out.glob(".distill-tmp-*")) and not (out / "run.lock").exists()
 
     # fp16 on a CPU machine: one warning line, then fp32
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
