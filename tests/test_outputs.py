@@ -20,6 +20,7 @@ from test_errors import run_cli, snapshot
 
 from distill_cli import outputs
 from distill_cli.errors import DistillError
+from distill_cli.outputs import lock
 
 
 def state(folder: Path) -> dict[str, tuple]:
@@ -233,7 +234,7 @@ def test_without_flock_the_pid_in_the_lock_decides(tmp_path, monkeypatch):
     def no_flock(fd, op):
         raise OSError(errno.ENOLCK, "No locks available")
 
-    monkeypatch.setattr(outputs.fcntl, "flock", no_flock)
+    monkeypatch.setattr(lock.fcntl, "flock", no_flock)
     out = tmp_path / "out"
     out.mkdir()
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
