@@ -64,7 +64,7 @@ demo: install
 	echo "== 9/9 evaluate the teacher and every student on the test split"; \
 	$(DISTILL) evaluate $(RUNS)/finetune-student $(RUNS)/tkd-student $(RUNS)/glmd-student \
 	  $(RUNS)/glmd-v50-student $(RUNS)/export-int8 \
-	  --data rotten_tomatoes --split test --teacher $(RUNS)/teacher --output-dir $(RUNS)
+	  --data rotten_tomatoes --split test --teacher $(RUNS)/teacher --output-dir $(RUNS)/comparison
 GLMD_PRETRAIN_STEPS ?= 60
 GLMD_WORD_STEPS ?= 30
 GLMD_TASK_ROWS ?= 3000

@@ -8,6 +8,7 @@ renamed to ``checkpoints/checkpoint-N`` when complete, so a folder with that nam
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -15,21 +16,15 @@ import shutil
 import signal
 from pathlib import Path
 
+from distill_cli import outputs
 from distill_cli.errors import DistillError, WriteFailed
-from distill_cli.outputs import (
-    FINISHED_MARKER,
-    MODEL_FILES,
-    check_writable,
-    weights_bytes,
-    write_json_atomic,
-    write_text_atomic,
-)
+from distill_cli.outputs import weights_bytes, write_json_atomic, write_text_atomic
 from distill_cli.reporting import log
 
 FOLDER = "checkpoints"
 NAME = re.compile(r"^checkpoint-(\d+)$")
 TMP = ".tmp-"
-# what a training run writes beside the model; a new run clears them (a resumed one keeps them)
+# what a training run writes beside the model and checkpoints (run.json records them)
 RUN_FILES = (
     "metrics.jsonl",
     "train_results.json",
@@ -168,39 +163,59 @@ class StopSignals:
         return int(accelerator.reduce(local, reduction="max").item()) or None
 
 
-def prepare_run_dir(path, overwrite: bool, resume: bool, main: bool) -> tuple[Path, Path | None]:
-    """The output folder of a training run, and the checkpoint it resumes from (or None).
+COMMANDS = {"task": "finetune-distill", "pretrain": "pretrain-distill"}
 
-    A folder with a finished model is refused without --overwrite; one with checkpoints and no
-    finished model resumes; --overwrite starts again. Only the main process changes anything.
+
+def prepare_run_dir(
+    recipe, output_dir, stage: str, overwrite: bool, resume: bool, main: bool
+) -> tuple[Path, Path | None]:
+    """Claim the output folder of a training run (outputs.claim); returns it and the checkpoint
+    the run resumes from (or None).
+
+    An unfinished run of the same recipe and inputs resumes from its newest checkpoint; a
+    finished one ends at once (AlreadyFinished); --overwrite starts again. Only the main process
+    changes anything.
     """
-    out = Path(path).expanduser()
     if resume and overwrite:
         raise DistillError(
             "--resume and --overwrite conflict: --resume continues the run in the folder, "
             "--overwrite starts it again; pass one of them"
         )
-    if out.exists() and not out.is_dir():
-        raise DistillError(f"output path {out} is a file; pass a folder path to --output-dir")
-    if (out / FINISHED_MARKER).exists() and not overwrite:
-        raise DistillError(
-            f"output folder {out} already holds a finished model; pass --overwrite to train "
-            "again or choose another folder"
-        )
-    checkpoint = None if overwrite else latest(out)
+    if resume and latest(Path(output_dir).expanduser()) is None:
+        _no_checkpoint(output_dir)
+    inputs = [
+        ("teacher", recipe.teacher),
+        ("student", recipe.student.path),
+        ("data", recipe.data.name),
+    ]
+    writes = [*RUN_FILES, FOLDER]
+    if recipe.train.report_to:  # accelerate's trackers log into <output>/<its name>
+        writes.append(Path(output_dir).expanduser().name)
+    out, continues = outputs.claim(
+        output_dir,
+        COMMANDS[stage],
+        dataclasses.asdict(recipe),
+        inputs,
+        overwrite=overwrite,
+        main=main,
+        writes=writes,
+        resumable=lambda folder: latest(folder) is not None,
+        what="recipe",
+    )
+    checkpoint = latest(out) if continues else None
     if resume and checkpoint is None:
-        raise DistillError(
-            f"--resume: no checkpoint in {out / FOLDER}; drop --resume to start a new run"
-        )
+        _no_checkpoint(out)
     if main:
         if checkpoint is None:
-            for name in (*MODEL_FILES, *RUN_FILES):
-                (out / name).unlink(missing_ok=True)
-            shutil.rmtree(out / FOLDER, ignore_errors=True)
+            outputs.check_free_space(out, disk_need(recipe))
         else:
             clean_partial(out)
-        check_writable(out)
     return out, checkpoint
+
+
+def _no_checkpoint(out) -> None:
+    folder = Path(out).expanduser() / FOLDER
+    raise DistillError(f"--resume: no checkpoint in {folder}; drop --resume to start a new run")
 
 
 def disk_need(recipe) -> int:

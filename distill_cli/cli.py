@@ -25,6 +25,7 @@ from distill_cli.commands import (
     pretrain_distill,
 )
 from distill_cli.errors import DistillError, WriteFailed
+from distill_cli.outputs import release_all
 
 # OSErrors that are the machine's state, not a bug: one line, not a traceback
 _DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EIO}
@@ -54,7 +55,8 @@ def _one_line_errors(fn):
         try:
             return fn(*args, **kwargs)
         except DistillError as e:
-            print(f"{e.prefix}: {e}", file=sys.stderr, flush=True)
+            if str(e):  # AlreadyFinished is silent on all but the main process
+                print(f"{e.prefix}: {e}", file=sys.stderr, flush=True)
             raise typer.Exit(e.exit_code) from None
         except OSError as e:
             if e.errno not in _DISK_ERRORS and e.errno not in _ACCESS_ERRORS:
@@ -63,6 +65,8 @@ def _one_line_errors(fn):
             fix = "fix the disk or permissions and run the command again"
             print(f"error: {e.strerror or e}{where}; {fix}", file=sys.stderr)
             raise typer.Exit(WriteFailed.exit_code if e.errno in _DISK_ERRORS else 2) from None
+        finally:
+            release_all()  # unlock output folders, as the end of the process would
 
     return wrapper
 

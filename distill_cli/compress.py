@@ -10,7 +10,8 @@ from distill_cli.errors import DistillError
 from distill_cli.models import load_as_saved
 from distill_cli.outputs import (
     check_free_space,
-    prepare_output_dir,
+    claim,
+    mark_finished,
     save_model_atomic,
     weights_bytes,
     write_json_atomic,
@@ -36,9 +37,14 @@ def run(
         raise DistillError(
             f"unknown --similarity '{similarity}'; choose {', '.join(vocab.SIMILARITIES)}"
         )
-    if Path(model_dir).resolve() == Path(output_dir).resolve():
-        raise DistillError("--output-dir must differ from MODEL_DIR: inputs are never modified")
-    out = prepare_output_dir(output_dir, overwrite)
+    out, _ = claim(
+        output_dir,
+        "compress-vocab",
+        {"ratio": ratio, "similarity": similarity},
+        [("model", model_dir), ("teacher", teacher), ("corpus", corpus)],
+        overwrite=overwrite,
+        writes=("vocab_map.json", "compression.json"),
+    )
     check_free_space(out, weights_bytes(model_dir), "the compressed model")
     model, tokenizer = load_as_saved(model_dir, "model", trust_remote_code)
     teacher_model, _ = load_as_saved(teacher, "teacher", trust_remote_code)
@@ -51,7 +57,8 @@ def run(
     result.update(ratio=ratio, similarity=similarity, **report.to_dict())
     write_json_atomic(out / "vocab_map.json", vocab_map)
     write_json_atomic(out / "compression.json", result)
-    save_model_atomic(model, new_tokenizer, out)  # weights last: the folder is finished
+    save_model_atomic(model, new_tokenizer, out)  # weights last
+    mark_finished(out)
     result["output_dir"] = str(out)
     return result
 

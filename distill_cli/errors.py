@@ -1,8 +1,8 @@
 """Errors that end a command with one clear line and a meaningful exit code.
 
-Exit codes: 0 success; 1 internal error (a bug: please report it); 2 bad input, or not
-available; 3 the loss stopped being finite; 4 a write failed mid-run; 130 / 143 stopped by
-SIGINT / SIGTERM after saving a checkpoint.
+Exit codes: 0 success (also a rerun that finds its work already finished); 1 internal error (a
+bug: please report it); 2 bad input, or not available; 3 the loss stopped being finite; 4 a write
+failed mid-run; 130 / 143 stopped by SIGINT / SIGTERM after saving a checkpoint.
 """
 
 
@@ -11,6 +11,16 @@ class DistillError(Exception):
 
     exit_code = 2
     prefix = "error"
+
+
+class AlreadyFinished(DistillError):
+    """A rerun of a finished command on the same folder, options and inputs: nothing to do.
+
+    The message is the folder (empty on processes other than the main one: nothing printed).
+    """
+
+    exit_code = 0
+    prefix = "already finished"
 
 
 class NonFiniteLoss(DistillError):

@@ -15,7 +15,7 @@ from distill_cli.errors import DistillError
 from distill_cli.latency import median_ms
 from distill_cli.metrics import PRIMARY, compute_metrics, predictions_from_logits
 from distill_cli.models import label_names, load_classifier
-from distill_cli.outputs import write_json_atomic
+from distill_cli.outputs import check_not_input, record_written, write_json_atomic
 from distill_cli.recipe import DataConfig, from_dict, parse_set, safe_load
 from distill_cli.reporting import log
 
@@ -153,6 +153,10 @@ def run(
     """
     first = model_dirs[0]
     cfg = data_config(Path(first), data, list(sets))
+    if output_dir:  # it may be the folder of a model it evaluates, as by default; no other input
+        target = Path(output_dir).expanduser().resolve()
+        models = [("model", m) for m in model_dirs if Path(m).expanduser().resolve() != target]
+        check_not_input(output_dir, [*models, ("teacher", teacher), ("data", cfg.name)])
     names = model_names(model_dirs)
     if teacher and "teacher" in names:
         raise DistillError("a model folder is named 'teacher' like --teacher; rename the folder")
@@ -174,8 +178,9 @@ def run(
         for name in names:
             reports[name].update(_compare(reports[name], t_report, result["primary_metric"]))
         result["models"] = {"teacher": t_report, **reports}
-    out = Path(output_dir or first)
+    out = Path(output_dir or first).expanduser()
     out.mkdir(parents=True, exist_ok=True)
+    record_written(out, ["evaluation.json", "evaluation.png"])  # a distill folder's run.json
     write_json_atomic(out / "evaluation.json", result)
     plot(result, out / "evaluation.png")
     result["output_dir"] = str(out)

@@ -27,11 +27,11 @@ from distill_cli import batching, checkpoints, heads, losses, stages, training_p
 from distill_cli.allocator import keep_freed_memory
 from distill_cli.batching import EpochBatchSampler
 from distill_cli.data import TaskData
-from distill_cli.errors import DistillError, Interrupted, NonFiniteLoss, WriteFailed
+from distill_cli.errors import Interrupted, NonFiniteLoss, WriteFailed
 from distill_cli.heads import StudentModule
 from distill_cli.metrics import PRIMARY, compute_metrics, predictions_from_logits
 from distill_cli.outputs import (
-    check_free_space,
+    mark_finished,
     save_model_atomic,
     write_json_atomic,
     write_text_atomic,
@@ -211,11 +211,9 @@ def setup(
     and the checkpoint a run resumes from."""
     validate(recipe)
     keep_freed_memory()
-    out, resume_from = checkpoints.prepare_run_dir(output_dir, overwrite, resume, _is_main_rank())
-    if resume_from is not None:
-        _check_same_recipe(out, recipe)
-    elif _is_main_rank():
-        check_free_space(out, checkpoints.disk_need(recipe))
+    out, resume_from = checkpoints.prepare_run_dir(
+        recipe, output_dir, stage, overwrite, resume, _is_main_rank()
+    )
     cfg = recipe.train
 
     accelerator = make_accelerator(cfg, out)
@@ -415,6 +413,7 @@ def finish(s: State) -> dict:
                 f"could not write the model to {out} ({e.strerror or e}); the last checkpoint "
                 f"is {checkpoints.latest(out)}; free space, then run the same command to resume"
             ) from None
+        mark_finished(out)
     accelerator.end_training()
     summary["is_main_process"] = main
     return summary
@@ -498,25 +497,6 @@ def _describe(values: dict[str, float]) -> str:
     good = [f"{k}={v:.4g}" for k, v in values.items() if math.isfinite(v)]
     named = f": {', '.join(bad)}" if bad else ""
     return f"{named} (loss={loss:.4g}" + (f"; {', '.join(good)})" if good else ")")
-
-
-def _check_same_recipe(out: Path, recipe: Recipe) -> None:
-    """Resuming continues the same run: the recipe must be the one the folder was started with."""
-    saved_file = out / "resolved_recipe.yaml"
-    if not saved_file.is_file():
-        return
-    import yaml
-
-    saved = _flat(yaml.safe_load(saved_file.read_text()) or {})
-    now = _flat(yaml.safe_load(to_yaml(recipe)))
-    diff = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
-    if diff:
-        k = diff[0]
-        raise DistillError(
-            f"{out} holds a run started with a different recipe ({k}: {saved.get(k)!r} then, "
-            f"{now.get(k)!r} now); rerun with the same options to resume, or pass --overwrite "
-            "to start again"
-        )
 
 
 def train_step(s: State, batch: dict, plan: PhasePlan) -> tuple[torch.Tensor, dict, bool]:

@@ -92,8 +92,13 @@ def test_missing_teacher_and_existing_output(
 ):
     result = invoke(*compress_args(tiny_encoder, tmp_path / "nope", corpus_file, tmp_path / "o"))
     assert result.exit_code == 2 and "teacher folder not found" in result.stderr
-    result = invoke(*compress_args(tiny_encoder, tiny_encoder, corpus_file, compressed_encoder))
+    args = compress_args(tiny_encoder, tiny_encoder, corpus_file, compressed_encoder, ratio=0.2)
+    result = invoke(*args)
+    assert result.exit_code == 0 and result.stderr.strip().startswith("already finished: ")
+    args[args.index("--ratio") + 1] = 0.4
+    result = invoke(*args)
     assert result.exit_code == 2 and "--overwrite" in result.stderr
+    assert "made with different options (ratio: 0.2 then, 0.4 now)" in result.stderr
 
 
 def test_compressed_bpe_causal_lm_distils(tiny_gpt2, tmp_path):

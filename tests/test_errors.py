@@ -122,6 +122,17 @@ def _held_output(w: W) -> None:
     shutil.copytree(w.teacher, w.out)
 
 
+def _user_metrics(w: W) -> None:
+    w.out.mkdir()
+    (w.out / "metrics.jsonl").write_text('{"mine": 1}\n')
+
+
+def _foreign_run_json(w: W) -> None:
+    w.out.mkdir()
+    (w.out / "run.json").write_text('{"wrote": ["../../home"]}\n')
+    (w.out / "notes.txt").write_text("mine")
+
+
 def _truncated_weights(w: W) -> None:
     shutil.copytree(w.teacher, w.bad)
     weights = w.bad / "model.safetensors"
@@ -241,11 +252,32 @@ CASES = [
         inputs=lambda w: [w.teacher, w.data],
     ),
     Case(
-        "output-holds-model",
+        "output-holds-model-distill-did-not-write",
         lambda w: finetune(w),
-        ("already holds a finished model", "--overwrite"),
+        ("already holds a model that distill did not write", "config.json", "--overwrite"),
         inputs=lambda w: [w.teacher, w.data, TKD, w.out],
         setup=_held_output,
+    ),
+    Case(
+        "output-holds-model-distill-did-not-write-overwrite",
+        lambda w: finetune(w, "--overwrite"),
+        ("already holds a model that distill did not write", "--overwrite only replaces"),
+        inputs=lambda w: [w.teacher, w.data, TKD, w.out],
+        setup=_held_output,
+    ),
+    Case(
+        "output-holds-a-file-the-run-writes",
+        lambda w: finetune(w),
+        ("holds metrics.jsonl, which distill did not write", "move it away"),
+        inputs=lambda w: [w.teacher, w.data, TKD, w.out],
+        setup=_user_metrics,
+    ),
+    Case(
+        "output-run-json-not-ours",
+        lambda w: finetune(w, "--overwrite"),
+        ("run.json is not a run record written by distill",),
+        inputs=lambda w: [w.teacher, w.data, TKD, w.out],
+        setup=_foreign_run_json,
     ),
     Case(
         "recipe-missing-required-value",
@@ -366,6 +398,98 @@ CASES = [
         inputs=lambda w: [w.teacher, w.data, TKD],
     ),
 ]
+
+
+# --- an --output-dir that is an input, lies inside one or holds one: every command and input ---
+
+AREA = "area"  # each case puts its own copy of the input under test in tmp/area
+PLACED = {"teacher": "teacher", "student": "student", "model": "model", "data": "data"}
+PLACED.update(corpus="corpus.txt", recipe="recipe.yaml")
+ROLES = {
+    "finetune-distill": ("teacher", "student", "data", "recipe"),
+    "pretrain-distill": ("teacher", "corpus"),
+    "compress-vocab": ("model", "teacher", "corpus"),
+    "export": ("model",),
+    "evaluate": ("model", "teacher", "data"),
+}
+RELATIONS = {"is": "is the", "inside": "lies inside the", "holds": "holds the"}
+
+
+def _placed(w: W, role: str) -> Path:
+    return w.tmp / AREA / PLACED[role]
+
+
+def _place(role: str) -> Callable[[W], None]:
+    def setup(w: W) -> None:
+        dst = _placed(w, role)
+        dst.parent.mkdir()
+        if role in ("teacher", "student", "model"):
+            shutil.copytree(w.teacher, dst)
+        elif role == "data":
+            shutil.copytree(w.data, dst)
+        elif role == "recipe":
+            shutil.copy2(TKD, dst)
+        else:
+            dst.write_text("the movie was good\nthe film was dull\n" * 20)
+
+    return setup
+
+
+def _overlap_args(command: str, role: str, relation: str, overwrite: bool):
+    def args(w: W) -> list:
+        def get(r: str, default):
+            return _placed(w, r) if r == role else default
+
+        out = {"is": _placed(w, role), "inside": _placed(w, role) / "sub"}.get(
+            relation, w.tmp / AREA
+        )
+        corpus = get("corpus", w.data / "train.csv")
+        model, teacher = get("model", w.teacher), get("teacher", w.teacher)
+        built = {
+            "finetune-distill": [
+                "finetune-distill", "--recipe", get("recipe", TKD), "--teacher", teacher,
+                "--data", get("data", w.data), *CHEAP,
+                *(["--student", _placed(w, role)] if role == "student" else []),
+            ],
+            "pretrain-distill": [
+                "pretrain-distill", "--recipe", RECIPES / "glmd-pretrain.yaml",
+                "--teacher", teacher, "--data", corpus, "--max-steps", "1",
+            ],
+            "compress-vocab": ["compress-vocab", model, "--teacher", teacher, "--corpus", corpus],
+            "export": ["export", model, "--format", "hf"],
+            "evaluate": ["evaluate", model, "--teacher", teacher, "--data", get("data", w.data)],
+        }[command]  # fmt: skip
+        return [*built, "--output-dir", out, *(["--overwrite"] if overwrite else [])]
+
+    return args
+
+
+def _overlap_cases() -> list[Case]:
+    cases = []
+    for command, roles in ROLES.items():
+        for role in roles:
+            shown = "data" if command == "pretrain-distill" and role == "corpus" else role
+            for relation, words in RELATIONS.items():
+                if command == "evaluate" and role == "model" and relation == "is":
+                    continue  # allowed: evaluate writes beside the model by default too
+                for overwrite in (False, True) if command != "evaluate" else (False,):
+                    cases.append(
+                        Case(
+                            f"output-{relation}-{role}-{command}{'-overwrite' * overwrite}",
+                            _overlap_args(command, role, relation, overwrite),
+                            ("--output-dir", f"{words} {shown} ", PLACED[role]),
+                            inputs=lambda w: [w.tmp / AREA, w.teacher, w.data, TKD],
+                            setup=_place(role),
+                            check=lambda w: (
+                                not list((w.tmp / AREA).rglob("sub"))
+                                or pytest.fail("--output-dir was created inside an input")
+                            ),
+                        )
+                    )
+    return cases
+
+
+CASES += _overlap_cases()
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in CASES])

@@ -181,15 +181,22 @@ def test_onnx_causal_lm_logits(tiny_gpt2, tmp_path):
         assert got[0][0].shape == exp.shape and abs(got[0][0] - exp).max() <= 1e-4
 
 
-def test_refuses_existing_output_without_overwrite(tiny_teacher, tmp_path):
+def test_a_finished_export_is_kept_replaced_only_with_overwrite(tiny_teacher, tmp_path):
     out = tmp_path / "exists"
     out.mkdir()
-    (out / "keep.txt").write_text("x")
+    (out / "keep.txt").write_text("x")  # the user's: never removed
+    export(tiny_teacher, out, "hf")
+    assert (out / "keep.txt").read_text() == "x" and (out / "model.safetensors").is_file()
     result = invoke("export", tiny_teacher, "--format", "hf", "--output-dir", out)
+    assert result.exit_code == 0 and result.stderr.strip() == f"already finished: {out}"
+    result = invoke(
+        "export", tiny_teacher, "--format", "hf", "--dtype", "fp16", "--output-dir", out
+    )
     assert result.exit_code == 2 and "--overwrite" in result.output
-    assert (out / "keep.txt").is_file()
-    export(tiny_teacher, out, "hf", "--overwrite")
-    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+    assert "(dtype: 'fp32' then, 'fp16' now)" in result.output
+    export(tiny_teacher, out, "hf", "--dtype", "fp16", "--overwrite")
+    assert json.loads((out / "export.json").read_text())["dtype"] == "fp16"
+    assert (out / "keep.txt").read_text() == "x"
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,7 @@ def test_tkd_end_to_end(tiny_teacher, tiny_data_dir, tmp_path):
         "train_results.json",
     ):
         assert (out / name).is_file(), name
-    assert not list(out.glob(".saving-*"))
+    assert not list(out.glob(".distill-tmp-*")) and not (out / "run.lock").exists()
 
     # fp16 on a CPU machine: one warning line, then fp32
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
@@ -150,9 +150,15 @@ def test_tensorboard_tracker_from_recipe(tiny_teacher, tiny_data_dir, tmp_path):
 def test_overwrite_replaces_a_finished_model(tiny_teacher, tiny_data_dir, tmp_path):
     out = tmp_path / "student"
     assert invoke(*tkd_args(tiny_teacher, tiny_data_dir, out)).exit_code == 0
-    refused = invoke(*tkd_args(tiny_teacher, tiny_data_dir, out))
+    again = invoke(*tkd_args(tiny_teacher, tiny_data_dir, out))
+    assert again.exit_code == 0 and again.stderr.strip() == f"already finished: {out}"
+    refused = invoke(*tkd_args(tiny_teacher, tiny_data_dir, out, "--seed", 7))
     assert refused.exit_code == 2 and "--overwrite" in refused.stderr
-    assert invoke(*tkd_args(tiny_teacher, tiny_data_dir, out, "--overwrite")).exit_code == 0
+    assert "a different recipe (train.seed: 42 then, 7 now)" in refused.stderr
+    assert (
+        invoke(*tkd_args(tiny_teacher, tiny_data_dir, out, "--seed", 7, "--overwrite")).exit_code
+        == 0
+    )
 
 
 def test_student_with_its_own_tokenizer(tiny_teacher, tiny_data_dir, tmp_path):

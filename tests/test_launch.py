@@ -39,12 +39,22 @@ def test_two_cpu_processes_train_and_one_writes(tiny_teacher, tiny_data_dir, tmp
     summary = json.loads((out / "train_results.json").read_text())
     assert summary["num_processes"] == 2
     assert sorted(p.name for p in out.glob("*.safetensors")) == ["model.safetensors"]
-    assert not list(out.glob(".saving-*")) and not list(tmp_path.glob("*/model.safetensors"))[1:]
+    assert (
+        not list(out.glob(".distill-tmp-*")) and not list(tmp_path.glob("*/model.safetensors"))[1:]
+    )
     # one writer: every step is logged once
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 2]
     # one progress stream: only the main process prints step lines
     assert proc.stderr.count("step 2/2") == 1
+    # only the main process locked the folder, and released it; run.json says finished
+    assert not (out / "run.lock").exists() and "taking over" not in proc.stderr
+    assert json.loads((out / "run.json").read_text())["status"] == "finished"
+    # the same launch again: every process sees the finished run, one line says so
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("already finished") == 1, again.stderr[-3000:]
+    assert f"already finished: {out}" in again.stderr
 
 
 def test_two_processes_run_glmd_pretraining(tiny_encoder, corpus_file, tmp_path):

@@ -272,33 +272,63 @@ def test_a_half_written_checkpoint_is_never_resumed(tmp_path):
     assert sorted(p.name for p in root.iterdir()) == ["checkpoint-4"]
 
 
-def test_a_run_killed_while_saving_the_model_resumes_from_its_last_checkpoint(
-    tiny_teacher, tiny_data_dir, tmp_path
+# Runs the CLI in a subprocess whose train.<name> SIGKILLs the process: a kill at that instant.
+KILL_AT = """
+import os, signal, sys
+from distill_cli import train
+setattr(train, {name!r}, lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL))
+from distill_cli.cli import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("name", ["save_model_atomic", "mark_finished"])
+def test_a_kill_after_the_final_evaluation_then_rerun_logs_every_line_once(
+    name, tiny_teacher, tiny_data_dir, tmp_path
 ):
+    """SIGKILL between the final evaluation and the model save, or between the save and
+    run.json saying finished: the rerun resumes from the last checkpoint, evaluates again, and
+    metrics.jsonl holds every line once."""
     out = tmp_path / "out"
     args = tkd(tiny_teacher, tiny_data_dir, out, "--max-steps", 6)
-    assert invoke(*args).exit_code == 0
-    weights = load_file(out / "model.safetensors")
-    (out / "model.safetensors").unlink()  # as if killed before the weights were moved in
-    (out / "train_results.json").unlink()
-    result = invoke(*args)
-    assert result.exit_code == 0, result.output
-    assert "resuming from" in result.stderr and "checkpoint-6 (step 6 of 6)" in result.stderr
-    again = load_file(out / "model.safetensors")
-    assert all(torch.equal(weights[k], again[k]) for k in weights)
-    assert training_steps(out) == list(range(1, 7))
+    cmd = [sys.executable, "-c", KILL_AT.format(name=name), *map(str, args)]
+    killed = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=OFFLINE_ENV)
+    _, err = killed.communicate(timeout=300)
+    assert killed.returncode == -signal.SIGKILL, err[-2000:]
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert "eval/accuracy" in lines[-1]  # killed after the final evaluation was logged
+    assert json.loads((out / "run.json").read_text())["status"] == "running"
+    assert (out / "run.lock").read_text().strip() == str(killed.pid)  # left by the dead run
+
+    again = finish(args)
+    assert again.returncode == 0, again.stderr
+    assert "taking over the lock of process" in again.stderr
+    assert "checkpoint-6 (step 6 of 6)" in again.stderr  # resumed, nothing trained again
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "phase" in r] == list(range(1, 7))
+    evals = [r for r in records if "phase" not in r]
+    assert len(evals) == 1 and records[-1] == evals[0] and evals[0]["step"] == 6
+    assert json.loads((out / "run.json").read_text())["status"] == "finished"
+    assert (out / "model.safetensors").is_file() and not (out / "run.lock").exists()
+    rerun = invoke(*args)
+    assert rerun.exit_code == 0 and rerun.stderr.strip() == f"already finished: {out}"
 
 
-def test_overwrite_clears_what_the_previous_run_wrote(tmp_path):
+def test_overwrite_removes_only_what_the_previous_run_wrote(tiny_teacher, tiny_data_dir, tmp_path):
     out = tmp_path / "out"
-    (out / "checkpoints" / "checkpoint-2").mkdir(parents=True)
-    for name in (
-        "model.safetensors",
-        "config.json",
-        "vocab_map.json",
-        "metrics.jsonl",
-        "notes.txt",
-    ):
-        (out / name).write_text("x")
-    assert checkpoints.prepare_run_dir(out, True, False, True) == (out, None)
-    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # the user's own file stays
+    assert invoke(*tkd(tiny_teacher, tiny_data_dir, out, "--max-steps", 3)).exit_code == 0
+    (out / "notes.txt").write_text("mine")
+    (out / "README.md").write_text("# my notes")
+    (out / "plots").mkdir()
+    (out / "plots" / "a.png").write_bytes(b"png")
+    changed = tkd(tiny_teacher, tiny_data_dir, out, "--max-steps", 2, "--overwrite")
+    result = invoke(*changed)
+    assert result.exit_code == 0, result.output
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "README.md").read_text() == "# my notes"
+    assert (out / "plots" / "a.png").read_bytes() == b"png"
+    assert [p.name for p in checkpoints.complete(out)] == ["checkpoint-2"]
+    assert training_steps(out) == [1, 2]
+    wrote = json.loads((out / "run.json").read_text())["wrote"]
+    assert "model.safetensors" in wrote and "checkpoints" in wrote
+    assert not {"notes.txt", "README.md", "plots"} & set(wrote)

@@ -21,7 +21,7 @@ def command(
         str, typer.Option("--dtype", help="Weights for --format hf: fp32 | fp16 | bf16.")
     ] = "fp32",
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace an existing --output-dir.")
+        bool, typer.Option("--overwrite", help="Replace an earlier export in --output-dir.")
     ] = False,
     trust_remote_code: o.TrustRemoteCode = False,
     json_: o.Json = False,

@@ -6,6 +6,7 @@ from rich.table import Table
 
 from distill_cli import train
 from distill_cli.commands import options as o
+from distill_cli.outputs import check_not_input
 from distill_cli.recipe import load_recipe
 from distill_cli.reporting import out_console
 
@@ -25,6 +26,7 @@ def command(
     json_: o.Json = False,
 ) -> None:
     """Distil a task teacher into a student on labelled data (or fine-tune with no teacher)."""
+    check_not_input(output_dir, [("recipe", recipe)])  # train.run checks the other inputs
     r = load_recipe(recipe, o.typed_options(teacher, student, data, max_steps, seed), set_ or [])
     summary = train.run(
         r,

@@ -21,7 +21,8 @@ Sets = Annotated[
 Overwrite = Annotated[
     bool,
     typer.Option(
-        "--overwrite", help="Start again: replace a model or checkpoints already in --output-dir."
+        "--overwrite",
+        help="Start again: replace what an earlier run wrote in --output-dir (other files stay).",
     ),
 ]
 Resume = Annotated[

@@ -3,6 +3,7 @@
 from distill_cli import train
 from distill_cli.commands import options as o
 from distill_cli.commands.finetune_distill import print_summary
+from distill_cli.outputs import check_not_input
 from distill_cli.recipe import load_recipe
 
 
@@ -21,6 +22,7 @@ def command(
     json_: o.Json = False,
 ) -> None:
     """Distil a teacher's word predictions into a student on raw text (GLMD stage 1)."""
+    check_not_input(output_dir, [("recipe", recipe)])  # train.run checks the other inputs
     r = load_recipe(recipe, o.typed_options(teacher, student, data, max_steps, seed), set_ or [])
     summary = train.run(
         r,
