@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from distill_cli import text_data, vocab
@@ -54,8 +53,3 @@ def run(
     save_model_atomic(model, new_tokenizer, out)  # weights last: the folder is finished
     result["output_dir"] = str(out)
     return result
-
-
-def read_vocab_map(folder: str | Path) -> dict | None:
-    path = Path(folder) / "vocab_map.json"
-    return json.loads(path.read_text()) if path.is_file() else None

@@ -24,6 +24,7 @@ from distill_cli.heads import is_causal
 from distill_cli.models import check_model_source, load_as_saved
 from distill_cli.outputs import check_free_space, weights_bytes
 from distill_cli.reporting import log
+from distill_cli.user_files import read_json, read_yaml
 
 FORMATS = ("hf", "onnx", "onnx-int8")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -239,21 +240,19 @@ _AUTO = {
 }
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, ValueError):
-        return None
+_CARD_FIX = "fix or delete it; the model card is made from it"
 
 
-def _read_yaml(path: Path) -> dict | None:
-    import yaml
+def _read_json(path: Path, **shape) -> dict | None:
+    return (
+        read_json(path, "record beside the model", _CARD_FIX, **shape) if path.is_file() else None
+    )
 
-    try:
-        data = yaml.safe_load(path.read_text()) if path.is_file() else None
-    except (OSError, yaml.YAMLError):
-        return None
-    return data if isinstance(data, dict) else None
+
+def _read_yaml(path: Path, **shape) -> dict | None:
+    return (
+        read_yaml(path, "record beside the model", _CARD_FIX, **shape) if path.is_file() else None
+    )
 
 
 def _fmt(value) -> str:
@@ -264,10 +263,12 @@ def model_card(config, model_dir: Path, name: str, dtype: str = "fp32") -> str:
     """README.md in the HF convention: YAML header, then how it was made, metrics, usage."""
     import yaml
 
-    recipe = _read_yaml(model_dir / "resolved_recipe.yaml")
-    train = _read_json(model_dir / "train_results.json")
-    compression = _read_json(model_dir / "compression.json")
-    evaluation = _read_json(model_dir / "evaluation.json")
+    recipe = _read_yaml(
+        model_dir / "resolved_recipe.yaml", optional={"student": dict, "phases": list}
+    )
+    train = _read_json(model_dir / "train_results.json", optional={"phases": dict, "eval": dict})
+    compression = _read_json(model_dir / "compression.json", optional={"remapped_share": float})
+    evaluation = _read_json(model_dir / "evaluation.json", optional={"models": dict})
     tag = pipeline_tag(config)
     header = {"library_name": "transformers"}
     if recipe and recipe.get("teacher"):

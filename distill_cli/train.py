@@ -36,6 +36,7 @@ from distill_cli.outputs import (
 from distill_cli.recipe import Recipe, TrainConfig, to_yaml, validate
 from distill_cli.reporting import MetricsWriter, TrainProgress, log
 from distill_cli.text_data import TokenMasker
+from distill_cli.user_files import read_yaml
 
 
 @dataclass
@@ -377,7 +378,7 @@ def _check_same_recipe(out: Path, recipe: Recipe) -> None:
         return
     import yaml
 
-    saved = _flat(yaml.safe_load(saved_file.read_text()) or {})
+    saved = _flat(read_yaml(saved_file, "the run's recipe", "pass --overwrite to start again"))
     now = _flat(yaml.safe_load(to_yaml(recipe)))
     diff = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
     if diff:
