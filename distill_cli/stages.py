@@ -71,6 +71,9 @@ def compressed_vocab(
     vocabulary (the fused loss's vocab_index) and the map from teacher ids to student ids
     (a dropped token becomes its substitute). Both models then read one tokenization."""
     path = Path(student_path or "") / "vocab_map.json"
+    report = path.with_name("compression.json")  # copied beside the trained model at the end
+    if student_path and report.is_file():
+        read_json(report, "compression report", VOCAB_MAP_FIX)
     if not (student_path and path.is_file()):
         return None
     shape = {"kept_ids": list, "vocab_size_before": int, "dropped": dict}
@@ -94,9 +97,6 @@ def compressed_vocab(
         remap[int(old_id)] = remap[substitute]
     if (remap < 0).any():
         raise DistillError(f"{path} does not map every teacher id; {VOCAB_MAP_FIX}")
-    report = path.with_name("compression.json")  # copied beside the trained model at the end
-    if report.is_file():
-        read_json(report, "compression report", VOCAB_MAP_FIX)
     return kept, remap
 
 

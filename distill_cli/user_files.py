@@ -24,6 +24,7 @@ from distill_cli.errors import DistillError
 PARSE_ERRORS = (ValueError, RuntimeError, yaml.YAMLError, OSError)
 
 Shape = dict[str, type | tuple[type, ...]]
+LONG = 200  # characters: a longer library message is cut to its first sentence
 
 
 class _Loader(yaml.SafeLoader):
@@ -50,7 +51,12 @@ def first_line(err: BaseException) -> str:
     text = str(err).strip()
     if isinstance(err, KeyError):
         return f"no key {text}"
-    return text.splitlines()[0].rstrip(".") if text else type(err).__name__
+    if not text:
+        return type(err).__name__
+    line = text.splitlines()[0]
+    if len(line) > LONG and ". " in line:  # a library's paragraph: its first sentence
+        line = line[: line.index(". ")]
+    return line.rstrip(".")
 
 
 @contextlib.contextmanager
@@ -108,12 +114,22 @@ def read_yaml(
     try:
         data = safe_load(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise DistillError(f"{what} {path} is not valid YAML{at}; {fix}") from None
+        raise DistillError(f"{what} {path} is not valid YAML{_where(e)}; {fix}") from None
     if data is None:
         data = {}
     return check_shape(data, path, what, fix, required, optional, "a YAML mapping of keys")
+
+
+def _where(e: yaml.YAMLError) -> str:
+    """at line 3: expected ',' or ']' (while parsing a flow sequence from line 2)"""
+    mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None)
+    if mark is None:
+        return ""
+    text = f" at line {mark.line + 1}" + (f": {problem}" if problem else "")
+    context, start = getattr(e, "context", None), getattr(e, "context_mark", None)
+    if context and start is not None and start.line != mark.line:
+        text += f" ({context} from line {start.line + 1})"
+    return text
 
 
 _NAMES = {
