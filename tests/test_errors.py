@@ -322,6 +322,20 @@ CASES = [
         setup=_held_output,
     ),
     Case(
+        "tkd-recipe-without-teacher",
+        lambda w: [
+            "finetune-distill",
+            "--recipe",
+            TKD,
+            "--data",
+            w.data,
+            "--output-dir",
+            w.out,
+            *CHEAP,
+        ],  # fmt: skip
+        ("this recipe needs a teacher: pass --teacher",),
+    ),
+    Case(
         "recipe-missing-required-value",
         lambda w: finetune(w, "--set", "student.init=checkpoint"),
         ("student.init is 'checkpoint' but no path", "--student"),
