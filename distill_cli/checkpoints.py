@@ -16,10 +16,14 @@ import shutil
 import signal
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 from distill_cli import outputs
 from distill_cli.errors import DistillError, WriteFailed
+from distill_cli.models import read_config
 from distill_cli.outputs import weights_bytes, write_json_atomic, write_text_atomic
 from distill_cli.reporting import log
+from distill_cli.user_files import PARSE_ERRORS, read_json, read_text, reading
 
 FOLDER = "checkpoints"
 NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -107,8 +111,16 @@ def load(accelerator, path: Path) -> dict:
             f"checkpoint {path} was written by {saved} process(es) but this run has "
             f"{accelerator.num_processes}; resume with the same number of processes"
         )
-    accelerator.load_state(str(path))
-    return json.loads((path / f"trainer_state_{accelerator.process_index}.json").read_text())
+    fix = f"delete {path} to resume from the checkpoint before it, or start again with --overwrite"
+    state = read_json(
+        path / f"trainer_state_{accelerator.process_index}.json",
+        "checkpoint state",
+        fix,
+        required={"position": dict, "scheduler": dict, "masker_rng": list, "window": dict},
+    )
+    with reading(path, "checkpoint", fix, (*PARSE_ERRORS, SafetensorError)):
+        accelerator.load_state(str(path))
+    return state
 
 
 def trim_metrics(metrics: Path, step: int) -> None:
@@ -116,11 +128,14 @@ def trim_metrics(metrics: Path, step: int) -> None:
     if not metrics.is_file():
         return
     kept = []
-    for line in metrics.read_text().splitlines():
+    fix = "delete it, or start again with --overwrite"
+    for line in read_text(metrics, "metrics log", fix).splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:  # a line cut short by the kill
             continue
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            continue  # not a line this tool wrote
         # training lines of the checkpoint's own step were written before it was saved
         if record["step"] < step or (record["step"] == step and "phase" in record):
             kept.append(line)
@@ -225,7 +240,7 @@ def disk_need(recipe) -> int:
     if s.init == "truncate" and s.num_layers and recipe.teacher:
         config = Path(recipe.teacher).expanduser() / "config.json"
         if config.is_file():
-            c = json.loads(config.read_text())
+            c = read_config(config.parent, "teacher")
             layers = c.get("num_hidden_layers") or c.get("n_layer")
             if layers:
                 size = size * min(s.num_layers, layers) // layers

@@ -8,8 +8,10 @@ from __future__ import annotations
 import errno
 import functools
 import sys
+import traceback
 
 import click
+import torch
 import typer
 
 try:  # recent typer vendors its own click; its exceptions are not click's
@@ -27,9 +29,12 @@ from distill_cli.commands import (
 from distill_cli.errors import DistillError, WriteFailed
 from distill_cli.outputs import release_all
 
-# OSErrors that are the machine's state, not a bug: one line, not a traceback
+# OSErrors that are the machine's state or a bad path, not a bug: one line, not a traceback
 _DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EIO}
 _ACCESS_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS}
+_PATH_ERRORS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG}
+# exceptions that end a command on purpose; everything else that escapes it is a bug
+_EXITS = (typer.Exit, typer.Abort, click.exceptions.Exit, click.ClickException, click.Abort)
 
 COMMANDS = {
     "pretrain-distill": pretrain_distill.command,
@@ -59,16 +64,41 @@ def _one_line_errors(fn):
                 print(f"{e.prefix}: {e}", file=sys.stderr, flush=True)
             raise typer.Exit(e.exit_code) from None
         except OSError as e:
-            if e.errno not in _DISK_ERRORS and e.errno not in _ACCESS_ERRORS:
-                raise
+            if e.errno in _PATH_ERRORS and e.filename:  # a path that vanished or is the wrong kind
+                fix = "check the path and run the command again"
+            elif e.errno in _DISK_ERRORS or e.errno in _ACCESS_ERRORS:
+                fix = "fix the disk or permissions and run the command again"
+            else:
+                _report_bug()
+                raise typer.Exit(1) from None
             where = f" ({e.filename})" if e.filename else ""
-            fix = "fix the disk or permissions and run the command again"
             print(f"error: {e.strerror or e}{where}; {fix}", file=sys.stderr)
             raise typer.Exit(WriteFailed.exit_code if e.errno in _DISK_ERRORS else 2) from None
+        except (MemoryError, torch.cuda.OutOfMemoryError):
+            print(
+                "error: out of memory; lower train.batch_size (raise "
+                "train.gradient_accumulation_steps to keep the effective batch) or data.max_length",
+                file=sys.stderr,
+            )
+            raise typer.Exit(2) from None
+        except _EXITS:
+            raise
+        except Exception:
+            _report_bug()
+            raise typer.Exit(1) from None
         finally:
             release_all()  # unlock output folders, as the end of the process would
 
     return wrapper
+
+
+def _report_bug() -> None:
+    """Exit 1 is only for bugs: the traceback, then one line saying so."""
+    traceback.print_exc()
+    print(
+        "internal error: this is a bug in distill-cli; please report it with the traceback above",
+        file=sys.stderr,
+    )
 
 
 for _name, _fn in COMMANDS.items():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from distill_cli import text_data, vocab
@@ -61,8 +60,3 @@ def run(
     mark_finished(out)
     result["output_dir"] = str(out)
     return result
-
-
-def read_vocab_map(folder: str | Path) -> dict | None:
-    path = Path(folder) / "vocab_map.json"
-    return json.loads(path.read_text()) if path.is_file() else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ import pandas as pd
 from distill_cli.errors import DistillError
 from distill_cli.recipe import DataConfig
 from distill_cli.reporting import log
+from distill_cli.user_files import reading
 
 SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 TEXT_COLUMNS = ("text", "sentence", "content", "review")
@@ -149,13 +151,21 @@ def rotten_tomatoes_texts() -> list[str]:
 # ---------------------------------------------------------------- sources
 
 
+FORMAT_NAMES = {
+    ".csv": "CSV",
+    ".tsv": "TSV",
+    ".parquet": "Parquet",
+    ".json": "JSON",
+    ".jsonl": "JSON lines",
+}
+
+
 def _read_file(path: Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
-    try:
+    fix = f"fix the file (it must be valid {FORMAT_NAMES.get(suffix, suffix)}) or pass another"
+    with reading(path, "data file", fix):
         if suffix in (".csv", ".tsv"):
-            sep = "\t" if suffix == ".tsv" else ","
-            # Only empty cells are missing: "NA" or "null" stay text.
-            return pd.read_csv(path, sep=sep, keep_default_na=False, na_values=[""])
+            return _read_table(path, "\t" if suffix == ".tsv" else ",")
         if suffix == ".parquet":
             return pd.read_parquet(path)
         if suffix == ".json":
@@ -164,9 +174,21 @@ def _read_file(path: Path) -> pd.DataFrame:
             except ValueError:
                 pass  # maybe JSON lines
         return pd.read_json(path, lines=True, dtype=False)
-    except (ValueError, OSError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DistillError(f"could not read {path}: {reason}") from None
+
+
+def _read_table(path: Path, sep: str) -> pd.DataFrame:
+    with warnings.catch_warnings():
+        # a row with more fields than the header is an error, not a silent shift into the index
+        warnings.simplefilter("error", pd.errors.ParserWarning)
+        try:
+            # Only empty cells are missing: "NA" or "null" stay text.
+            return pd.read_csv(
+                path, sep=sep, keep_default_na=False, na_values=[""], index_col=False
+            )
+        except pd.errors.ParserWarning:
+            raise ValueError(
+                "a row has more fields than the header (quote values that hold the separator)"
+            ) from None
 
 
 def _reader(path: Path) -> Callable[[], pd.DataFrame]:

@@ -16,8 +16,9 @@ from distill_cli.latency import median_ms
 from distill_cli.metrics import PRIMARY, compute_metrics, predictions_from_logits
 from distill_cli.models import label_names, load_classifier
 from distill_cli.outputs import check_not_input, record_written, write_json_atomic
-from distill_cli.recipe import DataConfig, from_dict, parse_set, safe_load
+from distill_cli.recipe import DataConfig, from_dict, parse_set
 from distill_cli.reporting import log
+from distill_cli.user_files import read_yaml
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx")
 
@@ -27,7 +28,11 @@ def data_config(model_dir: Path, data: str | None, sets: list[str]) -> DataConfi
     raw = {}
     resolved = model_dir / "resolved_recipe.yaml"
     if resolved.is_file():
-        raw = (safe_load(resolved.read_text()) or {}).get("data") or {}
+        fix = "fix it, or delete it and pass --data"
+        recipe = read_yaml(
+            resolved, "the model's recipe", fix, optional={"data": (dict, type(None))}
+        )
+        raw = dict(recipe.get("data") or {})
     if data:
         raw["name"] = data
     for item in sets:

@@ -21,6 +21,7 @@ from distill_cli.data import looks_like_path
 from distill_cli.errors import DistillError
 from distill_cli.heads import is_causal
 from distill_cli.recipe import StudentConfig
+from distill_cli.user_files import first_line, read_json, read_text
 
 # Matches the index of a transformer block in a state-dict key: encoder.layer.3., h.3., layers.3.
 LAYER_KEY = re.compile(r"(^|\.)(layer|layers|h|block)\.(\d+)\.")
@@ -34,14 +35,26 @@ TOKENIZER_FILES = (
     "sentencepiece.bpe.model",
     "tokenizer.model",
 )
+# tokenizer files that must be JSON objects, and plain-text ones (one token / merge a line)
+TOKENIZER_JSON = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+)
+TOKENIZER_TEXT = ("vocab.txt", "merges.txt")
+MODEL_FIX = "restore it from the original model, or save the model again with save_pretrained"
 
 
 def _load_error(role: str, name: str, err: Exception) -> DistillError:
     if looks_like_path(name) and not Path(name).expanduser().exists():
         return DistillError(f"{role} folder not found: {name}; pass an existing model folder")
     if Path(name).expanduser().exists():
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        return DistillError(f"{role} '{name}' could not be loaded: {first}")
+        return DistillError(
+            f"{role} '{name}' could not be loaded: {first_line(err)}; check its config.json and "
+            "weights, or save the model again with save_pretrained"
+        )
     if hub_constants.HF_HUB_OFFLINE:
         return DistillError(
             f"{role} '{name}' is not a local folder and is not cached locally "
@@ -54,13 +67,23 @@ def _load_error(role: str, name: str, err: Exception) -> DistillError:
 
 
 def check_model_source(name: str, role: str) -> None:
-    """Fail early on a local folder that is not an HF model."""
+    """Fail early on a local folder that is not an HF model, or whose config.json is bad."""
     path = Path(name).expanduser()
     if path.exists() and not (path / "config.json").is_file():
         raise DistillError(
             f"{role} '{name}' is not a Hugging Face model folder (no config.json); "
             "pass a folder written by save_pretrained or a Hub name"
         )
+    if path.exists():
+        read_config(path, role)
+
+
+def read_config(folder: Path, role: str) -> dict:
+    """A local model folder's config.json as a dict; one error line when it is not one."""
+    layers = {"num_hidden_layers": int, "n_layer": int}
+    return read_json(
+        folder / "config.json", f"the {role}'s model config", MODEL_FIX, optional=layers
+    )
 
 
 def from_pretrained(auto, name: str, role: str, **kwargs):
@@ -119,6 +142,17 @@ def _shape_error(auto, name: str, role: str, kwargs: dict) -> DistillError:
     )
 
 
+def _check_tokenizer_files(folder: Path, role: str) -> None:
+    """Every tokenizer file in the folder parses: a bad one is named, not a library traceback."""
+    fix = "restore it from the original model, or save the tokenizer again with save_pretrained"
+    for name in TOKENIZER_JSON:
+        if (folder / name).is_file():
+            read_json(folder / name, f"the {role}'s tokenizer file", fix)
+    for name in TOKENIZER_TEXT:
+        if (folder / name).is_file():
+            read_text(folder / name, f"the {role}'s tokenizer file", fix)
+
+
 def load_tokenizer(name: str, role: str, trust_remote_code: bool = False):
     folder = Path(name).expanduser()
     # transformers 5 builds an all-[UNK] tokenizer from config.json alone: refuse that.
@@ -127,13 +161,15 @@ def load_tokenizer(name: str, role: str, trust_remote_code: bool = False):
             f"{role} '{name}' has no tokenizer files; save one beside the model "
             "with tokenizer.save_pretrained"
         )
+    if folder.is_dir():
+        _check_tokenizer_files(folder, role)
     try:
         return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     except Exception as e:  # transformers raises OSError, ValueError, ... for missing files
-        if Path(name).expanduser().is_dir():
+        if folder.is_dir():
             raise DistillError(
-                f"{role} '{name}' has no loadable tokenizer; save one beside the model "
-                "with tokenizer.save_pretrained"
+                f"{role} '{name}': its tokenizer could not be loaded ({first_line(e)}); restore "
+                "the tokenizer files, or save the tokenizer again with save_pretrained"
             ) from None
         raise _load_error(role, name, e) from None
 

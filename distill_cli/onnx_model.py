@@ -9,6 +9,7 @@ import torch
 from transformers import AutoConfig
 
 from distill_cli.errors import DistillError
+from distill_cli.user_files import reading
 
 
 def is_onnx_folder(path: str | Path) -> bool:
@@ -28,10 +29,13 @@ class OnnxClassifier:
                 "evaluating an ONNX export needs onnxruntime: pip install 'distill-cli[onnx]'"
             ) from None
         path = Path(folder) / "model.onnx"
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        fix = "export the model again with distill export --format onnx"
+        with reading(path, "ONNX model", fix, errors=(Exception,)):  # onnxruntime's own types
+            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            graph = onnx.load(str(path), load_external_data=False).graph
         self.inputs = {i.name for i in self.session.get_inputs()}
-        self.config = AutoConfig.from_pretrained(folder)
-        graph = onnx.load(str(path), load_external_data=False).graph
+        with reading(Path(folder) / "config.json", "model config", fix):
+            self.config = AutoConfig.from_pretrained(folder)
         self._params = sum(int(torch.tensor(t.dims).prod()) for t in graph.initializer)
 
     def num_parameters(self) -> int:

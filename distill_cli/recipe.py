@@ -19,24 +19,7 @@ import yaml
 from distill_cli import losses
 from distill_cli.errors import DistillError
 from distill_cli.reporting import log
-
-
-class _Loader(yaml.SafeLoader):
-    """safe_load with YAML 1.2 booleans: only true/false, so `mixed_precision: no` stays 'no'."""
-
-
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-for _first in "tTfF":
-    _Loader.add_implicit_resolver(
-        "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), [_first]
-    )
-
-
-def safe_load(text: str):
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+from distill_cli.user_files import read_yaml, safe_load
 
 
 def _opt(default: Any, help: str) -> Any:
@@ -263,17 +246,7 @@ def _read_yaml(path: Path) -> dict:
         raise DistillError(
             f"recipe file not found: {path}; pass a YAML recipe such as recipes/tkd-nlp.yaml"
         )
-    try:
-        raw = safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise DistillError(f"{path}: not valid YAML{at}; fix the syntax") from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise DistillError(f"{path}: a recipe must be a YAML mapping of keys to values")
-    return raw
+    return read_yaml(path, "recipe", "fix it; the recipes in recipes/ are working examples")
 
 
 def _set_path(raw: dict, dotted: str, value: Any, source: str) -> None:

@@ -6,8 +6,7 @@ The task stage (finetune-distill) reads labelled data into classifiers; the pre-
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,6 +18,7 @@ from distill_cli.heads import is_causal, word_mode
 from distill_cli.models import build_student, load_lm, load_teacher, same_vocab
 from distill_cli.recipe import Recipe
 from distill_cli.reporting import log
+from distill_cli.user_files import read_json
 
 
 @dataclass
@@ -37,8 +37,6 @@ class Built:
     vocab_index: torch.Tensor | None = None  # teacher rows of a compressed student vocabulary
     id_remap: torch.Tensor | None = None  # teacher ids → compressed student ids
     input_tokenizer: object = None  # what the inputs were tokenized with (masking uses it)
-    separate_teacher_inputs: bool = False
-    notes: dict = field(default_factory=dict)
 
 
 def _pad_id(tokenizer) -> int:
@@ -59,21 +57,46 @@ def _needs_teacher(recipe: Recipe) -> bool:
     )
 
 
-def compressed_vocab(student_path: str | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _rows(model) -> int:
+    return model.get_input_embeddings().weight.shape[0]
+
+
+VOCAB_MAP_FIX = "run compress-vocab again to write it"
+
+
+def compressed_vocab(
+    student_path: str | None, teacher_rows: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """For a student made by compress-vocab (it has vocab_map.json): the teacher rows of its
     vocabulary (the fused loss's vocab_index) and the map from teacher ids to student ids
     (a dropped token becomes its substitute). Both models then read one tokenization."""
     path = Path(student_path or "") / "vocab_map.json"
+    report = path.with_name("compression.json")  # copied beside the trained model at the end
+    if student_path and report.is_file():
+        read_json(report, "compression report", VOCAB_MAP_FIX)
     if not (student_path and path.is_file()):
         return None
-    vmap = json.loads(path.read_text())
-    kept = torch.tensor(vmap["kept_ids"], dtype=torch.long)
-    remap = torch.full((vmap["vocab_size_before"],), -1, dtype=torch.long)
+    shape = {"kept_ids": list, "vocab_size_before": int, "dropped": dict}
+    vmap = read_json(path, "vocabulary map", VOCAB_MAP_FIX, required=shape)
+    size = vmap["vocab_size_before"]
+    if teacher_rows is not None and teacher_rows != size:
+        raise DistillError(
+            f"vocabulary map {path} is for a teacher with {size} vocabulary rows but this one has "
+            f"{teacher_rows}; compress the student with this teacher (compress-vocab --teacher)"
+        )
+    kept_ids, dropped = vmap["kept_ids"], vmap["dropped"]
+    ids = [*kept_ids, *dropped.values(), *(int(k) if k.isdigit() else -1 for k in dropped)]
+    if not all(type(i) is int and 0 <= i < size for i in ids):
+        raise DistillError(
+            f"vocabulary map {path} holds ids that are not token ids 0..{size - 1}; {VOCAB_MAP_FIX}"
+        )
+    kept = torch.tensor(kept_ids, dtype=torch.long)
+    remap = torch.full((size,), -1, dtype=torch.long)
     remap[kept] = torch.arange(len(kept))
-    for dropped, substitute in vmap["dropped"].items():
-        remap[int(dropped)] = remap[substitute]
+    for old_id, substitute in dropped.items():
+        remap[int(old_id)] = remap[substitute]
     if (remap < 0).any():
-        raise DistillError(f"{path} does not map every teacher id; run compress-vocab again")
+        raise DistillError(f"{path} does not map every teacher id; {VOCAB_MAP_FIX}")
     return kept, remap
 
 
@@ -122,7 +145,9 @@ def build_task(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built:
     student, student_tok = build_student(
         recipe.student, teacher, teacher_tok, task.labels, task.task_type, trust_remote_code, log
     )
-    compressed = compressed_vocab(recipe.student.path) if teacher_tok is not None else None
+    compressed = (
+        compressed_vocab(recipe.student.path, _rows(teacher)) if teacher is not None else None
+    )
     separate = teacher_tok is not None and not compressed
     separate = separate and not same_vocab(student_tok, teacher_tok)
     _check_aligned(recipe, separate)
@@ -150,7 +175,6 @@ def build_task(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built:
         vocab_index=compressed[0] if compressed else None,
         id_remap=compressed[1] if compressed else None,
         input_tokenizer=input_tok,
-        separate_teacher_inputs=separate,
     )
 
 
@@ -166,7 +190,7 @@ def build_pretrain(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built
     student, student_tok = build_student(
         recipe.student, teacher, tokenizer, trust_remote_code=trust_remote_code, log=log
     )
-    compressed = compressed_vocab(recipe.student.path)
+    compressed = compressed_vocab(recipe.student.path, _rows(teacher))
     if not compressed and not same_vocab(student_tok, tokenizer):
         _check_aligned(recipe, separate=True)
     causal = is_causal(teacher.config)

@@ -19,6 +19,7 @@ from distill_cli.batching import PadCollator, tokenize
 from distill_cli.errors import DistillError
 from distill_cli.recipe import DataConfig
 from distill_cli.reporting import log as default_log
+from distill_cli.user_files import read_text
 
 TEXT_SUFFIXES = (".txt", *data.SUFFIXES)
 
@@ -50,10 +51,8 @@ def _column_texts(df: pd.DataFrame, wanted: str | None, where: str) -> list[str]
 
 def _file_texts(path: Path, wanted: str | None) -> list[str]:
     if path.suffix.lower() == ".txt":
-        try:
-            return path.read_text(encoding="utf-8").splitlines()  # one document per line
-        except (OSError, UnicodeDecodeError) as e:
-            raise DistillError(f"could not read {path}: {e}") from None
+        fix = "save it as UTF-8 text, one document per line"
+        return read_text(path, "text file", fix).splitlines()  # one document per line
     return _column_texts(data._read_file(path), wanted, str(path))
 
 

@@ -1,9 +1,14 @@
+import contextlib
+import errno
+import io
 import re
 
 import pytest
+import torch
 from helpers import ROOT, invoke, run_module
 
-from distill_cli.cli import COMMANDS
+from distill_cli import evaluate
+from distill_cli.cli import COMMANDS, main
 
 
 def test_registered_commands_match_readme():
@@ -32,3 +37,38 @@ def test_flag_errors_are_one_line():
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "--no-such-flag" in lines[0]
+
+
+def _main(*args) -> tuple[int, str]:
+    """The console entry point in-process: (exit code, stderr)."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as e:
+            code = e.code
+    return code, err.getvalue()
+
+
+@pytest.mark.parametrize(
+    "raised, code, line",
+    [
+        (KeyError("oops"), 1, "internal error: this is a bug in distill-cli"),
+        (OSError(errno.EBADF, "Bad file descriptor"), 1, "internal error"),
+        (torch.cuda.OutOfMemoryError("CUDA out of memory"), 2, "error: out of memory; lower"),
+        (FileNotFoundError(errno.ENOENT, "No such file", "gone.csv"), 2, "(gone.csv); check"),
+        (IsADirectoryError(errno.EISDIR, "Is a directory", "d"), 2, "error: Is a directory (d)"),
+    ],
+)
+def test_only_bugs_exit_1(monkeypatch, tiny_teacher, tiny_data_dir, raised, code, line):
+    def fail(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(evaluate, "run", fail)
+    exit_code, stderr = _main("evaluate", tiny_teacher, "--data", tiny_data_dir)
+    assert exit_code == code, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert line in last, stderr
+    # a bug shows where it happened; a user error is one line
+    assert ("Traceback" in stderr) == (code == 1), stderr

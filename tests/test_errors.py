@@ -72,6 +72,7 @@ class W:
     data: Path
     tmp: Path
     other_vocab: Path  # a GPT-2 model with its own BPE vocabulary
+    run: Path | None = None  # a finished finetune-distill run with checkpoints (RUN_ARGS)
 
     @property
     def bad(self) -> Path:
@@ -108,6 +109,7 @@ class Case:
     setup: Callable[[W], None] = lambda w: None
     marks: list = field(default_factory=list)
     check: Callable[[W], None] = lambda w: None  # anything else the case must leave true
+    needs_run: bool = False  # w.run: a finished run to copy (trained once per module)
 
 
 def _empty_teacher(w: W) -> None:
@@ -185,6 +187,78 @@ def _python_tag_recipe(w: W) -> None:
 
 def _bad_teacher_inputs(w: W) -> list[Path]:
     return [w.bad, w.data, TKD]
+
+
+# ---- damaged user files: a setup copies the teacher or the data and writes one file
+
+
+def _damage(folder: str, name: str, content: str | bytes) -> Callable[[W], None]:
+    """Copy the teacher (bad-teacher, bad-model) or the data (bad-data); write ``name``."""
+
+    def setup(w: W) -> None:
+        target = w.tmp / folder
+        if not target.exists():
+            source = w.data if folder == "bad-data" else w.teacher
+            shutil.copytree(source, target)
+        (target / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+
+    return setup
+
+
+def _then(*setups: Callable[[W], None]) -> Callable[[W], None]:
+    def setup(w: W) -> None:
+        for s in setups:
+            s(w)
+
+    return setup
+
+
+def _drop(folder: str, name: str) -> Callable[[W], None]:
+    return lambda w: (w.tmp / folder / name).unlink()
+
+
+def _bad_data_inputs(w: W) -> list[Path]:
+    return [w.teacher, w.tmp / "bad-data", TKD]
+
+
+def _as_student(w: W) -> list:
+    """finetune-distill from a student folder (bad-teacher), as compress-vocab writes one."""
+    return finetune(w, "--student", w.bad, "--set", "student.init=checkpoint")
+
+
+VOCAB_MAP = json.dumps({"kept_ids": [0, 1], "dropped": {"2": 0}, "vocab_size_before": 3})
+
+
+def _unfinished_run(w: W) -> None:
+    """The run folder as a kill before the model save leaves it: checkpoints, no model."""
+    shutil.copytree(w.run, w.out)
+    (w.out / "model.safetensors").unlink()
+
+
+def _checkpoint_file(name: str, content: bytes | None = None, cut: int | None = None):
+    def setup(w: W) -> None:
+        _unfinished_run(w)
+        path = w.out / "checkpoints" / "checkpoint-1" / name
+        path.write_bytes(content if content is not None else path.read_bytes()[:cut])
+
+    return setup
+
+
+def _resume(w: W) -> list:
+    return [*finetune(w), *RUN_ARGS, "--resume"]
+
+
+def _run_inputs(w: W) -> list[Path]:
+    return [w.teacher, w.data, TKD, w.out / "checkpoints"]
+
+
+def _export(w: W) -> list:
+    return ["export", w.bad, "--format", "hf", "--output-dir", w.tmp / "exported"]
+
+
+def _nothing_exported(w: W) -> None:
+    left = [p.name for p in w.tmp.iterdir() if "exported" in p.name]
+    assert not left, f"export left {left} behind"
 
 
 CASES = [
@@ -278,6 +352,20 @@ CASES = [
         ("run.json is not a run record written by distill",),
         inputs=lambda w: [w.teacher, w.data, TKD, w.out],
         setup=_foreign_run_json,
+    ),
+    Case(
+        "tkd-recipe-without-teacher",
+        lambda w: [
+            "finetune-distill",
+            "--recipe",
+            TKD,
+            "--data",
+            w.data,
+            "--output-dir",
+            w.out,
+            *CHEAP,
+        ],  # fmt: skip
+        ("this recipe needs a teacher: pass --teacher",),
     ),
     Case(
         "recipe-missing-required-value",
@@ -391,6 +479,260 @@ CASES = [
         ("split 'nosuch' not found",),
         inputs=lambda w: [w.teacher, w.data],
     ),
+    # every kind of file a user hands us: not valid JSON / YAML / CSV, or the wrong shape
+    Case(
+        "config-not-json",
+        lambda w: finetune(w, teacher=w.bad),
+        ("bad-teacher/config.json", "not valid JSON", "line 1 column"),
+        inputs=_bad_teacher_inputs,
+        setup=_damage("bad-teacher", "config.json", '{"model_type": '),
+    ),
+    Case(
+        "config-not-an-object",
+        lambda w: finetune(w, teacher=w.bad),
+        ("bad-teacher/config.json", "must hold a JSON object, not list"),
+        inputs=_bad_teacher_inputs,
+        setup=_damage("bad-teacher", "config.json", "[1, 2]"),
+    ),
+    Case(
+        "config-wrong-type",
+        lambda w: finetune(w, teacher=w.bad),
+        ("bad-teacher/config.json", "'num_hidden_layers' must be an integer, not str"),
+        inputs=_bad_teacher_inputs,
+        setup=_damage(
+            "bad-teacher", "config.json", '{"model_type": "bert", "num_hidden_layers": "4"}'
+        ),
+    ),
+    Case(
+        "tokenizer-json-not-json",
+        lambda w: finetune(w, teacher=w.bad),
+        ("bad-teacher/tokenizer.json", "not valid JSON"),
+        inputs=_bad_teacher_inputs,
+        setup=_damage("bad-teacher", "tokenizer.json", '{"version": "1.0", "model": {'),
+    ),
+    Case(
+        "tokenizer-config-not-json",
+        lambda w: finetune(w, teacher=w.bad),
+        ("bad-teacher/tokenizer_config.json", "not valid JSON"),
+        inputs=_bad_teacher_inputs,
+        setup=_damage("bad-teacher", "tokenizer_config.json", "{'single': 'quotes'}"),
+    ),
+    Case(
+        "special-tokens-map-not-an-object",
+        lambda w: finetune(w, teacher=w.bad),
+        ("bad-teacher/special_tokens_map.json", "must hold a JSON object, not str"),
+        inputs=_bad_teacher_inputs,
+        setup=_damage("bad-teacher", "special_tokens_map.json", '"[CLS]"'),
+    ),
+    Case(
+        "vocab-txt-not-utf8",
+        lambda w: finetune(w, teacher=w.bad),
+        ("bad-teacher/vocab.txt", "not UTF-8"),
+        inputs=_bad_teacher_inputs,
+        setup=_damage("bad-teacher", "vocab.txt", b"[PAD]\n\xff\xfe\n"),
+    ),
+    Case(
+        "recipe-not-yaml",
+        lambda w: finetune(w, recipe=w.tmp / "broken.yaml"),
+        ("broken.yaml", "not valid YAML at line 3: expected ',' or ']'", "from line 2"),
+        inputs=lambda w: [w.teacher, w.data, w.tmp / "broken.yaml"],
+        setup=lambda w: (w.tmp / "broken.yaml").write_text("train:\n  epochs: [3\n"),
+    ),
+    Case(
+        "recipe-not-a-mapping",
+        lambda w: finetune(w, recipe=w.tmp / "list.yaml"),
+        ("list.yaml", "must hold a YAML mapping of keys, not list"),
+        inputs=lambda w: [w.teacher, w.data, w.tmp / "list.yaml"],
+        setup=lambda w: (w.tmp / "list.yaml").write_text("- train\n- data\n"),
+    ),
+    Case(
+        "csv-unclosed-quote",
+        lambda w: finetune(w, data=w.tmp / "bad-data"),
+        ("bad-data/train.csv", "EOF inside string", "valid CSV"),
+        inputs=_bad_data_inputs,
+        setup=_damage("bad-data", "train.csv", 'text,label\n"a good film,pos\nbad,neg\n'),
+    ),
+    Case(
+        "csv-row-with-extra-fields",
+        lambda w: finetune(w, data=w.tmp / "bad-data"),
+        ("bad-data/train.csv", "more fields than the header"),
+        inputs=_bad_data_inputs,
+        setup=_damage("bad-data", "train.csv", "text,label\ngood, fine film,pos\nbad,neg\n"),
+    ),
+    Case(
+        "csv-not-utf8",
+        lambda w: finetune(w, data=w.tmp / "bad-data"),
+        ("bad-data/train.csv", "not UTF-8"),
+        inputs=_bad_data_inputs,
+        setup=_damage("bad-data", "train.csv", b"text,label\n\xff\xfe,pos\n"),
+    ),
+    Case(
+        "json-data-not-json",
+        lambda w: finetune(w, data=w.tmp / "bad-data"),
+        ("bad-data/train.json", "valid JSON"),
+        inputs=_bad_data_inputs,
+        setup=_then(
+            _damage("bad-data", "train.json", '[{"text": "good", "label": '),
+            _drop("bad-data", "train.csv"),
+        ),
+    ),
+    Case(
+        "jsonl-data-cut-short",
+        lambda w: finetune(w, data=w.tmp / "bad-data"),
+        ("bad-data/train.jsonl", "valid JSON lines"),
+        inputs=_bad_data_inputs,
+        setup=_then(
+            _damage("bad-data", "train.jsonl", '{"text": "good", "label": "pos"}\n{"text": "b'),
+            _drop("bad-data", "train.csv"),
+        ),
+    ),
+    Case(
+        "parquet-data-not-parquet",
+        lambda w: finetune(w, data=w.tmp / "bad-data"),
+        ("bad-data/train.parquet", "valid Parquet"),
+        inputs=_bad_data_inputs,
+        setup=_then(
+            _damage("bad-data", "train.parquet", "text,label\ngood,pos\n"),
+            _drop("bad-data", "train.csv"),
+        ),
+    ),
+    Case(
+        "text-corpus-not-utf8",
+        lambda w: [
+            "compress-vocab",
+            w.teacher,
+            "--teacher",
+            w.teacher,
+            "--corpus",
+            w.tmp / "corpus.txt",
+            "--ratio",
+            "0.5",
+            "--output-dir",
+            w.out,
+        ],  # fmt: skip
+        ("corpus.txt", "not UTF-8", "one document per line"),
+        inputs=lambda w: [w.teacher, w.tmp / "corpus.txt"],
+        setup=lambda w: (w.tmp / "corpus.txt").write_bytes(b"good film\n\xe9t\xe9\n"),
+    ),
+    Case(
+        "vocab-map-not-json",
+        _as_student,
+        ("bad-teacher/vocab_map.json", "not valid JSON", "compress-vocab"),
+        inputs=_bad_teacher_inputs,
+        setup=_damage("bad-teacher", "vocab_map.json", '{"kept_ids": [0, 1'),
+    ),
+    Case(
+        "vocab-map-missing-key",
+        _as_student,
+        ("bad-teacher/vocab_map.json", "has no 'dropped'"),
+        inputs=_bad_teacher_inputs,
+        setup=_damage("bad-teacher", "vocab_map.json", '{"kept_ids": [], "vocab_size_before": 3}'),
+    ),
+    Case(
+        "vocab-map-of-another-teacher",
+        _as_student,
+        ("bad-teacher/vocab_map.json", "for a teacher with 3 vocabulary rows"),
+        inputs=_bad_teacher_inputs,
+        setup=_damage("bad-teacher", "vocab_map.json", VOCAB_MAP),
+    ),
+    Case(
+        "compression-json-not-json",
+        _as_student,
+        ("bad-teacher/compression.json", "not valid JSON"),
+        inputs=_bad_teacher_inputs,
+        setup=_damage("bad-teacher", "compression.json", "{"),
+    ),
+    Case(
+        "evaluate-resolved-recipe-not-yaml",
+        lambda w: ["evaluate", w.bad, "--data", w.data],
+        ("bad-teacher/resolved_recipe.yaml", "not valid YAML"),
+        inputs=lambda w: [w.bad, w.data],
+        setup=_damage("bad-teacher", "resolved_recipe.yaml", "data: {name: [\n"),
+    ),
+    Case(
+        "evaluate-resolved-recipe-wrong-shape",
+        lambda w: ["evaluate", w.bad, "--data", w.data],
+        ("bad-teacher/resolved_recipe.yaml", "'data' must be a mapping or null, not int"),
+        inputs=lambda w: [w.bad, w.data],
+        setup=_damage("bad-teacher", "resolved_recipe.yaml", "data: 3\n"),
+    ),
+    Case(
+        "evaluate-onnx-not-onnx",
+        lambda w: ["evaluate", w.tmp / "bad-model", "--data", w.data],
+        ("bad-model/model.onnx", "could not read ONNX model"),
+        inputs=lambda w: [w.tmp / "bad-model", w.data],
+        setup=_then(
+            _damage("bad-model", "model.onnx", b"not a protobuf"),
+            _drop("bad-model", "model.safetensors"),
+        ),
+    ),
+    Case(
+        "export-evaluation-json-not-json",
+        _export,
+        ("bad-teacher/evaluation.json", "not valid JSON"),
+        inputs=lambda w: [w.bad],
+        setup=_damage("bad-teacher", "evaluation.json", '{"models": '),
+        check=_nothing_exported,
+    ),
+    Case(
+        "export-train-results-not-an-object",
+        _export,
+        ("bad-teacher/train_results.json", "must hold a JSON object, not list"),
+        inputs=lambda w: [w.bad],
+        setup=_damage("bad-teacher", "train_results.json", "[1]"),
+        check=_nothing_exported,
+    ),
+    Case(
+        "export-compression-json-wrong-type",
+        _export,
+        ("bad-teacher/compression.json", "'remapped_share' must be a number, not str"),
+        inputs=lambda w: [w.bad],
+        setup=_damage("bad-teacher", "compression.json", '{"remapped_share": "lots"}'),
+        check=_nothing_exported,
+    ),
+    Case(
+        "resume-trainer-state-not-json",
+        _resume,
+        ("checkpoint-1/trainer_state_0.json", "not valid JSON", "delete", "--overwrite"),
+        inputs=_run_inputs,
+        setup=_checkpoint_file("trainer_state_0.json", b'{"position": {"step": 1'),
+        needs_run=True,
+    ),
+    Case(
+        "resume-trainer-state-missing-key",
+        _resume,
+        ("checkpoint-1/trainer_state_0.json", "has no 'scheduler'"),
+        inputs=_run_inputs,
+        setup=_checkpoint_file("trainer_state_0.json", b'{"position": {"step": 1}}'),
+        needs_run=True,
+    ),
+    Case(
+        "resume-optimizer-truncated",
+        _resume,
+        ("could not read checkpoint", "checkpoint-1: PytorchStreamReader failed", "delete"),
+        inputs=_run_inputs,
+        setup=_checkpoint_file("optimizer.bin", cut=200),
+        needs_run=True,
+    ),
+    Case(
+        "resume-weights-truncated",
+        _resume,
+        ("could not read checkpoint", "checkpoint-1: Error while deserializing header"),
+        inputs=_run_inputs,
+        setup=_checkpoint_file("model.safetensors", cut=200),
+        needs_run=True,
+    ),
+    Case(
+        "resume-resolved-recipe-not-yaml",
+        _resume,
+        ("out/resolved_recipe.yaml", "not valid YAML"),
+        inputs=_run_inputs,
+        setup=lambda w: (
+            _unfinished_run(w),
+            (w.out / "resolved_recipe.yaml").write_text("teacher: [\n"),
+        ),
+        needs_run=True,
+    ),
     Case(
         "bad-flag",
         lambda w: ["finetune-distill", "--output-dir", w.out, "--no-such-flag"],
@@ -492,9 +834,24 @@ def _overlap_cases() -> list[Case]:
 CASES += _overlap_cases()
 
 
+RUN_ARGS = ["--set", "train.save_steps=1"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_teacher, tiny_data_dir, tmp_path_factory) -> Path:
+    """One finished 1-step run with checkpoint-1, for the cases that resume from a copy."""
+    tmp = tmp_path_factory.mktemp("run")
+    w = W(teacher=tiny_teacher, data=tiny_data_dir, tmp=tmp, other_vocab=tiny_teacher)
+    result = run_cli([*finetune(w), *RUN_ARGS], cwd=tmp)
+    assert result.returncode == 0, result.stderr
+    assert (w.out / "checkpoints" / "checkpoint-1" / "optimizer.bin").is_file()
+    return w.out
+
+
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in CASES])
-def test_bad_input(case: Case, tiny_teacher, tiny_data_dir, tiny_gpt2, tmp_path):
-    w = W(teacher=tiny_teacher, data=tiny_data_dir, tmp=tmp_path, other_vocab=tiny_gpt2)
+def test_bad_input(case: Case, tiny_teacher, tiny_data_dir, tiny_gpt2, tmp_path, request):
+    run = request.getfixturevalue("tiny_run") if case.needs_run else None
+    w = W(teacher=tiny_teacher, data=tiny_data_dir, tmp=tmp_path, other_vocab=tiny_gpt2, run=run)
     case.setup(w)
     inputs = case.inputs(w)
     before = snapshot(inputs)

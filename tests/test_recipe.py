@@ -1,11 +1,13 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from distill_cli.errors import DistillError
 from distill_cli.recipe import Recipe, help_for, load_recipe, to_yaml, validate
 
-RECIPES = sorted(Path(__file__).parents[1].glob("recipes/*.yaml"))
+RECIPES_DIR = Path(__file__).parents[1] / "recipes"
+RECIPES = sorted(RECIPES_DIR.glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
@@ -26,7 +28,38 @@ def test_tkd_nlp_numbers():
     assert phase.terms["soft_label_kl"].temperature == 1.0
     assert (r.train.batch_size, r.train.epochs, r.train.optimizer) == (64, 10, "adamw")
     assert r.train.mixed_precision == "fp16"
-    assert r.teacher == "bert-base-uncased"
+    # no default teacher: a base model has no trained classifier and is always refused
+    assert r.teacher is None
+    with pytest.raises(DistillError, match="this recipe needs a teacher: pass --teacher"):
+        validate(load_recipe(RECIPES_DIR / "tkd-nlp.yaml", {"data.name": "sst2"}))
+
+
+def _numbers(node, key=""):
+    """(dotted key, literal text) of every numeric scalar in a composed YAML node."""
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            yield from _numbers(v, f"{key}.{k.value}" if key else k.value)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            yield from _numbers(v, f"{key}.{i}")
+    elif node.tag.endswith((":int", ":float")):
+        yield key, node.value
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_every_recipe_number_has_a_source(path):
+    """docs/methods.md has a row `| key | value | source |` for every number in every recipe."""
+    text = path.read_text()
+    assert "docs/methods.md" in text.split("\nmethod:")[0], "the opening comment cites it"
+    doc = (RECIPES_DIR.parent / "docs" / "methods.md").read_text()
+    section = doc.split(f"### `recipes/{path.name}`")[1].split("\n#")[0]
+    numbers = list(_numbers(yaml.compose(text)))
+    assert numbers
+    for key, literal in numbers:
+        row = f"| `{key}` | {literal} | "
+        assert row in section, f"docs/methods.md has no row {row!r} under recipes/{path.name}"
+        source = section.split(row)[1].split("\n")[0]
+        assert source.startswith(("paper", "ours", "as ")), source
 
 
 def write(tmp_path, text):
