@@ -44,6 +44,12 @@ TOKENIZER_JSON = (
     "vocab.json",
 )
 TOKENIZER_TEXT = ("vocab.txt", "merges.txt")
+# other JSON files transformers reads from a model folder (config.json is read_config's)
+MODEL_JSON = (
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+    "generation_config.json",
+)
 MODEL_FIX = "restore it from the original model, or save the model again with save_pretrained"
 
 
@@ -76,6 +82,9 @@ def check_model_source(name: str, role: str) -> None:
         )
     if path.exists():
         read_config(path, role)
+        for name in MODEL_JSON:
+            if (path / name).is_file():
+                read_json(path / name, f"the {role}'s model file", MODEL_FIX)
 
 
 def read_config(folder: Path, role: str) -> dict:

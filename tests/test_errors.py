@@ -504,6 +504,13 @@ CASES = [
         ),
     ),
     Case(
+        "weights-index-not-json",
+        lambda w: finetune(w, teacher=w.bad),
+        ("bad-teacher/model.safetensors.index.json", "not valid JSON"),
+        inputs=_bad_teacher_inputs,
+        setup=_damage("bad-teacher", "model.safetensors.index.json", '{"weight_map": {'),
+    ),
+    Case(
         "tokenizer-json-not-json",
         lambda w: finetune(w, teacher=w.bad),
         ("bad-teacher/tokenizer.json", "not valid JSON"),
