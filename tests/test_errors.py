@@ -690,9 +690,9 @@ CASES = [
         check=_nothing_exported,
     ),
     Case(
-        "export-compression-json-wrong-type",
+        "export-compression-json-incomplete",
         _export,
-        ("bad-teacher/compression.json", "'remapped_share' must be a number, not str"),
+        ("bad-teacher/compression.json", "key 'vocab_before' is missing"),
         inputs=lambda w: [w.bad],
         setup=_damage("bad-teacher", "compression.json", '{"remapped_share": "lots"}'),
         check=_nothing_exported,

@@ -109,11 +109,11 @@ def test_hf_fp16_card_reads_recipe_and_reports(tiny_teacher, tmp_path):
 @pytest.mark.parametrize(
     ("name", "text", "message"),
     [
-        ("evaluation.json", "{not json", "evaluation.json: not valid JSON (line 1)"),
+        ("evaluation.json", "{not json", "evaluation.json is not valid JSON (line 1"),
         ("evaluation.json", '{"data": "d"}', "evaluation.json: key 'split' is missing"),
-        ("compression.json", "[1, 2]", "compression.json: expected a JSON object"),
+        ("compression.json", "[1, 2]", "compression.json must hold a JSON object, not list"),
         ("train_results.json", '{"steps": "five"}', "key 'steps' expects int"),
-        ("resolved_recipe.yaml", "phases: [", "resolved_recipe.yaml: not valid YAML"),
+        ("resolved_recipe.yaml", "phases: [", "resolved_recipe.yaml is not valid YAML"),
         ("resolved_recipe.yaml", "methd: tkd", "unknown key 'methd'; did you mean 'method'?"),
     ],
 )

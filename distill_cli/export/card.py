@@ -7,7 +7,6 @@ training, compress-vocab and evaluate left beside it. Any of them may be absent.
 from __future__ import annotations
 
 import dataclasses
-import json
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -18,6 +17,7 @@ import yaml
 from distill_cli.errors import DistillError
 from distill_cli.heads import is_causal
 from distill_cli.recipe import Recipe, from_dict, load_recipe
+from distill_cli.user_files import read_json
 
 TEMPLATE = "templates/model_card.md"
 AUTO_CLASSES = {
@@ -157,16 +157,9 @@ def read_report(cls: type, path: Path):
     """A JSON report as ``cls``: the keys ``cls`` declares, type-checked; None when absent."""
     if not path.is_file():
         return None
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as e:
-        raise DistillError(f"cannot read {path} ({e}); fix or remove the file") from None
-    except ValueError as e:
-        raise DistillError(
-            f"{path}: not valid JSON (line {getattr(e, 'lineno', '?')}); fix or remove the file"
-        ) from None
-    if not isinstance(raw, dict):
-        raise DistillError(f"{path}: expected a JSON object; fix or remove the file")
+    raw = read_json(
+        path, "record beside the model", "fix or delete it; the model card is made from it"
+    )
     return from_dict(cls, _declared(cls, raw, path), "", str(path))
 
 
