@@ -48,6 +48,15 @@ def _pad_id(tokenizer) -> int:
     return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
 
 
+def give_pad_token(model, tokenizer) -> None:
+    """A decoder classifier reads its last non-pad token, so it needs a pad id, and causal
+    tokenizers often have none: use EOS, in the tokenizer and the config saved with the model."""
+    if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+
 def term_names(recipe: Recipe) -> set[str]:
     return {name for phase in recipe.phases for name in phase.terms}
 
@@ -122,6 +131,9 @@ def build_task(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built:
     student, student_tok = build_student(
         recipe.student, teacher, teacher_tok, task.labels, task.task_type, trust_remote_code, log
     )
+    for model, tok in ((teacher, teacher_tok), (student, student_tok)):
+        if model is not None:
+            give_pad_token(model, tok)
     compressed = compressed_vocab(recipe.student.path) if teacher_tok is not None else None
     separate = teacher_tok is not None and not compressed
     separate = separate and not same_vocab(student_tok, teacher_tok)
