@@ -18,7 +18,7 @@ from transformers import (
 )
 
 from distill_cli.data import looks_like_path
-from distill_cli.errors import DistillError
+from distill_cli.errors import DistillError, UnsupportedModel
 from distill_cli.heads import is_causal
 from distill_cli.recipe import StudentConfig
 
@@ -203,18 +203,140 @@ def truncated_layer_ids(teacher_layers: int, student_layers: int) -> list[int]:
     return [i * k for i in range(student_layers)]
 
 
+def _never_per_layer(key: str) -> bool:
+    """Fields every config has (labels, architectures, ...) and token ids, whatever their length."""
+    from transformers import PretrainedConfig
+
+    return key.startswith("_") or key in PretrainedConfig().to_dict() or "token_id" in key
+
+
+def _by_layer_index(value: dict, n: int) -> bool:
+    return len(value) == n and {str(k) for k in value} == {str(i) for i in range(n)}
+
+
+def layers_config(config, layer_ids: list[int]):
+    """A copy of ``config`` holding only the blocks ``layer_ids``: num_hidden_layers, and every
+    per-layer field (a list with one entry per layer, or a mapping keyed by layer index: layer
+    types, sliding-window flags, per-layer head counts or sizes, ...) cut to those blocks."""
+    n = config.num_hidden_layers
+    new = copy.deepcopy(config)
+    for key, value in vars(config).items():
+        if _never_per_layer(key):
+            continue
+        if isinstance(value, (list, tuple)) and len(value) == n:
+            setattr(new, key, type(value)(value[i] for i in layer_ids))
+        elif isinstance(value, dict) and _by_layer_index(value, n):
+            keys = {str(k): k for k in value}
+            first = type(next(iter(value)))
+            setattr(new, key, {first(j): value[keys[str(i)]] for j, i in enumerate(layer_ids)})
+    try:
+        new.num_hidden_layers = len(layer_ids)
+    except AttributeError:  # a property computed from other fields (Funnel's block sizes)
+        raise UnsupportedModel(
+            config.model_type, "truncation", "its layer count is derived from other config fields"
+        ) from None
+    return new
+
+
+def _new_model(cls, config, step: str):
+    """``cls(config)``; a config the model class rejects is one line, not a traceback."""
+    try:
+        return cls(config)
+    except Exception as e:  # noqa: BLE001 - transformers' validators raise many types
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        why = f"its config is rejected ({first})"
+        raise UnsupportedModel(config.model_type, step, why) from None
+
+
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def _plain_attributes(module) -> dict:
+    """The settings a module was built with: its plain (non-tensor, non-module) attributes."""
+    out = {}
+    for key, value in vars(module).items():
+        if key.startswith("_") or key == "training":
+            continue
+        if isinstance(value, _PLAIN) or (
+            isinstance(value, (tuple, list)) and all(isinstance(x, _PLAIN) for x in value)
+        ):
+            out[key] = value
+    return out
+
+
+def _teacher_name(name: str, layer_ids: list[int]) -> str:
+    """The teacher tensor or module a student one is copied from: block i ← block layer_ids[i]."""
+    sub = LAYER_KEY.sub(lambda m: f"{m[1]}{m[2]}.{layer_ids[int(m[3])]}.", name + ".", count=1)
+    return sub[:-1]
+
+
+def _block_index(name: str) -> int | None:
+    m = LAYER_KEY.search(name + ".")
+    return int(m[3]) if m else None
+
+
+def layer_mismatch(teacher, student, layer_ids: list[int]) -> str | None:
+    """How a module of a student block differs from the teacher module it is copied from (its
+    class, or a setting such as a sliding window), or None when every student block is built like
+    the teacher block it keeps. The block's own index may differ."""
+    teacher_modules = dict(teacher.named_modules())
+    for name, module in student.named_modules():
+        i = _block_index(name)
+        if i is None:
+            continue  # outside the blocks: built from the same config
+        t_name = _teacher_name(name, layer_ids)
+        other = teacher_modules.get(t_name)
+        if other is None or type(other) is not type(module):
+            theirs = type(other).__name__ if other is not None else "missing"
+            return f"student {name} would be a {type(module).__name__}, teacher {t_name}: {theirs}"
+        mine, theirs = _plain_attributes(module), _plain_attributes(other)
+        for key in sorted(mine.keys() | theirs.keys()):
+            a, b = mine.get(key), theirs.get(key)
+            if a != b and (a, b) != (i, layer_ids[i]):
+                return f"student {name}.{key} would be {a!r} but teacher {t_name}.{key} is {b!r}"
+    return None
+
+
+def _keeps_consistently(teacher, num_layers: int) -> bool:
+    ids = truncated_layer_ids(teacher.config.num_hidden_layers, num_layers)
+    try:
+        with torch.device("meta"):  # structure only, no memory
+            student = type(teacher)(layers_config(teacher.config, ids))
+    except Exception:  # noqa: BLE001 - any failure means this count does not work
+        return False
+    return layer_mismatch(teacher, student, ids) is None
+
+
 def truncate(teacher, num_layers: int):
-    """A copy of the teacher with num_layers blocks, initialised from every k-th teacher block."""
-    config = copy.deepcopy(teacher.config)
-    layer_ids = truncated_layer_ids(config.num_hidden_layers, num_layers)
-    config.num_hidden_layers = num_layers
-    student = type(teacher)(config)
+    """A copy of the teacher with num_layers blocks, initialised from every k-th teacher block.
+
+    Per-layer config fields are cut to the kept blocks; then every student block must be built
+    like the teacher block it keeps (a periodic rule such as "every 3rd layer is global" may not
+    survive keeping every k-th layer), or one error lists the layer counts that work.
+    """
+    n, model_type = teacher.config.num_hidden_layers, teacher.config.model_type
+    layer_ids = truncated_layer_ids(n, num_layers)
+    step = "student.init: truncate"
+    student = _new_model(type(teacher), layers_config(teacher.config, layer_ids), step)
+    problem = layer_mismatch(teacher, student, layer_ids)
+    if problem:
+        fits = [k for k in range(1, n + 1) if k != num_layers and _keeps_consistently(teacher, k)]
+        choose = f"student.num_layers {', '.join(map(str, fits))} or " if fits else ""
+        raise UnsupportedModel(
+            model_type,
+            step,
+            f"keeping teacher layers {layer_ids}, {problem}; choose {choose}student.init: config",
+        )
     source = teacher.state_dict()
-
-    def teacher_key(key: str) -> str:
-        return LAYER_KEY.sub(lambda m: f"{m[1]}{m[2]}.{layer_ids[int(m[3])]}.", key, count=1)
-
-    student.load_state_dict({k: source[teacher_key(k)] for k in student.state_dict()})
+    state = {}
+    for key, value in student.state_dict().items():
+        t_key = _teacher_name(key, layer_ids)
+        if t_key not in source or source[t_key].shape != value.shape:
+            raise UnsupportedModel(
+                model_type, step, f"student tensor {key} has no matching teacher tensor {t_key}"
+            )
+        state[key] = source[t_key]
+    student.load_state_dict(state)
     return student
 
 
@@ -293,12 +415,18 @@ def build_student(
     if spec.init == "truncate":
         return truncate(teacher, spec.num_layers), teacher_tokenizer
 
-    # init == "config": the teacher's architecture with overrides, randomly initialised
+    # init == "config": the teacher's architecture with overrides, randomly initialised; fewer
+    # layers take their per-layer settings from every k-th teacher layer, as truncation does
     config = copy.deepcopy(teacher.config)
-    for key in ("num_layers", "hidden_size", "num_attention_heads", "intermediate_size"):
+    n = config.num_hidden_layers
+    if spec.num_layers is not None and spec.num_layers <= n:
+        config = layers_config(config, truncated_layer_ids(n, spec.num_layers))
+    elif spec.num_layers is not None:
+        config.num_hidden_layers = spec.num_layers
+    for key in ("hidden_size", "num_attention_heads", "intermediate_size"):
         value = getattr(spec, key)
         if value is not None:
-            setattr(config, "num_hidden_layers" if key == "num_layers" else key, value)
+            setattr(config, key, value)
     heads = config.num_attention_heads
     if config.hidden_size % heads:
         raise DistillError(
@@ -309,7 +437,7 @@ def build_student(
         config.head_dim = config.hidden_size // heads  # Llama-style configs store it
     for key, value in label_kwargs.items():
         setattr(config, key, value)
-    return type(teacher)(config).float(), teacher_tokenizer
+    return _new_model(type(teacher), config, "student.init: config").float(), teacher_tokenizer
 
 
 def load_classifier(path: str, role: str = "model", trust_remote_code: bool = False):

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-
 from conftest import make_bpe_tokenizer, make_tokenizer
 from helpers import RECIPES, ROOT, invoke
 
@@ -74,16 +73,38 @@ FAMILIES = (
     Family("MPNet", "MPNetConfig", "encoder"),
     Family("XLM-RoBERTa", "XLMRobertaConfig", "encoder"),
     Family("ModernBERT", "ModernBertConfig", "encoder"),
-    Family("GPT-2", "GPT2Config", "decoder", (("n_embd", HIDDEN), ("n_layer", LAYERS), ("n_head", HEADS), ("n_positions", 128))),
+    Family(
+        "GPT-2",
+        "GPT2Config",
+        "decoder",
+        (("n_embd", HIDDEN), ("n_layer", LAYERS), ("n_head", HEADS), ("n_positions", 128)),
+    ),
     Family("Llama", "LlamaConfig", "decoder", (("num_key_value_heads", 1),)),
     Family(
         "Qwen2",
         "Qwen2Config",
         "decoder",
-        (("num_key_value_heads", 1), ("use_sliding_window", True), ("sliding_window", 16), ("max_window_layers", 1)),
+        (
+            ("num_key_value_heads", 1),
+            ("use_sliding_window", True),
+            ("sliding_window", 16),
+            ("max_window_layers", 1),
+        ),
     ),
-    Family("Mistral", "MistralConfig", "decoder", (("num_key_value_heads", 1), ("sliding_window", 16))),
-    Family("Gemma 2", "Gemma2Config", "decoder", (("num_key_value_heads", 1), ("head_dim", 16), ("query_pre_attn_scalar", 16), ("sliding_window", 16))),
+    Family(
+        "Mistral", "MistralConfig", "decoder", (("num_key_value_heads", 1), ("sliding_window", 16))
+    ),
+    Family(
+        "Gemma 2",
+        "Gemma2Config",
+        "decoder",
+        (
+            ("num_key_value_heads", 1),
+            ("head_dim", 16),
+            ("query_pre_attn_scalar", 16),
+            ("sliding_window", 16),
+        ),
+    ),
     Family("Phi-3", "Phi3Config", "decoder"),
     Family("OPT", "OPTConfig", "decoder", (("ffn_dim", 2 * HIDDEN), ("word_embed_proj_dim", 16))),
 )
