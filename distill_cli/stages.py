@@ -61,6 +61,14 @@ def term_names(recipe: Recipe) -> set[str]:
     return {name for phase in recipe.phases for name in phase.terms}
 
 
+def _word_mode(recipe: Recipe, model) -> str:
+    """How ``model``'s word logits are read, checked now when a loss term reads them."""
+    word_terms = any(losses.KD_LOSSES[n].needs.word for n in term_names(recipe))
+    if model is None or not word_terms:
+        return "embeddings"
+    return word_mode(recipe.word_logits, model)
+
+
 def _needs_teacher(recipe: Recipe) -> bool:
     names = term_names(recipe)
     return recipe.student.init != "checkpoint" or any(
@@ -157,8 +165,8 @@ def build_task(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built:
         collate=collate,
         task=task,
         eval_ds=eval_ds,
-        student_mode=word_mode(recipe.word_logits, student.config),
-        teacher_mode=word_mode(recipe.word_logits, teacher.config) if teacher else "embeddings",
+        student_mode=_word_mode(recipe, student),
+        teacher_mode=_word_mode(recipe, teacher),
         vocab_index=compressed[0] if compressed else None,
         id_remap=compressed[1] if compressed else None,
         input_tokenizer=input_tok,
@@ -199,8 +207,8 @@ def build_pretrain(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built
         collate=batching.PadCollator(_pad_id(tokenizer)),
         causal=causal,
         batch_sampler=sampler,
-        student_mode=word_mode(recipe.word_logits, student.config),
-        teacher_mode=word_mode(recipe.word_logits, teacher.config),
+        student_mode=_word_mode(recipe, student),
+        teacher_mode=_word_mode(recipe, teacher),
         vocab_index=compressed[0] if compressed else None,
         id_remap=compressed[1] if compressed else None,
         input_tokenizer=tokenizer,
