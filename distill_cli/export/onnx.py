@@ -9,8 +9,9 @@ from typing import Any
 
 import torch
 
-from distill_cli.errors import DistillError
+from distill_cli.errors import DistillError, UnsupportedModel
 from distill_cli.export.verify import (
+    INPUTS,
     SENTENCES,
     check_fp32,
     compare,
@@ -103,6 +104,17 @@ def session(path: Path):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
+def graph_inputs(sess, model_type: str) -> list[str]:
+    """The inputs the exported graph declares, which is what it is verified and run with."""
+    names = [i.name for i in sess.get_inputs()]
+    unknown = [n for n in names if n not in INPUTS]
+    if unknown:
+        raise UnsupportedModel(
+            model_type, "ONNX export", f"its graph takes {', '.join(unknown)}, not token inputs"
+        )
+    return names
+
+
 def run_session(sess, batch: dict):
     return sess.run(None, {k: v.numpy() for k, v in batch.items()})[0]
 
@@ -138,11 +150,12 @@ class Graph:
 def write_graph(model, tokenizer, path: Path) -> Graph:
     """Export a prepared model to ``path``, load it in onnxruntime and check it matches."""
     ort = require_onnx()
-    names = input_names(model, tokenizer)
-    log(f"exporting {type(model).__name__} to ONNX (opset {OPSET}, inputs {', '.join(names)})")
-    output = _trace(model, names, path)
+    log(f"exporting {type(model).__name__} to ONNX (opset {OPSET})")
+    output = _trace(model, input_names(model, tokenizer), path)
     model.eval()  # the exporter restores train/eval modes; keep dropout off regardless
     sess = session(path)
+    names = graph_inputs(sess, model.config.model_type)  # unused inputs are pruned from it
+    log(f"onnx graph inputs: {', '.join(names)}")
     stats = verify_onnx(sess, model, tokenizer, names)
     log(f"onnx fp32: max abs diff {stats['max_abs_diff']:.3g} vs PyTorch")
     check_fp32("ONNX export", stats)
