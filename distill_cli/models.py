@@ -231,9 +231,11 @@ def layers_config(config, layer_ids: list[int]):
             setattr(new, key, {first(j): value[keys[str(i)]] for j, i in enumerate(layer_ids)})
     try:
         new.num_hidden_layers = len(layer_ids)
-    except AttributeError:  # a property computed from other fields (Funnel's block sizes)
+    except Exception:  # noqa: BLE001 - a property computed from other fields (Funnel's blocks)
         raise UnsupportedModel(
-            config.model_type, "truncation", "its layer count is derived from other config fields"
+            config.model_type,
+            "choosing student layers",
+            "its config derives num_hidden_layers from other fields; use student.init: checkpoint",
         ) from None
     return new
 
@@ -284,6 +286,8 @@ def layer_mismatch(teacher, student, layer_ids: list[int]) -> str | None:
         i = _block_index(name)
         if i is None:
             continue  # outside the blocks: built from the same config
+        if i >= len(layer_ids):
+            return f"it has blocks that num_hidden_layers does not count ({name})"
         t_name = _teacher_name(name, layer_ids)
         other = teacher_modules.get(t_name)
         if other is None or type(other) is not type(module):
@@ -320,7 +324,7 @@ def truncate(teacher, num_layers: int):
     student = _new_model(type(teacher), layers_config(teacher.config, layer_ids), step)
     problem = layer_mismatch(teacher, student, layer_ids)
     if problem:
-        fits = [k for k in range(1, n + 1) if k != num_layers and _keeps_consistently(teacher, k)]
+        fits = [k for k in range(1, n) if k != num_layers and _keeps_consistently(teacher, k)]
         choose = f"student.num_layers {', '.join(map(str, fits))} or " if fits else ""
         raise UnsupportedModel(
             model_type,

@@ -14,7 +14,7 @@ import torch
 
 from distill_cli import batching, losses, text_data
 from distill_cli.data import TaskData, load_task_data
-from distill_cli.errors import DistillError
+from distill_cli.errors import DistillError, UnsupportedModel
 from distill_cli.heads import is_causal, word_mode
 from distill_cli.models import build_student, load_lm, load_teacher, same_vocab
 from distill_cli.recipe import Recipe
@@ -183,6 +183,12 @@ def build_pretrain(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built
             f"finetune-distill; pretrain-distill takes {', '.join(usable)}"
         )
     teacher, tokenizer = load_lm(recipe.teacher, "teacher", trust_remote_code)
+    if teacher.config.is_encoder_decoder:
+        raise UnsupportedModel(
+            teacher.config.model_type,
+            "pretrain-distill",
+            "it is an encoder-decoder model; this stage distils encoder-only and decoder-only LMs",
+        )
     student, student_tok = build_student(
         recipe.student, teacher, tokenizer, trust_remote_code=trust_remote_code, log=log
     )

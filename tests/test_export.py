@@ -267,3 +267,22 @@ def test_onnx_model_fills_declared_inputs_the_tokenizer_does_not_give(tiny_teach
     full = model(**enc).logits
     without = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
     assert torch.equal(full, without) and full.shape == (3, 2)
+
+
+def test_onnx_of_a_model_whose_graph_does_not_generalise_is_one_line(tmp_path):
+    """Funnel's pooling traces to shapes fixed at the traced length: verification at the test
+    sentences' lengths fails, and that is one line naming the model type and the step."""
+    from conftest import LABELS, make_tokenizer
+    from transformers import FunnelConfig, FunnelForSequenceClassification
+
+    pytest.importorskip("onnxruntime")
+    src = tmp_path / "funnel"
+    tok = make_tokenizer(src)
+    config = FunnelConfig(vocab_size=len(tok), d_model=32, n_head=2, d_head=16, d_inner=64,
+                          block_sizes=[1, 1], num_labels=len(LABELS))  # fmt: skip
+    FunnelForSequenceClassification(config).save_pretrained(src)
+    result = invoke("export", src, "--format", "onnx", "--output-dir", tmp_path / "o")
+    assert result.exit_code == 2, result.output
+    lines = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+    assert len(lines) == 1 and "ONNX export does not support model type 'funnel'" in lines[0]
+    assert "Traceback" not in result.output and not (tmp_path / "o").exists()

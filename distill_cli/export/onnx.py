@@ -69,13 +69,13 @@ def _trace(model, names: list[str], path: Path) -> str:
     mask[1, 5:] = 0
     values = {"input_ids": torch.ones(2, 7, dtype=torch.long), "attention_mask": mask}
     dummy = tuple(values.get(n, torch.zeros(2, 7, dtype=torch.long)) for n in names)
-    with torch.no_grad():
-        out = model(**dict(zip(names, dummy, strict=True)), **forward_kwargs(model))
-    output = main_output_name(out)
-    axes = {n: {0: "batch", 1: "sequence"} for n in names}
-    ndim = getattr(out, output).dim()
-    axes[output] = {0: "batch", 1: "sequence"} if ndim == 3 else {0: "batch"}
     try:
+        with torch.no_grad():
+            out = model(**dict(zip(names, dummy, strict=True)), **forward_kwargs(model))
+        output = main_output_name(out)
+        axes = {n: {0: "batch", 1: "sequence"} for n in names}
+        ndim = getattr(out, output).dim()
+        axes[output] = {0: "batch", 1: "sequence"} if ndim == 3 else {0: "batch"}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TracerWarnings and the legacy exporter's deprecation
             torch.onnx.export(
@@ -89,12 +89,17 @@ def _trace(model, names: list[str], path: Path) -> str:
                 do_constant_folding=True,
                 dynamo=False,
             )
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DistillError(
-            f"torch.onnx.export failed for {type(model).__name__}: {first}"
-        ) from None
+    except DistillError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the model's forward or the tracer refused it
+        why = f"{type(model).__name__} does not trace ({_first_line(e)})"
+        raise UnsupportedModel(model.config.model_type, "ONNX export", why) from None
     return output
+
+
+def _first_line(e: Exception, limit: int = 160) -> str:
+    line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def session(path: Path):
@@ -127,12 +132,19 @@ def latency_ms(sess, tokenizer, names: list[str]) -> float:
 
 def verify_onnx(sess, model, tokenizer, names) -> dict:
     """Compare on the padded batch and on each sentence alone (dynamic batch and length)."""
-    batch = encode(tokenizer, SENTENCES, names)
-    stats = compare(torch_outputs(model, batch), run_session(sess, batch), batch["attention_mask"])
-    for text in SENTENCES:
-        one = encode(tokenizer, [text], names)
-        s = compare(torch_outputs(model, one), run_session(sess, one), one["attention_mask"])
-        stats["max_abs_diff"] = max(stats["max_abs_diff"], s["max_abs_diff"])
+    try:
+        batch = encode(tokenizer, SENTENCES, names)
+        ref, got = torch_outputs(model, batch), run_session(sess, batch)
+        stats = compare(ref, got, batch["attention_mask"])
+        for text in SENTENCES:
+            one = encode(tokenizer, [text], names)
+            s = compare(torch_outputs(model, one), run_session(sess, one), one["attention_mask"])
+            stats["max_abs_diff"] = max(stats["max_abs_diff"], s["max_abs_diff"])
+    except DistillError:
+        raise
+    except Exception as e:  # noqa: BLE001 - onnxruntime's errors: the graph does not run
+        why = f"the exported graph fails on other batch sizes or lengths ({_first_line(e)})"
+        raise UnsupportedModel(model.config.model_type, "ONNX export", why) from None
     return stats
 
 
