@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from pathlib import Path
 
@@ -203,32 +204,48 @@ def truncated_layer_ids(teacher_layers: int, student_layers: int) -> list[int]:
     return [i * k for i in range(student_layers)]
 
 
-def _never_per_layer(key: str) -> bool:
-    """Fields every config has (labels, architectures, ...) and token ids, whatever their length."""
+@functools.cache
+def _generic_fields() -> frozenset[str]:
+    """Fields every config has (labels, architectures, ...): never per layer."""
     from transformers import PretrainedConfig
 
-    return key.startswith("_") or key in PretrainedConfig().to_dict() or "token_id" in key
+    return frozenset(PretrainedConfig().to_dict())
 
 
 def _by_layer_index(value: dict, n: int) -> bool:
     return len(value) == n and {str(k) for k in value} == {str(i) for i in range(n)}
 
 
+def per_layer_fields(config) -> dict:
+    """The config's per-layer fields: a list with one entry per layer, or a mapping keyed by
+    layer index (layer types, sliding-window flags, per-layer head counts or sizes, ...); never
+    labels, architectures or token ids, whatever their length."""
+    n = config.num_hidden_layers
+    fields = {}
+    for key, value in vars(config).items():
+        if key.startswith("_") or key in _generic_fields() or "token_id" in key:
+            continue
+        listed = isinstance(value, (list, tuple)) and len(value) == n
+        if listed or (isinstance(value, dict) and _by_layer_index(value, n)):
+            fields[key] = value
+    return fields
+
+
+def _kept(value, layer_ids: list[int]):
+    """A per-layer field's entries for ``layer_ids``, renumbered from 0."""
+    if isinstance(value, dict):
+        keys = {str(k): k for k in value}
+        kind = type(next(iter(value)))
+        return {kind(j): value[keys[str(i)]] for j, i in enumerate(layer_ids)}
+    return type(value)(value[i] for i in layer_ids)
+
+
 def layers_config(config, layer_ids: list[int]):
     """A copy of ``config`` holding only the blocks ``layer_ids``: num_hidden_layers, and every
-    per-layer field (a list with one entry per layer, or a mapping keyed by layer index: layer
-    types, sliding-window flags, per-layer head counts or sizes, ...) cut to those blocks."""
-    n = config.num_hidden_layers
+    per-layer field cut to those blocks."""
     new = copy.deepcopy(config)
-    for key, value in vars(config).items():
-        if _never_per_layer(key):
-            continue
-        if isinstance(value, (list, tuple)) and len(value) == n:
-            setattr(new, key, type(value)(value[i] for i in layer_ids))
-        elif isinstance(value, dict) and _by_layer_index(value, n):
-            keys = {str(k): k for k in value}
-            first = type(next(iter(value)))
-            setattr(new, key, {first(j): value[keys[str(i)]] for j, i in enumerate(layer_ids)})
+    for key, value in per_layer_fields(config).items():
+        setattr(new, key, _kept(value, layer_ids))
     try:
         new.num_hidden_layers = len(layer_ids)
     except Exception:  # noqa: BLE001 - a property computed from other fields (Funnel's blocks)
@@ -240,13 +257,25 @@ def layers_config(config, layer_ids: list[int]):
     return new
 
 
+def lost_layer_kinds(config, layer_ids: list[int]) -> list[str]:
+    """Per-layer values the teacher has and none of the kept layers has, as ``field value``
+    (``layer_types 'full_attention'`` when every kept layer is a sliding-window one)."""
+    lost = []
+    for key, value in per_layer_fields(config).items():
+        kept = _kept(value, layer_ids)
+        kept = {repr(v) for v in (kept.values() if isinstance(kept, dict) else kept)}
+        every = value.values() if isinstance(value, dict) else value
+        lost += [f"{key} {v}" for v in dict.fromkeys(map(repr, every)) if v not in kept]
+    return lost
+
+
 def _new_model(cls, config, step: str):
     """``cls(config)``; a config the model class rejects is one line, not a traceback."""
     try:
         return cls(config)
     except Exception as e:  # noqa: BLE001 - transformers' validators raise many types
-        first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        why = f"its config is rejected ({first})"
+        last = str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
+        why = f"its config is rejected ({last})"
         raise UnsupportedModel(config.model_type, step, why) from None
 
 
@@ -417,7 +446,15 @@ def build_student(
         return model, load_tokenizer(spec.path, "student", trust_remote_code)
 
     if spec.init == "truncate":
-        return truncate(teacher, spec.num_layers), teacher_tokenizer
+        student = truncate(teacher, spec.num_layers)
+        ids = truncated_layer_ids(teacher.config.num_hidden_layers, spec.num_layers)
+        lost = lost_layer_kinds(teacher.config, ids)
+        if lost:
+            log(
+                f"student: the kept teacher layers {ids} have no {'; no '.join(lost)}; "
+                "another student.num_layers may keep some"
+            )
+        return student, teacher_tokenizer
 
     # init == "config": the teacher's architecture with overrides, randomly initialised; fewer
     # layers take their per-layer settings from every k-th teacher layer, as truncation does
@@ -462,6 +499,15 @@ def label_names(config) -> list[str] | None:
     if getattr(config, "problem_type", None) == "regression" or _default_names(config):
         return None
     return [config.id2label[i] for i in range(config.num_labels)]
+
+
+def give_pad_token(model, tokenizer) -> None:
+    """A decoder classifier reads its last non-pad token, so it needs a pad id, and causal
+    tokenizers often have none: use EOS, in the tokenizer and the config saved with the model."""
+    if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
 
 
 def same_vocab(a, b) -> bool:

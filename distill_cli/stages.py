@@ -16,7 +16,7 @@ from distill_cli import batching, losses, text_data
 from distill_cli.data import TaskData, load_task_data
 from distill_cli.errors import DistillError, UnsupportedModel
 from distill_cli.heads import is_causal, word_mode
-from distill_cli.models import build_student, load_lm, load_teacher, same_vocab
+from distill_cli.models import build_student, give_pad_token, load_lm, load_teacher, same_vocab
 from distill_cli.recipe import Recipe
 from distill_cli.reporting import log
 
@@ -46,15 +46,6 @@ def _pad_id(tokenizer) -> int:
     if tokenizer.pad_token_id is not None:
         return tokenizer.pad_token_id
     return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-
-
-def give_pad_token(model, tokenizer) -> None:
-    """A decoder classifier reads its last non-pad token, so it needs a pad id, and causal
-    tokenizers often have none: use EOS, in the tokenizer and the config saved with the model."""
-    if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
-        model.config.pad_token_id = tokenizer.pad_token_id
 
 
 def term_names(recipe: Recipe) -> set[str]:

@@ -506,3 +506,17 @@ def test_truncate_layer_count_derived_from_other_fields():
                           block_sizes=[1, 1])  # fmt: skip
     with pytest.raises(UnsupportedModel, match="'funnel': its config derives num_hidden_layers"):
         truncate(FunnelForSequenceClassification(config), 1)
+
+
+def test_truncation_says_when_the_kept_layers_lose_a_kind_of_layer():
+    """Gemma 2 alternates sliding and global layers: keeping every 2nd keeps sliding ones only."""
+    lines = []
+    spec = StudentConfig(init="truncate", num_layers=2)
+    model, _ = build_student(spec, _gemma2(4), None, log=lines.append)
+    assert model.config.layer_types == [S, S]
+    assert lines == [
+        "student: the kept teacher layers [0, 2] have no layer_types 'full_attention'; "
+        "another student.num_layers may keep some"
+    ]
+    build_student(StudentConfig(init="truncate", num_layers=4), _gemma2(4), None, log=lines.append)
+    assert len(lines) == 1
