@@ -57,15 +57,15 @@ def embedding_projection(model):
 def word_mode(requested: str, model) -> str:
     """embeddings | lm_head for a model whose word logits a loss term reads.
 
-    ``auto`` is lm_head for causal LMs and for encoders with factorised embeddings that have a
-    trained LM head, else embeddings: Z = H·Eᵀ, through the model's own embedding→hidden
+    ``auto`` is lm_head for causal LMs and for encoders with factorised embeddings, when they have
+    a trained LM head; else embeddings: Z = H·Eᵀ, through the model's own embedding→hidden
     projection (transposed) when the embedding width differs from the hidden width.
     """
     e, h = _widths(model)
     factorised = e != h and not is_causal(model.config)
     if requested == "auto":
-        causal_or_head = is_causal(model.config) or (factorised and lm_head(model) is not None)
-        requested = "lm_head" if causal_or_head else "embeddings"
+        wants_head = is_causal(model.config) or factorised
+        requested = "lm_head" if wants_head and lm_head(model) is not None else "embeddings"
     if requested == "lm_head" and lm_head(model) is None:
         raise UnsupportedModel(
             model.config.model_type,

@@ -71,6 +71,7 @@ def test_auto_word_logits():
     assert word_mode("auto", tiny("electra")) == "lm_head"
     assert word_mode("auto", tiny("gpt2")) == "lm_head"
     assert word_mode("auto", tiny("opt")) == "lm_head"
+    assert word_mode("auto", tiny("gpt2", T.AutoModel)) == "embeddings"  # a causal LM's body
     for name in ("albert", "electra"):  # no LM head: the model's own projection
         assert word_mode("auto", tiny(name, T.AutoModelForSequenceClassification)) == "embeddings"
 
