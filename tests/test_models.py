@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import LABELS, make_tokenizer, tiny_bert_config
 from transformers import (
+    AutoConfig,
     AutoModelForSequenceClassification,
     BertConfig,
     BertForSequenceClassification,
@@ -431,10 +432,14 @@ F, S = "full_attention", "sliding_attention"
     ],
     ids=lambda x: getattr(x, "__name__", "")[1:] or None,
 )
-def test_truncate_cuts_layer_types(make, teacher_layers, num_layers, types):
+def test_truncate_cuts_layer_types(make, teacher_layers, num_layers, types, tmp_path):
     teacher = make(teacher_layers)
     student = truncate(teacher, num_layers)
     assert student.config.layer_types == types and student.config.num_hidden_layers == num_layers
+    # saved and loaded back, the list wins over a periodic rule the config still carries
+    # (ModernBERT's global_attn_every_n_layers)
+    student.config.save_pretrained(tmp_path)
+    assert AutoConfig.from_pretrained(tmp_path).layer_types == types
     assert len(teacher.config.layer_types) == teacher_layers  # the teacher's config is untouched
     ids = truncated_layer_ids(teacher_layers, num_layers)
     s_state, t_state = student.state_dict(), teacher.state_dict()
