@@ -246,15 +246,20 @@ def layers_config(config, layer_ids: list[int]):
     new = copy.deepcopy(config)
     for key, value in per_layer_fields(config).items():
         setattr(new, key, _kept(value, layer_ids))
+    set_layer_count(new, len(layer_ids))
+    return new
+
+
+def set_layer_count(config, num_layers: int) -> None:
+    """Set num_hidden_layers (whatever the config calls it); one line where it cannot be set."""
     try:
-        new.num_hidden_layers = len(layer_ids)
+        config.num_hidden_layers = num_layers
     except Exception:  # noqa: BLE001 - a property computed from other fields (Funnel's blocks)
         raise UnsupportedModel(
             config.model_type,
             "choosing student layers",
             "its config derives num_hidden_layers from other fields; use student.init: checkpoint",
         ) from None
-    return new
 
 
 def lost_layer_kinds(config, layer_ids: list[int]) -> list[str]:
@@ -309,8 +314,9 @@ def _block_index(name: str) -> int | None:
 def layer_mismatch(teacher, student, layer_ids: list[int]) -> str | None:
     """How a module of a student block differs from the teacher module it is copied from (its
     class, or a setting such as a sliding window), or None when every student block is built like
-    the teacher block it keeps. The block's own index may differ."""
+    the teacher block it keeps. The block's own index and the layer count may differ."""
     teacher_modules = dict(teacher.named_modules())
+    counts = (len(layer_ids), teacher.config.num_hidden_layers)
     for name, module in student.named_modules():
         i = _block_index(name)
         if i is None:
@@ -325,7 +331,7 @@ def layer_mismatch(teacher, student, layer_ids: list[int]) -> str | None:
         mine, theirs = _plain_attributes(module), _plain_attributes(other)
         for key in sorted(mine.keys() | theirs.keys()):
             a, b = mine.get(key), theirs.get(key)
-            if a != b and (a, b) != (i, layer_ids[i]):
+            if a != b and (a, b) not in ((i, layer_ids[i]), counts):
                 return f"student {name}.{key} would be {a!r} but teacher {t_name}.{key} is {b!r}"
     return None
 
@@ -463,7 +469,7 @@ def build_student(
     if spec.num_layers is not None and spec.num_layers <= n:
         config = layers_config(config, truncated_layer_ids(n, spec.num_layers))
     elif spec.num_layers is not None:
-        config.num_hidden_layers = spec.num_layers
+        set_layer_count(config, spec.num_layers)
     for key in ("hidden_size", "num_attention_heads", "intermediate_size"):
         value = getattr(spec, key)
         if value is not None:
