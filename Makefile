@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test lint bench
+.PHONY: install demo test test-matrix lint bench
 
 # Keep an importable torch; otherwise install the tested CPU-capable version, so that
 # nothing below pulls a multi-GB CUDA build onto a machine without CUDA.
@@ -73,6 +73,10 @@ GLMD_V50_TASK_ROWS ?= 3000
 
 test: install
 	$(PYTHON) -m pytest -q
+
+# Every model family of README's "Supported models" through every command (also part of `test`).
+test-matrix: install
+	$(PYTHON) -m pytest -q tests/test_matrix.py
 
 lint:
 	ruff check distill_cli tests bench

@@ -43,3 +43,10 @@ class Interrupted(DistillError):
     def __init__(self, signum: int, message: str):
         super().__init__(message)
         self.exit_code = 128 + signum
+
+
+class UnsupportedModel(DistillError):
+    """A model a step cannot handle: one line naming the model type, the step and why."""
+
+    def __init__(self, model_type: str, step: str, why: str):
+        super().__init__(f"{step} does not support model type '{model_type}': {why}")

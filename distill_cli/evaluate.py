@@ -14,7 +14,7 @@ from distill_cli.data import TaskData, load_task_data
 from distill_cli.errors import DistillError
 from distill_cli.latency import median_ms
 from distill_cli.metrics import PRIMARY, compute_metrics, predictions_from_logits
-from distill_cli.models import label_names, load_classifier
+from distill_cli.models import give_pad_token, label_names, load_classifier
 from distill_cli.outputs import check_not_input, record_written, write_json_atomic
 from distill_cli.recipe import DataConfig, from_dict, parse_set
 from distill_cli.reporting import log
@@ -109,6 +109,7 @@ def evaluate_model(
     path: str, role: str, cfg: DataConfig, split: str, task=None
 ) -> tuple[dict, TaskData]:
     model, tokenizer = load_classifier(path, role)
+    give_pad_token(model, tokenizer)  # a decoder classifier saved without one
     if task is None:
         task = load_task_data(cfg, splits=[split], label_names=label_names(model.config))
     logits, labels = predict(model, tokenizer, task, split, cfg.max_length)

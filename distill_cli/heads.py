@@ -6,13 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
 )
 
-from distill_cli.errors import DistillError
+from distill_cli.errors import UnsupportedModel
 
 
 def is_causal(config) -> bool:
@@ -28,10 +27,59 @@ def is_causal(config) -> bool:
     return t in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and t not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 
-def word_mode(requested: str, config) -> str:
-    """embeddings | lm_head; ``auto`` is embeddings for encoders and lm_head for causal LMs."""
+def _widths(model) -> tuple[int, int]:
+    """(embedding width, hidden width): they differ when embeddings are factorised (ALBERT)."""
+    return model.get_input_embeddings().weight.shape[1], model.config.hidden_size
+
+
+def lm_head(model):
+    """The trained vocabulary projection of an LM head, or None (base model, classifier, or an
+    output module that is not one row per token)."""
+    head = model.get_output_embeddings()
+    vocab = model.get_input_embeddings().weight.shape[0]
+    if head is None or getattr(head, "weight", None) is None or head.weight.shape[0] != vocab:
+        return None
+    return head
+
+
+def embedding_projection(model):
+    """The model's own embedding→hidden projection (ALBERT, ELECTRA): the linear map from the
+    embedding width to the hidden width outside the blocks (no numbered module above it)."""
+    e, h = _widths(model)
+    for name, module in model.base_model.named_modules():
+        in_blocks = any(part.isdigit() for part in name.split("."))
+        if isinstance(module, torch.nn.Linear) and not in_blocks:
+            if (module.in_features, module.out_features) == (e, h):
+                return module
+    return None
+
+
+def word_mode(requested: str, model) -> str:
+    """embeddings | lm_head for a model whose word logits a loss term reads.
+
+    ``auto`` is lm_head for causal LMs and for encoders with factorised embeddings, when they have
+    a trained LM head; else embeddings: Z = H·Eᵀ, through the model's own embedding→hidden
+    projection (transposed) when the embedding width differs from the hidden width.
+    """
+    e, h = _widths(model)
+    factorised = e != h and not is_causal(model.config)
     if requested == "auto":
-        return "lm_head" if is_causal(config) else "embeddings"
+        wants_head = is_causal(model.config) or factorised
+        requested = "lm_head" if wants_head and lm_head(model) is not None else "embeddings"
+    if requested == "lm_head" and lm_head(model) is None:
+        raise UnsupportedModel(
+            model.config.model_type,
+            "word_logits: lm_head",
+            f"{type(model).__name__} has no LM head; set word_logits: auto or embeddings",
+        )
+    if requested == "embeddings" and factorised and embedding_projection(model) is None:
+        raise UnsupportedModel(
+            model.config.model_type,
+            f"word_logits: {requested}",
+            f"its embeddings are {e} wide and its hidden states {h}, and {type(model).__name__} "
+            "has neither a trained LM head nor an embedding projection to map one onto the "
+            "other; distil from its masked-LM checkpoint (…ForMaskedLM) or drop word_kl",
+        )
     return requested
 
 
@@ -51,7 +99,7 @@ class Outputs:
     logits: torch.Tensor | None = None
     hidden: tuple[torch.Tensor, ...] = ()  # embeddings output, then every layer
     attentions: tuple[torch.Tensor, ...] = ()
-    word_features: torch.Tensor | None = None  # H (or the LM head's transform of H)
+    word_features: torch.Tensor | None = None  # H, H·P, or the LM head's transform of H
     word_weight: torch.Tensor | None = None  # W [V, d]
     word_bias: torch.Tensor | None = None
 
@@ -60,53 +108,70 @@ def vocabulary(model, mode: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The matrix W [V, d] (and bias) that word features are multiplied with."""
     if mode == "embeddings":
         return model.get_input_embeddings().weight, None
-    head = model.get_output_embeddings()
-    if head is None:
-        raise DistillError(
-            f"{type(model).__name__} has no LM head; set word_logits: embeddings in the recipe"
-        )
+    head = lm_head(model)
     return head.weight, getattr(head, "bias", None)
 
 
-def _lm_head_transform(model, hidden: torch.Tensor) -> torch.Tensor:
-    """The LM head up to its vocabulary projection."""
-    if is_causal(model.config):
+def embedding_features(model, hidden: torch.Tensor) -> torch.Tensor:
+    """H, or H·P for factorised embeddings (P: the embedding→hidden projection's weight), so
+    that H·P·Eᵀ scores each word's embedding as the model maps it into its hidden space."""
+    if hidden.shape[-1] == model.get_input_embeddings().weight.shape[1]:
         return hidden
-    if hasattr(model, "cls"):  # BERT family
-        return model.cls.predictions.transform(hidden)
-    head = getattr(model, "lm_head", None)
-    if head is not None and hasattr(head, "dense"):  # RoBERTa family
-        return head.layer_norm(F.gelu(head.dense(hidden)))
-    raise DistillError(
-        f"word_logits: lm_head is not supported for {type(model).__name__}; "
-        "set word_logits: embeddings in the recipe"
-    )
+    return hidden @ embedding_projection(model).weight
+
+
+def _run_to_lm_head(model, inputs: dict, needs: Needs):
+    """The model's outputs and the input of its LM head's vocabulary projection: H after the
+    head's own transform (dense, activation, norm, whatever it has). A hook keeps that input and
+    hands the projection an empty sequence, so the [tokens, V] logits are never built."""
+    seen = {}
+
+    def keep_input(module, args):
+        seen["features"] = args[0]
+        return (args[0][..., :0, :], *args[1:])
+
+    hook = lm_head(model).register_forward_pre_hook(keep_input)
+    try:
+        out = model(**inputs, output_hidden_states=needs.hidden, output_attentions=needs.attentions)
+    finally:
+        hook.remove()
+    if "features" not in seen:
+        raise UnsupportedModel(
+            model.config.model_type,
+            "word_logits: lm_head",
+            f"{type(model).__name__} computes its logits without calling its output embeddings; "
+            "set word_logits: embeddings",
+        )
+    return out, seen["features"]
 
 
 def forward(model, inputs: dict, needs: Needs, mode: str) -> Outputs:
     """Run a model (classifier, base encoder, MLM or causal LM) for the outputs the losses need.
 
-    LM heads are skipped: word logits are computed by the fused loss, never here.
+    LM logits are never computed here: the fused loss multiplies word features with W in chunks.
     """
     hidden_wanted = needs.hidden or needs.word
+    features = None
     if needs.logits:  # a sequence classifier
         out = model(
             **inputs, output_hidden_states=hidden_wanted, output_attentions=needs.attentions
         )
         result = Outputs(logits=out.logits)
         hidden = out.hidden_states if hidden_wanted else ()
+        last = hidden[-1] if hidden_wanted else None
+    elif needs.word and mode == "lm_head":
+        out, features = _run_to_lm_head(model, inputs, needs)
+        result, hidden = Outputs(), out.hidden_states if needs.hidden else ()
     else:  # the base model under any head
         base = model.base_model
         out = base(**inputs, output_hidden_states=needs.hidden, output_attentions=needs.attentions)
         result = Outputs()
-        hidden = out.hidden_states if needs.hidden else (out.last_hidden_state,)
+        hidden = out.hidden_states if needs.hidden else ()
         last = out.last_hidden_state
-    if hidden_wanted and needs.logits:
-        last = hidden[-1]
     result.hidden = tuple(hidden) if needs.hidden else ()
     result.attentions = tuple(out.attentions) if needs.attentions else ()
     if needs.word:
-        result.word_features = last if mode == "embeddings" else _lm_head_transform(model, last)
+        result.word_features = features if features is not None else embedding_features(model, last)
         # returned from forward so that DDP sees the vocabulary matrix as used
         result.word_weight, result.word_bias = vocabulary(model, mode)
     return result

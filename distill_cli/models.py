@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from transformers import (
 )
 
 from distill_cli.data import looks_like_path
-from distill_cli.errors import DistillError
+from distill_cli.errors import DistillError, UnsupportedModel
 from distill_cli.heads import is_causal
 from distill_cli.recipe import StudentConfig
 from distill_cli.user_files import first_line, read_json, read_text
@@ -248,18 +249,178 @@ def truncated_layer_ids(teacher_layers: int, student_layers: int) -> list[int]:
     return [i * k for i in range(student_layers)]
 
 
+@functools.cache
+def _generic_fields() -> frozenset[str]:
+    """Fields every config has (labels, architectures, ...): never per layer."""
+    from transformers import PretrainedConfig
+
+    return frozenset(PretrainedConfig().to_dict())
+
+
+def _by_layer_index(value: dict, n: int) -> bool:
+    return len(value) == n and {str(k) for k in value} == {str(i) for i in range(n)}
+
+
+def per_layer_fields(config) -> dict:
+    """The config's per-layer fields: a list with one entry per layer, or a mapping keyed by
+    layer index (layer types, sliding-window flags, per-layer head counts or sizes, ...); never
+    labels, architectures or token ids, whatever their length."""
+    n = config.num_hidden_layers
+    fields = {}
+    for key, value in vars(config).items():
+        if key.startswith("_") or key in _generic_fields() or "token_id" in key:
+            continue
+        listed = isinstance(value, (list, tuple)) and len(value) == n
+        if listed or (isinstance(value, dict) and _by_layer_index(value, n)):
+            fields[key] = value
+    return fields
+
+
+def _kept(value, layer_ids: list[int]):
+    """A per-layer field's entries for ``layer_ids``, renumbered from 0."""
+    if isinstance(value, dict):
+        keys = {str(k): k for k in value}
+        kind = type(next(iter(value)))
+        return {kind(j): value[keys[str(i)]] for j, i in enumerate(layer_ids)}
+    return type(value)(value[i] for i in layer_ids)
+
+
+def layers_config(config, layer_ids: list[int]):
+    """A copy of ``config`` holding only the blocks ``layer_ids``: num_hidden_layers, and every
+    per-layer field cut to those blocks."""
+    new = copy.deepcopy(config)
+    for key, value in per_layer_fields(config).items():
+        setattr(new, key, _kept(value, layer_ids))
+    set_layer_count(new, len(layer_ids))
+    return new
+
+
+def set_layer_count(config, num_layers: int) -> None:
+    """Set num_hidden_layers (whatever the config calls it); one line where it cannot be set."""
+    try:
+        config.num_hidden_layers = num_layers
+    except Exception:  # noqa: BLE001 - a property computed from other fields (Funnel's blocks)
+        raise UnsupportedModel(
+            config.model_type,
+            "choosing student layers",
+            "its config derives num_hidden_layers from other fields; use student.init: checkpoint",
+        ) from None
+
+
+def lost_layer_kinds(config, layer_ids: list[int]) -> list[str]:
+    """Per-layer values the teacher has and none of the kept layers has, as ``field value``
+    (``layer_types 'full_attention'`` when every kept layer is a sliding-window one)."""
+    lost = []
+    for key, value in per_layer_fields(config).items():
+        kept = _kept(value, layer_ids)
+        kept = {repr(v) for v in (kept.values() if isinstance(kept, dict) else kept)}
+        every = value.values() if isinstance(value, dict) else value
+        lost += [f"{key} {v}" for v in dict.fromkeys(map(repr, every)) if v not in kept]
+    return lost
+
+
+def _new_model(cls, config, step: str):
+    """``cls(config)``; a config the model class rejects is one line, not a traceback."""
+    try:
+        return cls(config)
+    except Exception as e:  # noqa: BLE001 - transformers' validators raise many types
+        last = str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
+        why = f"its config is rejected ({last})"
+        raise UnsupportedModel(config.model_type, step, why) from None
+
+
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def _plain_attributes(module) -> dict:
+    """The settings a module was built with: its plain (non-tensor, non-module) attributes."""
+    out = {}
+    for key, value in vars(module).items():
+        if key.startswith("_") or key == "training":
+            continue
+        if isinstance(value, _PLAIN) or (
+            isinstance(value, (tuple, list)) and all(isinstance(x, _PLAIN) for x in value)
+        ):
+            out[key] = value
+    return out
+
+
+def _teacher_name(name: str, layer_ids: list[int]) -> str:
+    """The teacher tensor or module a student one is copied from: block i ← block layer_ids[i]."""
+    sub = LAYER_KEY.sub(lambda m: f"{m[1]}{m[2]}.{layer_ids[int(m[3])]}.", name + ".", count=1)
+    return sub[:-1]
+
+
+def _block_index(name: str) -> int | None:
+    m = LAYER_KEY.search(name + ".")
+    return int(m[3]) if m else None
+
+
+def layer_mismatch(teacher, student, layer_ids: list[int]) -> str | None:
+    """How a module of a student block differs from the teacher module it is copied from (its
+    class, or a setting such as a sliding window), or None when every student block is built like
+    the teacher block it keeps. The block's own index and the layer count may differ."""
+    teacher_modules = dict(teacher.named_modules())
+    counts = (len(layer_ids), teacher.config.num_hidden_layers)
+    for name, module in student.named_modules():
+        i = _block_index(name)
+        if i is None:
+            continue  # outside the blocks: built from the same config
+        if i >= len(layer_ids):
+            return f"it has blocks that num_hidden_layers does not count ({name})"
+        t_name = _teacher_name(name, layer_ids)
+        other = teacher_modules.get(t_name)
+        if other is None or type(other) is not type(module):
+            theirs = type(other).__name__ if other is not None else "missing"
+            return f"student {name} would be a {type(module).__name__}, teacher {t_name}: {theirs}"
+        mine, theirs = _plain_attributes(module), _plain_attributes(other)
+        for key in sorted(mine.keys() | theirs.keys()):
+            a, b = mine.get(key), theirs.get(key)
+            if a != b and (a, b) not in ((i, layer_ids[i]), counts):
+                return f"student {name}.{key} would be {a!r} but teacher {t_name}.{key} is {b!r}"
+    return None
+
+
+def _keeps_consistently(teacher, num_layers: int) -> bool:
+    ids = truncated_layer_ids(teacher.config.num_hidden_layers, num_layers)
+    try:
+        with torch.device("meta"):  # structure only, no memory
+            student = type(teacher)(layers_config(teacher.config, ids))
+    except Exception:  # noqa: BLE001 - any failure means this count does not work
+        return False
+    return layer_mismatch(teacher, student, ids) is None
+
+
 def truncate(teacher, num_layers: int):
-    """A copy of the teacher with num_layers blocks, initialised from every k-th teacher block."""
-    config = copy.deepcopy(teacher.config)
-    layer_ids = truncated_layer_ids(config.num_hidden_layers, num_layers)
-    config.num_hidden_layers = num_layers
-    student = type(teacher)(config)
+    """A copy of the teacher with num_layers blocks, initialised from every k-th teacher block.
+
+    Per-layer config fields are cut to the kept blocks; then every student block must be built
+    like the teacher block it keeps (a periodic rule such as "every 3rd layer is global" may not
+    survive keeping every k-th layer), or one error lists the layer counts that work.
+    """
+    n, model_type = teacher.config.num_hidden_layers, teacher.config.model_type
+    layer_ids = truncated_layer_ids(n, num_layers)
+    step = "student.init: truncate"
+    student = _new_model(type(teacher), layers_config(teacher.config, layer_ids), step)
+    problem = layer_mismatch(teacher, student, layer_ids)
+    if problem:
+        fits = [k for k in range(1, n) if k != num_layers and _keeps_consistently(teacher, k)]
+        choose = f"student.num_layers {', '.join(map(str, fits))} or " if fits else ""
+        raise UnsupportedModel(
+            model_type,
+            step,
+            f"keeping teacher layers {layer_ids}, {problem}; choose {choose}student.init: config",
+        )
     source = teacher.state_dict()
-
-    def teacher_key(key: str) -> str:
-        return LAYER_KEY.sub(lambda m: f"{m[1]}{m[2]}.{layer_ids[int(m[3])]}.", key, count=1)
-
-    student.load_state_dict({k: source[teacher_key(k)] for k in student.state_dict()})
+    state = {}
+    for key, value in student.state_dict().items():
+        t_key = _teacher_name(key, layer_ids)
+        if t_key not in source or source[t_key].shape != value.shape:
+            raise UnsupportedModel(
+                model_type, step, f"student tensor {key} has no matching teacher tensor {t_key}"
+            )
+        state[key] = source[t_key]
+    student.load_state_dict(state)
     return student
 
 
@@ -336,14 +497,28 @@ def build_student(
         return model, load_tokenizer(spec.path, "student", trust_remote_code)
 
     if spec.init == "truncate":
-        return truncate(teacher, spec.num_layers), teacher_tokenizer
+        student = truncate(teacher, spec.num_layers)
+        ids = truncated_layer_ids(teacher.config.num_hidden_layers, spec.num_layers)
+        lost = lost_layer_kinds(teacher.config, ids)
+        if lost:
+            log(
+                f"student: the kept teacher layers {ids} have no {'; no '.join(lost)}; "
+                "another student.num_layers may keep some"
+            )
+        return student, teacher_tokenizer
 
-    # init == "config": the teacher's architecture with overrides, randomly initialised
+    # init == "config": the teacher's architecture with overrides, randomly initialised; fewer
+    # layers take their per-layer settings from every k-th teacher layer, as truncation does
     config = copy.deepcopy(teacher.config)
-    for key in ("num_layers", "hidden_size", "num_attention_heads", "intermediate_size"):
+    n = config.num_hidden_layers
+    if spec.num_layers is not None and spec.num_layers <= n:
+        config = layers_config(config, truncated_layer_ids(n, spec.num_layers))
+    elif spec.num_layers is not None:
+        set_layer_count(config, spec.num_layers)
+    for key in ("hidden_size", "num_attention_heads", "intermediate_size"):
         value = getattr(spec, key)
         if value is not None:
-            setattr(config, "num_hidden_layers" if key == "num_layers" else key, value)
+            setattr(config, key, value)
     heads = config.num_attention_heads
     if config.hidden_size % heads:
         raise DistillError(
@@ -354,7 +529,7 @@ def build_student(
         config.head_dim = config.hidden_size // heads  # Llama-style configs store it
     for key, value in label_kwargs.items():
         setattr(config, key, value)
-    return type(teacher)(config).float(), teacher_tokenizer
+    return _new_model(type(teacher), config, "student.init: config").float(), teacher_tokenizer
 
 
 def load_classifier(path: str, role: str = "model", trust_remote_code: bool = False):
@@ -375,6 +550,15 @@ def label_names(config) -> list[str] | None:
     if getattr(config, "problem_type", None) == "regression" or _default_names(config):
         return None
     return [config.id2label[i] for i in range(config.num_labels)]
+
+
+def give_pad_token(model, tokenizer) -> None:
+    """A decoder classifier reads its last non-pad token, so it needs a pad id, and causal
+    tokenizers often have none: use EOS, in the tokenizer and the config saved with the model."""
+    if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
 
 
 def same_vocab(a, b) -> bool:

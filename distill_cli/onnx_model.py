@@ -8,8 +8,15 @@ from types import SimpleNamespace
 import torch
 from transformers import AutoConfig
 
-from distill_cli.errors import DistillError
+from distill_cli.errors import DistillError, UnsupportedModel
 from distill_cli.user_files import reading
+
+FILL = {
+    "input_ids": lambda ids: ids,
+    "attention_mask": torch.ones_like,
+    "token_type_ids": torch.zeros_like,
+    "position_ids": lambda ids: torch.arange(ids.shape[1]).expand_as(ids),
+}
 
 
 def is_onnx_folder(path: str | Path) -> bool:
@@ -33,9 +40,14 @@ class OnnxClassifier:
         with reading(path, "ONNX model", fix, errors=(Exception,)):  # onnxruntime's own types
             self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
             graph = onnx.load(str(path), load_external_data=False).graph
-        self.inputs = {i.name for i in self.session.get_inputs()}
+        self.inputs = [i.name for i in self.session.get_inputs()]
         with reading(Path(folder) / "config.json", "model config", fix):
             self.config = AutoConfig.from_pretrained(folder)
+        unknown = [n for n in self.inputs if n not in FILL]
+        if unknown:
+            raise UnsupportedModel(
+                self.config.model_type, "evaluate", f"its ONNX graph takes {', '.join(unknown)}"
+            )
         self._params = sum(int(torch.tensor(t.dims).prod()) for t in graph.initializer)
 
     def num_parameters(self) -> int:
@@ -45,6 +57,9 @@ class OnnxClassifier:
         return self
 
     def __call__(self, **inputs) -> SimpleNamespace:
-        feed = {k: v.cpu().numpy() for k, v in inputs.items() if k in self.inputs}
+        """Feeds the inputs the graph declares; a declared input the tokenizer does not give is
+        filled (token types 0, positions 0..n-1)."""
+        ids = inputs["input_ids"]
+        feed = {n: (inputs[n] if n in inputs else FILL[n](ids)).cpu().numpy() for n in self.inputs}
         logits = self.session.run(None, feed)[0]
         return SimpleNamespace(logits=torch.from_numpy(logits))

@@ -114,7 +114,7 @@ class Recipe:
     word_logits: str = _opt(
         "auto",
         "Word-prediction logits from: embeddings (H·Wᵀ, W the input embeddings) | lm_head | "
-        "auto (embeddings for encoders, lm_head for causal LMs).",
+        "auto (embeddings for encoders, lm_head for causal LMs and factorised embeddings).",
     )
     student: StudentConfig = field(default_factory=StudentConfig)
     data: DataConfig = field(default_factory=DataConfig)

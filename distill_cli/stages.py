@@ -13,9 +13,9 @@ import torch
 
 from distill_cli import batching, losses, text_data
 from distill_cli.data import TaskData, load_task_data
-from distill_cli.errors import DistillError
+from distill_cli.errors import DistillError, UnsupportedModel
 from distill_cli.heads import is_causal, word_mode
-from distill_cli.models import build_student, load_lm, load_teacher, same_vocab
+from distill_cli.models import build_student, give_pad_token, load_lm, load_teacher, same_vocab
 from distill_cli.recipe import Recipe
 from distill_cli.reporting import log
 from distill_cli.user_files import read_json
@@ -48,6 +48,14 @@ def _pad_id(tokenizer) -> int:
 
 def term_names(recipe: Recipe) -> set[str]:
     return {name for phase in recipe.phases for name in phase.terms}
+
+
+def _word_mode(recipe: Recipe, model) -> str:
+    """How ``model``'s word logits are read, checked now when a loss term reads them."""
+    word_terms = any(losses.KD_LOSSES[n].needs.word for n in term_names(recipe))
+    if model is None or not word_terms:
+        return "embeddings"
+    return word_mode(recipe.word_logits, model)
 
 
 def _needs_teacher(recipe: Recipe) -> bool:
@@ -145,6 +153,9 @@ def build_task(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built:
     student, student_tok = build_student(
         recipe.student, teacher, teacher_tok, task.labels, task.task_type, trust_remote_code, log
     )
+    for model, tok in ((teacher, teacher_tok), (student, student_tok)):
+        if model is not None:
+            give_pad_token(model, tok)
     compressed = (
         compressed_vocab(recipe.student.path, _rows(teacher)) if teacher is not None else None
     )
@@ -170,8 +181,8 @@ def build_task(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built:
         collate=collate,
         task=task,
         eval_ds=eval_ds,
-        student_mode=word_mode(recipe.word_logits, student.config),
-        teacher_mode=word_mode(recipe.word_logits, teacher.config) if teacher else "embeddings",
+        student_mode=_word_mode(recipe, student),
+        teacher_mode=_word_mode(recipe, teacher),
         vocab_index=compressed[0] if compressed else None,
         id_remap=compressed[1] if compressed else None,
         input_tokenizer=input_tok,
@@ -187,6 +198,12 @@ def build_pretrain(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built
             f"finetune-distill; pretrain-distill takes {', '.join(usable)}"
         )
     teacher, tokenizer = load_lm(recipe.teacher, "teacher", trust_remote_code)
+    if teacher.config.is_encoder_decoder:
+        raise UnsupportedModel(
+            teacher.config.model_type,
+            "pretrain-distill",
+            "it is an encoder-decoder model; this stage distils encoder-only and decoder-only LMs",
+        )
     student, student_tok = build_student(
         recipe.student, teacher, tokenizer, trust_remote_code=trust_remote_code, log=log
     )
@@ -211,8 +228,8 @@ def build_pretrain(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built
         collate=batching.PadCollator(_pad_id(tokenizer)),
         causal=causal,
         batch_sampler=sampler,
-        student_mode=word_mode(recipe.word_logits, student.config),
-        teacher_mode=word_mode(recipe.word_logits, teacher.config),
+        student_mode=_word_mode(recipe, student),
+        teacher_mode=_word_mode(recipe, teacher),
         vocab_index=compressed[0] if compressed else None,
         id_remap=compressed[1] if compressed else None,
         input_tokenizer=tokenizer,

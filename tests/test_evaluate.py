@@ -130,3 +130,23 @@ def test_evaluate_an_onnx_export_beside_its_source(tiny_teacher, tiny_data_dir, 
     # ONNX counts its stored initializers; constant folding can fold a few small tensors away
     assert onnx["parameters"] == pytest.approx(torch_model["parameters"], rel=0.05)
     assert onnx["retention"] == pytest.approx(1.0)
+
+
+def test_decoder_classifier_saved_without_a_pad_token(tiny_data_dir, tmp_path):
+    """A GPT-2 classifier fine-tuned elsewhere, with no pad token: EOS pads its batches."""
+    import torch
+    from conftest import LABELS, make_bpe_tokenizer
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    path = tmp_path / "gpt2-classifier"
+    tok = make_bpe_tokenizer(path)
+    config = GPT2Config(
+        vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, num_labels=2,
+        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
+        id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    GPT2ForSequenceClassification(config).save_pretrained(path)
+    result = invoke("evaluate", path, "--data", tiny_data_dir, "--output-dir", tmp_path / "e")
+    assert result.exit_code == 0, result.output
+    assert json.loads((path / "config.json").read_text()).get("pad_token_id") is None

@@ -227,3 +227,69 @@ def test_onnx_encoder_last_hidden_state(tiny_encoder, tmp_path):
     card_free = export(tiny_encoder, tmp_path / "enc-hf", "hf")
     assert card_free["pipeline_tag"] == "feature-extraction"
     assert "pipeline_tag: feature-extraction" in (tmp_path / "enc-hf" / "README.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def tiny_deberta(tmp_path_factory):
+    """A DeBERTa-v2 classifier: its forward takes token_type_ids, which its graph never reads."""
+    from conftest import LABELS, make_tokenizer
+    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
+
+    path = tmp_path_factory.mktemp("deberta")
+    tok = make_tokenizer(path)  # gives token_type_ids
+    config = DebertaV2Config(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=128, pad_token_id=tok.pad_token_id,
+        num_labels=2, id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)},
+    )  # fmt: skip
+    assert config.type_vocab_size == 0
+    torch.manual_seed(0)
+    DebertaV2ForSequenceClassification(config).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "onnx-int8"])
+def test_onnx_uses_the_inputs_the_graph_declares(tiny_deberta, tiny_data_dir, tmp_path, fmt):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / fmt
+    result = export(tiny_deberta, out, fmt)
+    assert result["verified"] and result["inputs"] == ["input_ids", "attention_mask"]
+    if fmt == "onnx":
+        assert result["max_abs_diff"] <= 1e-4
+    report = tmp_path / "eval"
+    evaluated = invoke("evaluate", out, "--data", tiny_data_dir, "--output-dir", report)
+    assert evaluated.exit_code == 0, evaluated.output
+    assert (report / "evaluation.json").is_file()
+
+
+def test_onnx_model_fills_declared_inputs_the_tokenizer_does_not_give(tiny_teacher, tmp_path):
+    from distill_cli.onnx_model import OnnxClassifier
+
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "onnx"
+    assert "token_type_ids" in export(tiny_teacher, out, "onnx")["inputs"]
+    model = OnnxClassifier(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    enc = tok(TEXTS, return_tensors="pt", padding=True)
+    full = model(**enc).logits
+    without = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+    assert torch.equal(full, without) and full.shape == (3, 2)
+
+
+def test_onnx_of_a_model_whose_graph_does_not_generalise_is_one_line(tmp_path):
+    """Funnel's pooling traces to shapes fixed at the traced length: verification at the test
+    sentences' lengths fails, and that is one line naming the model type and the step."""
+    from conftest import LABELS, make_tokenizer
+    from transformers import FunnelConfig, FunnelForSequenceClassification
+
+    pytest.importorskip("onnxruntime")
+    src = tmp_path / "funnel"
+    tok = make_tokenizer(src)
+    config = FunnelConfig(vocab_size=len(tok), d_model=32, n_head=2, d_head=16, d_inner=64,
+                          block_sizes=[1, 1], num_labels=len(LABELS))  # fmt: skip
+    FunnelForSequenceClassification(config).save_pretrained(src)
+    result = invoke("export", src, "--format", "onnx", "--output-dir", tmp_path / "o")
+    assert result.exit_code == 2, result.output
+    lines = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+    assert len(lines) == 1 and "ONNX export does not support model type 'funnel'" in lines[0]
+    assert "Traceback" not in result.output and not (tmp_path / "o").exists()

@@ -187,3 +187,49 @@ def test_student_with_its_own_tokenizer(tiny_teacher, tiny_data_dir, tmp_path):
     assert saved["model"]["type"] == "WordLevel"  # the student keeps its own tokenizer
     losses = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert losses[0]["loss/soft_label_kl"] > 0
+
+
+def test_truncation_a_model_cannot_take_is_one_line(tiny_data_dir, tmp_path):
+    """Qwen2-MoE's every-2nd-layer experts: keeping layers 0 and 2 cannot make a 2-layer student."""
+    from conftest import LABELS, make_bpe_tokenizer
+    from transformers import Qwen2MoeConfig, Qwen2MoeForSequenceClassification
+
+    teacher = tmp_path / "moe"
+    tok = make_bpe_tokenizer(teacher)
+    config = Qwen2MoeConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+        num_key_value_heads=1, intermediate_size=64, moe_intermediate_size=16,
+        shared_expert_intermediate_size=16, num_experts=4, decoder_sparse_step=2,
+        pad_token_id=tok.eos_token_id, num_labels=2, id2label=dict(enumerate(LABELS)),
+        label2id={n: i for i, n in enumerate(LABELS)},
+    )  # fmt: skip
+    Qwen2MoeForSequenceClassification(config).save_pretrained(teacher)
+    result = invoke(*tkd_args(teacher, tiny_data_dir, tmp_path / "s"))
+    assert result.exit_code == 2, result.output
+    lines = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in result.output
+    assert lines[0].startswith(
+        "error: student.init: truncate does not support model type 'qwen2_moe': keeping "
+        "teacher layers [0, 2], student model.layers.1.mlp would be a Qwen2MoeSparseMoeBlock"
+    )
+    assert lines[0].endswith("choose student.num_layers 1, 3 or student.init: config")
+
+
+def test_decoder_without_pad_token_becomes_a_classifier(tiny_gpt2, tiny_data_dir, tmp_path):
+    """GPT-2 has no pad token: fine-tuning gives it EOS as one, in the saved tokenizer and config,
+    so that batches pad and the classifier reads each row's last real token, here and later."""
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "gpt2-classifier"
+    result = invoke(
+        "finetune-distill", "--recipe", RECIPES / "finetune.yaml", "--student", tiny_gpt2,
+        "--data", tiny_data_dir, "--output-dir", out, "--max-steps", 2,
+        "--set", "train.batch_size=8",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    tok = AutoTokenizer.from_pretrained(out)
+    config = json.loads((out / "config.json").read_text())
+    assert tok.pad_token == tok.eos_token and config["pad_token_id"] == tok.eos_token_id
+    assert AutoTokenizer.from_pretrained(tiny_gpt2).pad_token is None  # the input is untouched
+    evaluated = invoke("evaluate", out, "--data", tiny_data_dir, "--output-dir", tmp_path / "e")
+    assert evaluated.exit_code == 0, evaluated.output

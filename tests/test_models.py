@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import LABELS, make_tokenizer, tiny_bert_config
 from transformers import (
+    AutoConfig,
     AutoModelForSequenceClassification,
     BertConfig,
     BertForSequenceClassification,
@@ -18,7 +19,7 @@ from transformers import (
     RobertaForSequenceClassification,
 )
 
-from distill_cli.errors import DistillError
+from distill_cli.errors import DistillError, UnsupportedModel
 from distill_cli.models import (
     build_student,
     label_names,
@@ -377,3 +378,150 @@ def test_label_names():
     regression = BertConfig(num_labels=1, problem_type="regression")
     assert label_names(regression) is None
     assert label_names(tiny_bert_config(10, labels=["x", "y", "z"])) == ["x", "y", "z"]
+
+
+# ---------------------------------------------------------------- per-layer config
+
+
+def _decoder(config_class, model_class, layers, **extra):
+    config = config_class(
+        vocab_size=100, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+        num_key_value_heads=1, intermediate_size=64, pad_token_id=0, **extra,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return model_class(config).eval()
+
+
+def _modernbert(layers):
+    from transformers import ModernBertConfig, ModernBertForMaskedLM
+
+    config = ModernBertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+        intermediate_size=64, pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1,
+        sep_token_id=2, global_attn_every_n_layers=3,
+    )  # fmt: skip
+    return ModernBertForMaskedLM(config).eval()
+
+
+def _qwen2(layers):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    return _decoder(
+        Qwen2Config, Qwen2ForCausalLM, layers,
+        use_sliding_window=True, sliding_window=8, max_window_layers=2,
+    )  # fmt: skip
+
+
+def _gemma2(layers):
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    return _decoder(Gemma2Config, Gemma2ForCausalLM, layers, head_dim=16, sliding_window=8)
+
+
+F, S = "full_attention", "sliding_attention"
+
+
+@pytest.mark.parametrize(
+    ("make", "teacher_layers", "num_layers", "types"),
+    [
+        (_modernbert, 6, 2, [F, F]),  # global every 3rd layer: keeping 0 and 3 keeps two
+        (_modernbert, 6, 3, [F, S, S]),
+        (_qwen2, 4, 2, [F, S]),  # sliding from layer 2 on
+        (_gemma2, 4, 2, [S, S]),  # alternating, every 2nd layer kept
+        (_gemma2, 4, 4, [S, F, S, F]),
+    ],
+    ids=lambda x: getattr(x, "__name__", "")[1:] or None,
+)
+def test_truncate_cuts_layer_types(make, teacher_layers, num_layers, types, tmp_path):
+    teacher = make(teacher_layers)
+    student = truncate(teacher, num_layers)
+    assert student.config.layer_types == types and student.config.num_hidden_layers == num_layers
+    # saved and loaded back, the list wins over a periodic rule the config still carries
+    # (ModernBERT's global_attn_every_n_layers)
+    student.config.save_pretrained(tmp_path)
+    assert AutoConfig.from_pretrained(tmp_path).layer_types == types
+    assert len(teacher.config.layer_types) == teacher_layers  # the teacher's config is untouched
+    ids = truncated_layer_ids(teacher_layers, num_layers)
+    s_state, t_state = student.state_dict(), teacher.state_dict()
+    for key, value in s_state.items():
+        t_key = re.sub(r"layers\.(\d+)\.", lambda m: f"layers.{ids[int(m[1])]}.", key, count=1)
+        assert torch.equal(value, t_state[t_key]), key
+    batch = torch.tensor([[1, 5, 7, 9, 11, 2]])
+    with torch.no_grad():
+        assert student(input_ids=batch).logits.shape == (1, 6, 100)
+
+
+def test_layers_config_cuts_every_per_layer_field_and_nothing_else():
+    from distill_cli.models import layers_config
+
+    teacher = _qwen2(4)
+    config = teacher.config
+    config.heads_per_layer = [4, 4, 2, 2]  # any field with one entry per layer
+    config.window_by_layer = {"0": 8, "1": 16, "2": 32, "3": 64}  # keyed by layer index
+    config.eos_token_id = [5, 6, 7, 8]  # token ids are never per layer, whatever their number
+    config.id2label = {i: f"l{i}" for i in range(4)}
+    new = layers_config(config, [0, 2])
+    assert new.num_hidden_layers == 2 and new.layer_types == [F, S]
+    assert new.heads_per_layer == [4, 2]
+    assert new.window_by_layer == {"0": 8, "1": 32}
+    assert new.eos_token_id == [5, 6, 7, 8] and new.id2label == config.id2label
+    assert config.heads_per_layer == [4, 4, 2, 2] and config.num_hidden_layers == 4
+
+
+def test_build_student_from_config_cuts_layer_types():
+    teacher = _qwen2(4)
+    model, _ = build_student(StudentConfig(init="config", num_layers=2), teacher, None)
+    assert model.config.layer_types == [F, S] and len(model.model.layers) == 2
+
+
+def test_truncate_refuses_blocks_a_periodic_rule_builds_differently():
+    """Qwen2-MoE makes every 2nd layer a mixture of experts: keeping layers 0 and 2 (both dense)
+    would give a student whose layer 1 is a mixture. One line says which counts work."""
+    from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
+
+    teacher = _decoder(
+        Qwen2MoeConfig, Qwen2MoeForCausalLM, 4, decoder_sparse_step=2, num_experts=4,
+        moe_intermediate_size=16, shared_expert_intermediate_size=16,
+    )  # fmt: skip
+    with pytest.raises(UnsupportedModel) as err:
+        truncate(teacher, 2)
+    message = str(err.value)
+    assert "\n" not in message and "'qwen2_moe'" in message and "student.init: truncate" in message
+    assert "model.layers.1.mlp" in message and "student.num_layers 1, 3 or" in message
+    assert [len(truncate(teacher, k).model.layers) for k in (1, 3)] == [1, 3]
+
+
+def test_truncate_encoder_decoder_is_one_error():
+    from transformers import BartConfig, BartForSequenceClassification
+
+    config = BartConfig(
+        vocab_size=100, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+    )  # fmt: skip
+    with pytest.raises(
+        UnsupportedModel, match=r"'bart'.*does not count \(model.decoder.layers.1\)"
+    ):
+        truncate(BartForSequenceClassification(config), 1)
+
+
+def test_truncate_layer_count_derived_from_other_fields():
+    from transformers import FunnelConfig, FunnelForSequenceClassification
+
+    config = FunnelConfig(vocab_size=100, d_model=32, n_head=2, d_head=16, d_inner=64,
+                          block_sizes=[1, 1])  # fmt: skip
+    with pytest.raises(UnsupportedModel, match="'funnel': its config derives num_hidden_layers"):
+        truncate(FunnelForSequenceClassification(config), 1)
+
+
+def test_truncation_says_when_the_kept_layers_lose_a_kind_of_layer():
+    """Gemma 2 alternates sliding and global layers: keeping every 2nd keeps sliding ones only."""
+    lines = []
+    spec = StudentConfig(init="truncate", num_layers=2)
+    model, _ = build_student(spec, _gemma2(4), None, log=lines.append)
+    assert model.config.layer_types == [S, S]
+    assert lines == [
+        "student: the kept teacher layers [0, 2] have no layer_types 'full_attention'; "
+        "another student.num_layers may keep some"
+    ]
+    build_student(StudentConfig(init="truncate", num_layers=4), _gemma2(4), None, log=lines.append)
+    assert len(lines) == 1

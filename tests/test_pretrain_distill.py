@@ -150,3 +150,22 @@ def test_mismatched_vocabularies_are_one_error(tiny_encoder, tiny_gpt2, corpus_f
     assert result.exit_code == 2
     lines = [x for x in result.stderr.splitlines() if x.startswith("error:")]
     assert len(lines) == 1 and "tokenizer" in lines[0]
+
+
+def test_encoder_decoder_teacher_is_one_line(corpus_file, tmp_path):
+    from conftest import make_tokenizer
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    teacher = tmp_path / "t5"
+    tok = make_tokenizer(teacher)
+    config = T5Config(vocab_size=len(tok), d_model=32, d_kv=16, d_ff=64, num_layers=2,
+                      num_heads=2, decoder_start_token_id=0)  # fmt: skip
+    T5ForConditionalGeneration(config).save_pretrained(teacher)
+    result = invoke(*pretrain_args(teacher, corpus_file, tmp_path / "s"))
+    assert result.exit_code == 2, result.output
+    lines = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+    assert lines == [
+        "error: pretrain-distill does not support model type 't5': it is an encoder-decoder "
+        "model; this stage distils encoder-only and decoder-only LMs"
+    ]
+    assert "Traceback" not in result.output

@@ -9,8 +9,9 @@ from typing import Any
 
 import torch
 
-from distill_cli.errors import DistillError
+from distill_cli.errors import DistillError, UnsupportedModel
 from distill_cli.export.verify import (
+    INPUTS,
     SENTENCES,
     check_fp32,
     compare,
@@ -68,13 +69,13 @@ def _trace(model, names: list[str], path: Path) -> str:
     mask[1, 5:] = 0
     values = {"input_ids": torch.ones(2, 7, dtype=torch.long), "attention_mask": mask}
     dummy = tuple(values.get(n, torch.zeros(2, 7, dtype=torch.long)) for n in names)
-    with torch.no_grad():
-        out = model(**dict(zip(names, dummy, strict=True)), **forward_kwargs(model))
-    output = main_output_name(out)
-    axes = {n: {0: "batch", 1: "sequence"} for n in names}
-    ndim = getattr(out, output).dim()
-    axes[output] = {0: "batch", 1: "sequence"} if ndim == 3 else {0: "batch"}
     try:
+        with torch.no_grad():
+            out = model(**dict(zip(names, dummy, strict=True)), **forward_kwargs(model))
+        output = main_output_name(out)
+        axes = {n: {0: "batch", 1: "sequence"} for n in names}
+        ndim = getattr(out, output).dim()
+        axes[output] = {0: "batch", 1: "sequence"} if ndim == 3 else {0: "batch"}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TracerWarnings and the legacy exporter's deprecation
             torch.onnx.export(
@@ -88,12 +89,17 @@ def _trace(model, names: list[str], path: Path) -> str:
                 do_constant_folding=True,
                 dynamo=False,
             )
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DistillError(
-            f"torch.onnx.export failed for {type(model).__name__}: {first}"
-        ) from None
+    except DistillError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the model's forward or the tracer refused it
+        why = f"{type(model).__name__} does not trace ({_first_line(e)})"
+        raise UnsupportedModel(model.config.model_type, "ONNX export", why) from None
     return output
+
+
+def _first_line(e: Exception, limit: int = 160) -> str:
+    line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def session(path: Path):
@@ -101,6 +107,17 @@ def session(path: Path):
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def graph_inputs(sess, model_type: str) -> list[str]:
+    """The inputs the exported graph declares, which is what it is verified and run with."""
+    names = [i.name for i in sess.get_inputs()]
+    unknown = [n for n in names if n not in INPUTS]
+    if unknown:
+        raise UnsupportedModel(
+            model_type, "ONNX export", f"its graph takes {', '.join(unknown)}, not token inputs"
+        )
+    return names
 
 
 def run_session(sess, batch: dict):
@@ -115,12 +132,19 @@ def latency_ms(sess, tokenizer, names: list[str]) -> float:
 
 def verify_onnx(sess, model, tokenizer, names) -> dict:
     """Compare on the padded batch and on each sentence alone (dynamic batch and length)."""
-    batch = encode(tokenizer, SENTENCES, names)
-    stats = compare(torch_outputs(model, batch), run_session(sess, batch), batch["attention_mask"])
-    for text in SENTENCES:
-        one = encode(tokenizer, [text], names)
-        s = compare(torch_outputs(model, one), run_session(sess, one), one["attention_mask"])
-        stats["max_abs_diff"] = max(stats["max_abs_diff"], s["max_abs_diff"])
+    try:
+        batch = encode(tokenizer, SENTENCES, names)
+        ref, got = torch_outputs(model, batch), run_session(sess, batch)
+        stats = compare(ref, got, batch["attention_mask"])
+        for text in SENTENCES:
+            one = encode(tokenizer, [text], names)
+            s = compare(torch_outputs(model, one), run_session(sess, one), one["attention_mask"])
+            stats["max_abs_diff"] = max(stats["max_abs_diff"], s["max_abs_diff"])
+    except DistillError:
+        raise
+    except Exception as e:  # noqa: BLE001 - onnxruntime's errors: the graph does not run
+        why = f"the exported graph fails on other batch sizes or lengths ({_first_line(e)})"
+        raise UnsupportedModel(model.config.model_type, "ONNX export", why) from None
     return stats
 
 
@@ -138,11 +162,12 @@ class Graph:
 def write_graph(model, tokenizer, path: Path) -> Graph:
     """Export a prepared model to ``path``, load it in onnxruntime and check it matches."""
     ort = require_onnx()
-    names = input_names(model, tokenizer)
-    log(f"exporting {type(model).__name__} to ONNX (opset {OPSET}, inputs {', '.join(names)})")
-    output = _trace(model, names, path)
+    log(f"exporting {type(model).__name__} to ONNX (opset {OPSET})")
+    output = _trace(model, input_names(model, tokenizer), path)
     model.eval()  # the exporter restores train/eval modes; keep dropout off regardless
     sess = session(path)
+    names = graph_inputs(sess, model.config.model_type)  # unused inputs are pruned from it
+    log(f"onnx graph inputs: {', '.join(names)}")
     stats = verify_onnx(sess, model, tokenizer, names)
     log(f"onnx fp32: max abs diff {stats['max_abs_diff']:.3g} vs PyTorch")
     check_fp32("ONNX export", stats)

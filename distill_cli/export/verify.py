@@ -20,13 +20,28 @@ SENTENCES = (
 )
 
 
+INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")  # what we can feed
+
+
 def input_names(model, tokenizer) -> list[str]:
-    """The inputs an export takes: ids, mask, and token types when model and tokenizer use them."""
+    """The inputs an export is traced with: ids, mask, and token types when model and tokenizer
+    use them. The exported graph keeps those it reads (onnx.graph_inputs)."""
     names = ["input_ids", "attention_mask"]
     params = inspect.signature(model.forward).parameters
     if "token_type_ids" in params and "token_type_ids" in tokenizer.model_input_names:
         names.append("token_type_ids")
     return names
+
+
+def token_inputs(name: str, row: dict) -> list[int]:
+    """One row of input ``name`` for a tokenized text ``row``: the mask is all ones, position ids
+    count the tokens, and token types are zeros when the tokenizer gives none."""
+    n = len(row["input_ids"])
+    if name == "attention_mask":
+        return [1] * n
+    if name == "position_ids":
+        return list(range(n))
+    return list(row[name]) if name in row else [0] * n
 
 
 def encode(tokenizer, texts, names) -> dict[str, torch.Tensor]:
@@ -37,9 +52,7 @@ def encode(tokenizer, texts, names) -> dict[str, torch.Tensor]:
     batch = {}
     for name in names:
         fill = pad if name == "input_ids" else 0
-        values = [list(r[name]) if name in r else [0] * len(r["input_ids"]) for r in rows]
-        if name == "attention_mask":
-            values = [[1] * len(r["input_ids"]) for r in rows]
+        values = [token_inputs(name, r) for r in rows]
         batch[name] = torch.tensor([v + [fill] * (width - len(v)) for v in values])
     return batch
 
