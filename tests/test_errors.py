@@ -230,9 +230,12 @@ VOCAB_MAP = json.dumps({"kept_ids": [0, 1], "dropped": {"2": 0}, "vocab_size_bef
 
 
 def _unfinished_run(w: W) -> None:
-    """The run folder as a kill before the model save leaves it: checkpoints, no model."""
+    """The run folder as a kill before the model save leaves it: checkpoints, no model, and
+    run.json still saying running."""
     shutil.copytree(w.run, w.out)
     (w.out / "model.safetensors").unlink()
+    record = json.loads((w.out / "run.json").read_text())
+    (w.out / "run.json").write_text(json.dumps({**record, "status": "running"}))
 
 
 def _checkpoint_file(name: str, content: bytes | None = None, cut: int | None = None):
@@ -730,14 +733,11 @@ CASES = [
         needs_run=True,
     ),
     Case(
-        "resume-resolved-recipe-not-yaml",
+        "resume-run-record-not-json",
         _resume,
-        ("out/resolved_recipe.yaml", "not valid YAML"),
+        ("out/run.json is not a run record written by distill", "move it away"),
         inputs=_run_inputs,
-        setup=lambda w: (
-            _unfinished_run(w),
-            (w.out / "resolved_recipe.yaml").write_text("teacher: [\n"),
-        ),
+        setup=lambda w: (_unfinished_run(w), (w.out / "run.json").write_text('{"tool": ')),
         needs_run=True,
     ),
     Case(

@@ -144,9 +144,10 @@ def test_family_through_every_command(family, tmp_path, tiny_data_dir, corpus_fi
     assert layers(pre) == 1 and read(pre / "train_results.json")["steps"] == 2
 
     compressed, few = tmp_path / "compressed", tmp_path / "few.txt"
-    few.write_text("the film was awful\na good movie\n")  # leaves BPE merges unused
+    # leaves BPE merges unused; a low ratio, as every single character (and ##x) is kept too
+    few.write_text("the film was awful\na good movie\n")
     run("compress-vocab", family, "compress-vocab", pre, "--teacher", lm,
-        "--corpus", few, "--ratio", 0.5, "--output-dir", compressed)  # fmt: skip
+        "--corpus", few, "--ratio", 0.1, "--output-dir", compressed)  # fmt: skip
     report = read(compressed / "compression.json")
     assert report["vocab_after"] < report["vocab_before"]
 
