@@ -153,15 +153,15 @@ def run(
     output_dir: str | None = None,
     sets: list[str] = (),
 ) -> dict:
-    """Evaluate one or more models (and the teacher); write evaluation.json and evaluation.png.
+    """Evaluate one or more models (and the teacher); with ``output_dir``, write evaluation.json
+    and evaluation.png there (never into a folder it reads).
 
     Each model is compared with the teacher on the same rows: retention, speedup, size.
     """
     first = model_dirs[0]
     cfg = data_config(Path(first), data, list(sets))
-    if output_dir:  # it may be the folder of a model it evaluates, as by default; no other input
-        target = Path(output_dir).expanduser().resolve()
-        models = [("model", m) for m in model_dirs if Path(m).expanduser().resolve() != target]
+    if output_dir:
+        models = [("model", m) for m in model_dirs]
         check_not_input(output_dir, [*models, ("teacher", teacher), ("data", cfg.name)])
     names = model_names(model_dirs)
     if teacher and "teacher" in names:
@@ -184,12 +184,13 @@ def run(
         for name in names:
             reports[name].update(_compare(reports[name], t_report, result["primary_metric"]))
         result["models"] = {"teacher": t_report, **reports}
-    out = Path(output_dir or first).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
-    record_written(out, ["evaluation.json", "evaluation.png"])  # a distill folder's run.json
-    write_json_atomic(out / "evaluation.json", result)
-    plot(result, out / "evaluation.png")
-    result["output_dir"] = str(out)
+    if output_dir:
+        out = Path(output_dir).expanduser()
+        out.mkdir(parents=True, exist_ok=True)
+        record_written(out, ["evaluation.json", "evaluation.png"])  # a distill folder's run.json
+        write_json_atomic(out / "evaluation.json", result)
+        plot(result, out / "evaluation.png")
+        result["output_dir"] = str(out)
     return result
 
 

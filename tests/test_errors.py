@@ -819,8 +819,6 @@ def _overlap_cases() -> list[Case]:
         for role in roles:
             shown = "data" if command == "pretrain-distill" and role == "corpus" else role
             for relation, words in RELATIONS.items():
-                if command == "evaluate" and role == "model" and relation == "is":
-                    continue  # allowed: evaluate writes beside the model by default too
                 for overwrite in (False, True) if command != "evaluate" else (False,):
                     cases.append(
                         Case(

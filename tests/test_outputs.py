@@ -125,26 +125,34 @@ def test_a_changed_input_is_another_run(inputs, tmp_path):
     refused = run_cli(args, cwd=tmp_path)
     assert refused.returncode == 2
     assert f"other inputs (the model {inputs / 'teacher'} changed since)" in refused.stderr
-    # what evaluate writes beside a model does not make it another input
-    (inputs / "teacher" / "evaluation.json").write_text("{}")
+    # an evaluation.json beside the model goes into the export: it is an input too
     os.utime(config, ns=(config.stat().st_atime_ns, config.stat().st_mtime_ns - 10**9))
     assert only_line(run_cli(args, cwd=tmp_path)) == f"already finished: {out}"
+    (inputs / "teacher" / "evaluation.json").write_text("{}")
+    refused = run_cli(args, cwd=tmp_path)
+    assert refused.returncode == 2 and "(the evaluation " in refused.stderr
 
 
-def test_evaluate_writes_beside_the_model_and_records_it(inputs, tmp_path):
+def test_evaluate_never_writes_into_a_model_it_reads(inputs, tmp_path):
     out = tmp_path / "export"
     args, _ = command("export", inputs, out)
     assert run_cli(args, cwd=tmp_path).returncode == 0
-    model_files = {k: v for k, v in snapshot([out]).items() if not k.endswith("run.json")}
-    evaluate = ["evaluate", out, "--data", inputs / "data", "--output-dir", out]
-    result = run_cli(evaluate, cwd=tmp_path)
+    before = snapshot([out])
+    evaluate = ["evaluate", out, "--data", inputs / "data"]
+    refused = run_cli([*evaluate, "--output-dir", out], cwd=tmp_path)
+    assert refused.returncode == 2 and "a command never writes where it reads" in refused.stderr
+    printed = run_cli(evaluate, cwd=tmp_path)  # no --output-dir: a table, and nothing written
+    assert printed.returncode == 0, printed.stderr
+    assert "nothing written" in printed.stdout
+    assert snapshot([out]) == before
+    # an evaluation written elsewhere goes into the card with export --evaluation
+    assert run_cli([*evaluate, "--output-dir", tmp_path / "eval"], cwd=tmp_path).returncode == 0
+    hf = ["export", inputs / "teacher", "--format", "hf", "--output-dir", tmp_path / "hf"]
+    result = run_cli([*hf, "--evaluation", tmp_path / "eval" / "evaluation.json"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert snapshot([out]).items() >= model_files.items()  # the model itself is untouched
-    wrote = json.loads((out / "run.json").read_text())["wrote"]
-    assert {"evaluation.json", "evaluation.png"} <= set(wrote)
-    # so that --overwrite does not leave the old model's evaluation behind
-    assert run_cli([*args, "--dtype", "fp16", "--overwrite"], cwd=tmp_path).returncode == 0
-    assert not (out / "evaluation.json").exists()
+    assert (tmp_path / "hf" / "evaluation.json").is_file()
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert "On `" in card and "(test, " in card
 
 
 def test_input_paths_are_compared_resolved(inputs, tmp_path, monkeypatch):

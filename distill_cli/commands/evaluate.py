@@ -24,7 +24,11 @@ def command(
     ] = None,
     output_dir: Annotated[
         Path | None,
-        typer.Option("--output-dir", help="Where evaluation.json/.png go (default: MODEL_DIR)."),
+        typer.Option(
+            "--output-dir",
+            help="Write evaluation.json and evaluation.png here (no input folder; default: "
+            "print only).",
+        ),
     ] = None,
     set_: Annotated[
         list[str] | None,
@@ -76,4 +80,7 @@ def print_table(result: dict) -> None:
         table.add_row(*row)
     console = out_console()
     console.print(table)
-    console.print(f"wrote {result['output_dir']}/evaluation.json and evaluation.png")
+    if "output_dir" in result:
+        console.print(f"wrote {result['output_dir']}/evaluation.json and evaluation.png")
+    else:
+        console.print("nothing written: pass --output-dir to save evaluation.json and .png")

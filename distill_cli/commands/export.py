@@ -24,10 +24,20 @@ def command(
         bool, typer.Option("--overwrite", help="Replace an earlier export in --output-dir.")
     ] = False,
     trust_remote_code: o.TrustRemoteCode = False,
+    evaluation: Annotated[
+        Path | None,
+        typer.Option(
+            "--evaluation",
+            help="evaluation.json from 'distill evaluate --output-dir': shipped with the export "
+            "and shown in the hf model card (default: the one beside the model, if any).",
+        ),
+    ] = None,
     json_: o.Json = False,
 ) -> None:
     """Export a model, load the export back and check it matches the PyTorch model."""
-    result = export.run(model_dir, format_, output_dir, dtype, overwrite, trust_remote_code)
+    result = export.run(
+        model_dir, format_, output_dir, dtype, overwrite, trust_remote_code, evaluation
+    )
     if json_:
         print(json.dumps(result, indent=2))
         return

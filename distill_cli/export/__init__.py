@@ -23,7 +23,8 @@ from distill_cli.models import check_model_source, load_as_saved
 from distill_cli.outputs import check_free_space, weights_bytes
 
 FORMATS = ("hf", "onnx", "onnx-int8")
-EXTRAS = ("vocab_map.json", "evaluation.json", "resolved_recipe.yaml")
+EVALUATION = "evaluation.json"
+EXTRAS = ("vocab_map.json", "resolved_recipe.yaml")
 
 
 def _check_args(fmt: str, dtype: str) -> None:
@@ -46,17 +47,27 @@ def run(
     dtype: str = "fp32",
     overwrite: bool = False,
     trust_remote_code: bool = False,
+    evaluation: str | Path | None = None,
 ) -> dict:
-    """Export ``model_dir`` as ``fmt`` into ``output_dir``; returns what export.json holds."""
+    """Export ``model_dir`` as ``fmt`` into ``output_dir``; returns what export.json holds.
+
+    ``evaluation``: an evaluation.json (from ``distill evaluate --output-dir``) shipped with the
+    export and shown in an hf model card; by default the one beside the model, if any."""
     _check_args(fmt, dtype)
     check_model_source(model_dir, "model")
+    if evaluation is not None and not Path(evaluation).expanduser().is_file():
+        raise DistillError(
+            f"--evaluation {evaluation}: no such file; pass the evaluation.json that "
+            "'distill evaluate --output-dir DIR' wrote"
+        )
+    evaluation = Path(evaluation).expanduser() if evaluation else Path(model_dir) / EVALUATION
     out, _ = outputs.claim(
         output_dir,
         "export",
         {"format": fmt, "dtype": dtype},
-        [("model", model_dir)],
+        [("model", model_dir), ("evaluation", evaluation)],
         overwrite=overwrite,
-        writes=("export.json", *EXTRAS, *(("README.md",) if fmt == "hf" else ())),
+        writes=("export.json", EVALUATION, *EXTRAS, *(("README.md",) if fmt == "hf" else ())),
     )
     # an fp32 copy, and for int8 the fp32 ONNX file beside the quantized one
     check_free_space(out, 3 * weights_bytes(model_dir), "the export and its temp files")
@@ -65,7 +76,9 @@ def run(
     try:
         result = {"model": str(model_dir), "format": fmt, "dtype": dtype}
         if fmt == "hf":
-            result.update(export_hf(model, tokenizer, Path(model_dir), tmp, dtype, out.name))
+            result.update(
+                export_hf(model, tokenizer, Path(model_dir), tmp, dtype, out.name, evaluation)
+            )
         elif fmt == "onnx":
             result.update(export_onnx(model, tokenizer, tmp))
         else:
@@ -73,6 +86,8 @@ def run(
         for name in EXTRAS:
             if (Path(model_dir) / name).is_file():
                 shutil.copy2(Path(model_dir) / name, tmp / name)
+        if evaluation.is_file():
+            shutil.copy2(evaluation, tmp / EVALUATION)
         files = sorted(p.name for p in tmp.iterdir() if p.is_file()) + ["export.json"]
         sizes = {n: round((tmp / n).stat().st_size / MB, 4) for n in files if (tmp / n).exists()}
         total = round(sum(sizes.values()), 4)

@@ -108,8 +108,11 @@ def pipeline_tag(model_or_config) -> str:
     return "feature-extraction"
 
 
-def card_data(config, model_dir: Path, name: str, dtype: str = "fp32") -> CardData:
-    """Read what the card shows from the config and the files beside the model."""
+def card_data(
+    config, model_dir: Path, name: str, dtype: str = "fp32", evaluation: Path | None = None
+) -> CardData:
+    """Read what the card shows from the config and the files beside the model (the
+    evaluation from ``evaluation`` when given)."""
     recipe_path = model_dir / "resolved_recipe.yaml"
     return CardData(
         name=name,
@@ -119,13 +122,15 @@ def card_data(config, model_dir: Path, name: str, dtype: str = "fp32") -> CardDa
         recipe=load_recipe(recipe_path) if recipe_path.is_file() else None,
         train=read_report(TrainResults, model_dir / "train_results.json"),
         compression=read_report(Compression, model_dir / "compression.json"),
-        evaluation=read_report(Evaluation, model_dir / "evaluation.json"),
+        evaluation=read_report(Evaluation, evaluation or model_dir / "evaluation.json"),
     )
 
 
-def model_card(config, model_dir: Path, name: str, dtype: str = "fp32") -> str:
+def model_card(
+    config, model_dir: Path, name: str, dtype: str = "fp32", evaluation: Path | None = None
+) -> str:
     """README.md in the HF convention: YAML header, then how it was made, metrics, usage."""
-    return render(card_data(config, model_dir, name, dtype))
+    return render(card_data(config, model_dir, name, dtype, evaluation))
 
 
 def render(data: CardData) -> str:

@@ -22,12 +22,14 @@ from distill_cli.reporting import log
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def export_hf(model, tokenizer, model_dir: Path, tmp: Path, dtype: str, name: str) -> dict:
+def export_hf(
+    model, tokenizer, model_dir: Path, tmp: Path, dtype: str, name: str, evaluation: Path
+) -> dict:
     """Save model, tokenizer and README.md into ``tmp``, then check plain transformers loads it
     and gives the PyTorch model's outputs (exactly for fp32)."""
     import transformers
 
-    card = model_card(model.config, model_dir, name, dtype)  # first: it reads user files
+    card = model_card(model.config, model_dir, name, dtype, evaluation)  # first: reads user files
     torch_dtype = DTYPES[dtype]
     names = input_names(model, tokenizer)
     batch = encode(tokenizer, SENTENCES, names)
