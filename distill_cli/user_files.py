@@ -92,14 +92,7 @@ def read_json(
     optional: Shape | None = None,
 ) -> dict:
     """A JSON object; ``required`` and ``optional`` give the type of top-level keys."""
-    text = read_text(path, what, fix)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DistillError(
-            f"{what} {path} is not valid JSON (line {e.lineno} column {e.colno}: {e.msg}); {fix}"
-        ) from None
-    return check_shape(data, path, what, fix, required, optional, "a JSON object")
+    return _read_mapping(path, what, fix, _parse_json, "a JSON object", required, optional)
 
 
 def read_yaml(
@@ -110,14 +103,30 @@ def read_yaml(
     optional: Shape | None = None,
 ) -> dict:
     """A YAML mapping (an empty file is an empty mapping); keys typed as in read_json."""
-    text = read_text(path, what, fix)
+    return _read_mapping(path, what, fix, _parse_yaml, "a YAML mapping of keys", required, optional)
+
+
+def _read_mapping(path, what, fix, parse, kind, required, optional) -> dict:
+    """Read, parse (a syntax error is one line naming where) and check the top-level shape."""
+    data = parse(read_text(path, what, fix), f"{what} {path}", fix)
+    return check_shape(data, path, what, fix, required, optional, kind)
+
+
+def _parse_json(text: str, named: str, fix: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DistillError(
+            f"{named} is not valid JSON (line {e.lineno} column {e.colno}: {e.msg}); {fix}"
+        ) from None
+
+
+def _parse_yaml(text: str, named: str, fix: str):
     try:
         data = safe_load(text)
     except yaml.YAMLError as e:
-        raise DistillError(f"{what} {path} is not valid YAML{_where(e)}; {fix}") from None
-    if data is None:
-        data = {}
-    return check_shape(data, path, what, fix, required, optional, "a YAML mapping of keys")
+        raise DistillError(f"{named} is not valid YAML{_where(e)}; {fix}") from None
+    return {} if data is None else data
 
 
 def _where(e: yaml.YAMLError) -> str:
