@@ -1,12 +1,16 @@
 """GLMD's word-level KD loss: T²·KL(softmax(Z_t/T) ‖ softmax(Z_s/T)) on word-prediction logits.
 
-``Z = H·Wᵀ (+ b)`` with H the final hidden states and W the vocabulary matrix. ``word_kl_naive`` is
-the formula as written; ``word_kl`` gives the same value and gradients without ever holding the
-[tokens, V] logits: it walks the non-pad tokens in chunks, and each chunk's logits live only long
-enough to add its KL and its student gradients (computed in the forward pass) to fp32 sums.
+``Z = H·Wᵀ (+ b)`` with H the final hidden states and W the vocabulary matrix. Before T, both
+models' logits are multiplied by ``scale`` or, with ``standardize``, z-scored per token over the
+vocabulary (logit standardisation, Sun et al., CVPR 2024). ``word_kl_naive`` is the formula as
+written; ``word_kl`` gives the same value and gradients without ever holding the [tokens, V]
+logits: it walks the non-pad tokens in chunks, and each chunk's logits live only long enough to
+add its KL and its student gradients (computed in the forward pass) to fp32 sums.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +18,15 @@ import torch.nn.functional as F
 from distill_cli.errors import DistillError
 
 CHUNK_ELEMENTS = 2**22  # default chunk: about this many [chunk, V] fp32 logits (16 MiB)
+STD_EPS = 1e-7  # standardisation: z' = (z − mean) / (population std + STD_EPS)
+
+
+def _check_scale(scale) -> float:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise DistillError(f"word_kl: scale must be a number, got {scale!r}")
+    if not (math.isfinite(scale) and scale > 0):
+        raise DistillError(f"word_kl: scale must be a positive finite number, got {scale}")
+    return float(scale)
 
 
 def _teacher_rows(w_s, w_t, vocab_index):
@@ -49,15 +62,41 @@ def _teacher_matrix(w_t, b_t, rows):
 
 
 def word_kl_naive(
-    h_s, w_s, h_t, w_t, mask=None, temperature=1.0, b_s=None, b_t=None, vocab_index=None
+    h_s,
+    w_s,
+    h_t,
+    w_t,
+    mask=None,
+    temperature=1.0,
+    b_s=None,
+    b_t=None,
+    vocab_index=None,
+    *,
+    scale=1.0,
+    standardize=False,
 ) -> torch.Tensor:
-    """The reference: full logits, fp32 log-softmax, autograd. Mean over selected positions, ×T²."""
+    """The reference: full logits, fp32 log-softmax, autograd. Mean over selected positions, ×T².
+
+    The logits are multiplied by ``scale``, or z-scored per token when ``standardize`` (which
+    ignores ``scale``), then divided by T.
+    """
     rows = _teacher_rows(w_s, w_t, vocab_index)
+    scale = _check_scale(scale)
     t = temperature
     with torch.no_grad():
         w_t, b_t = _teacher_matrix(w_t, b_t, rows)
         z_t = F.linear(h_t, w_t, b_t).float()
     z_s = F.linear(h_s, w_s, b_s).float()
+    if standardize:
+
+        def zscore(z):
+            return (z - z.mean(-1, keepdim=True)) / (
+                z.std(-1, keepdim=True, correction=0) + STD_EPS
+            )
+
+        z_t, z_s = zscore(z_t), zscore(z_s)
+    else:
+        z_t, z_s = z_t * scale, z_s * scale
     log_p_t = F.log_softmax(z_t / t, dim=-1)
     log_p_s = F.log_softmax(z_s / t, dim=-1)
     kl = F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True).sum(-1)
@@ -79,32 +118,59 @@ def _scaled(x, scale):
     return x if x is None or scale == 1.0 else x * scale
 
 
+def _standardize_(z, t):
+    """z ← (z − mean) / (T·(std + STD_EPS)) per row, in place; returns the population std."""
+    std, mean = torch.std_mean(z, -1, correction=0, keepdim=True)
+    z.sub_(mean).mul_((std + STD_EPS).mul_(t).reciprocal_())
+    return std
+
+
+def _standardize_backward_(g, y, std, t):
+    """g = dL/dz' → dL/dz in place, for z' = (z − mean) / (σ + ε) per row and y = z'/T:
+    dL/dz = g/(σ+ε) − z'·mean(g⊙z')/σ, centred (a row's z' ignores shifts of z)."""
+    tiny = torch.finfo(std.dtype).tiny  # a constant row has z' = 0 and gets g/ε: no 0/0
+    coef = torch.einsum("ij,ij->i", g, y).unsqueeze(-1)  # Σ g⊙y, without a [chunk, V] product
+    coef.mul_(t * t / g.shape[-1]).div_(std.clamp_min(tiny))
+    g.mul_((std + STD_EPS).reciprocal_()).addcmul_(y, coef, value=-1)
+    return g.sub_(g.mean(-1, keepdim=True))
+
+
 class _WordKL(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h_s, w_s, b_s, h_t, w_t, b_t, temperature, chunk_size):
+    def forward(ctx, h_s, w_s, b_s, h_t, w_t, b_t, temperature, scale, standardize, chunk_size):
         n, v, dev = h_s.shape[0], w_s.shape[0], h_s.device
         acc = torch.promote_types(h_s.dtype, torch.float32)  # fp32, or fp64 for gradcheck
         need = ctx.needs_input_grad[:3]
         t = float(temperature)
-        # logits/T = (h/T)·wᵀ + b/T: scale the small factors, not the [chunk, V] logits
-        hs_t, bs_t, ht_t, bt_t = (_scaled(x, 1 / t) for x in (h_s, b_s, h_t, b_t))
+        # logits·scale/T = (h·scale/T)·wᵀ + b·scale/T: scale the small factors, not the [chunk, V]
+        # logits. Standardisation divides by T itself, and z-scoring would undo any scale.
+        k = 1.0 if standardize else scale / t
+        hs_k, bs_k, ht_k, bt_k = (_scaled(x, k) for x in (h_s, b_s, h_t, b_t))
         kl = torch.zeros((), dtype=acc, device=dev)
         grad_h = torch.empty(n, h_s.shape[1], dtype=acc, device=dev) if need[0] else None
         grad_w = torch.zeros(w_s.shape, dtype=acc, device=dev) if need[1] else None
         grad_b = torch.zeros(v, dtype=acc, device=dev) if need[2] else None
         c = max(1, min(chunk_size, n))
-        buf_a, buf_b, buf_c = (torch.empty(c, v, dtype=acc, device=dev) for _ in range(3))
+        # standardising keeps the student's z'/T for its gradient: one more buffer
+        bufs = [torch.empty(c, v, dtype=acc, device=dev) for _ in range(4 if standardize else 3)]
         for i in range(0, n, c):
             j = min(i + c, n)
-            a, b, log_p_t = buf_a[: j - i], buf_b[: j - i], buf_c[: j - i]
-            torch.log_softmax(_logits(ht_t[i:j], w_t, bt_t, a), -1, out=log_p_t)
-            log_p_s = torch.log_softmax(_logits(hs_t[i:j], w_s, bs_t, b), -1, out=a)
-            diff = torch.sub(log_p_t, log_p_s, out=b)
+            a, b, log_p_t, *d = (x[: j - i] for x in bufs)
+            _logits(ht_k[i:j], w_t, bt_k, a)
+            if standardize:
+                _standardize_(a, t)
+            torch.log_softmax(a, -1, out=log_p_t)
+            _logits(hs_k[i:j], w_s, bs_k, b)
+            std = _standardize_(b, t) if standardize else None
+            log_p_s = torch.log_softmax(b, -1, out=a)
+            diff = torch.sub(log_p_t, log_p_s, out=d[0] if d else b)
             p_t = log_p_t.exp_()
             kl += torch.dot(p_t.view(-1), diff.view(-1))  # Σ p_t·(log p_t − log p_s)
             if not any(need):
                 continue
-            g = log_p_s.exp_().sub_(p_t)  # p_s − p_t; dL/dz_s is this times T/N
+            g = log_p_s.exp_().sub_(p_t)  # p_s − p_t; dL/dz_s is this times T·scale/N
+            if standardize:  # ... or, through the z-score, this times T/N
+                g = _standardize_backward_(g, b, std, t)
             g_mm = g.to(h_s.dtype)  # the matmuls run in the inputs' dtype (no copy in fp32)
             if grad_h is not None:
                 grad_h[i:j] = g_mm @ w_s
@@ -115,7 +181,7 @@ class _WordKL(torch.autograd.Function):
             if grad_b is not None:
                 grad_b += g.sum(0)
         ctx.save_for_backward(grad_h, grad_w, grad_b)
-        ctx.scale = t / max(n, 1)
+        ctx.scale = t * (1.0 if standardize else scale) / max(n, 1)
         ctx.dtypes = (h_s.dtype, w_s.dtype, None if b_s is None else b_s.dtype)
         return kl * (t * t / max(n, 1))
 
@@ -125,7 +191,7 @@ class _WordKL(torch.autograd.Function):
             None if g is None else (g * (grad_out * ctx.scale)).to(dt)
             for g, dt in zip(ctx.saved_tensors, ctx.dtypes, strict=True)
         ]
-        return (*grads, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None)
 
 
 def word_kl(
@@ -139,13 +205,22 @@ def word_kl(
     b_t=None,
     vocab_index=None,
     chunk_size=None,
+    *,
+    scale=1.0,
+    standardize=False,
 ) -> torch.Tensor:
     """``word_kl_naive``'s value and gradients in chunks of ``chunk_size`` non-pad tokens.
 
-    Memory is three [chunk, V] fp32 buffers plus fp32 gradients the size of the student's inputs;
-    padded positions are dropped before any matmul and get zero gradient. The teacher gets none.
+    ``scale`` multiplies both models' logits before T (the loss keeps its T² factor). With
+    ``standardize`` each token's logits are z-scored over the vocabulary before T instead, and
+    ``scale`` has no effect (z-scoring removes it).
+
+    Memory is three [chunk, V] fp32 buffers (four with ``standardize``) plus fp32 gradients the
+    size of the student's inputs; padded positions are dropped before any matmul and get zero
+    gradient. The teacher gets none.
     """
     rows = _teacher_rows(w_s, w_t, vocab_index)
+    scale = _check_scale(scale)
     lead = h_s.shape[:-1]
     if h_t.shape[:-1] != lead:
         raise DistillError(
@@ -169,4 +244,4 @@ def word_kl(
         low = torch.get_autocast_dtype(device)
         args = [None if a is None else a.to(low) for a in args]
     with torch.autocast(device, enabled=False):
-        return _WordKL.apply(*args, temperature, int(chunk_size))
+        return _WordKL.apply(*args, temperature, scale, bool(standardize), int(chunk_size))

@@ -64,11 +64,14 @@ def test_no_mask_and_integer_mask():
 
 
 @pytest.mark.parametrize("fn", [word_kl, word_kl_naive])
-def test_identical_inputs_give_zero(fn):
+@pytest.mark.parametrize("logit_kw", [{}, dict(scale=10.0), dict(standardize=True)])
+def test_identical_inputs_give_zero(fn, logit_kw):
     s, _, kw = make(index=False)
     same = dict(h_t=s["h_s"].detach(), w_t=s["w_s"].detach(), b_t=s["b_s"].detach())
     for temperature in (1.0, 15.0):
-        loss, grads = loss_and_grads(fn, s, same, mask=kw["mask"], temperature=temperature)
+        loss, grads = loss_and_grads(
+            fn, s, same, mask=kw["mask"], temperature=temperature, **logit_kw
+        )
         assert loss.abs().item() < 1e-5
         assert all(g.abs().max() < 1e-5 for g in grads)
 
@@ -113,10 +116,11 @@ def test_padding_is_ignored():
 
 
 @pytest.mark.parametrize("fn", [word_kl, word_kl_naive])
-def test_empty_mask_gives_zero_without_nan(fn):
+@pytest.mark.parametrize("standardize", [False, True])
+def test_empty_mask_gives_zero_without_nan(fn, standardize):
     s, t, kw = make()
     kw["mask"] = torch.zeros(B, L, dtype=torch.bool)
-    loss, grads = loss_and_grads(fn, s, t, **kw)
+    loss, grads = loss_and_grads(fn, s, t, standardize=standardize, **kw)
     assert loss.item() == 0.0
     assert all(torch.equal(g, torch.zeros_like(g)) for g in grads)
 
@@ -130,14 +134,19 @@ def test_teacher_gets_no_grad():
     assert all(x.grad is not None for x in s.values())
 
 
-def test_gradcheck_float64():
+@pytest.mark.parametrize(
+    ("logit_kw", "fast"),
+    [({}, False), (dict(standardize=True), False), (dict(scale=10.0), True)],
+)
+def test_gradcheck_float64(logit_kw, fast):
+    """Full gradcheck through the standardisation; scale is a constant factor: fast mode."""
     s, t, kw = make(dtype=torch.float64)
     t = {k: v.detach() for k, v in t.items()}
 
     def fn(h_s, w_s, b_s):
-        return word_kl(h_s, w_s, temperature=2.0, b_s=b_s, chunk_size=2, **t, **kw)
+        return word_kl(h_s, w_s, temperature=2.0, b_s=b_s, chunk_size=2, **t, **kw, **logit_kw)
 
-    assert torch.autograd.gradcheck(fn, (s["h_s"], s["w_s"], s["b_s"]))
+    assert torch.autograd.gradcheck(fn, (s["h_s"], s["w_s"], s["b_s"]), fast_mode=fast)
 
 
 def one_line_error(**kw):
@@ -184,16 +193,132 @@ def test_no_grad_and_flat_inputs():
     torch.testing.assert_close(out, ref, **TOL)
 
 
-def test_autocast_runs_matmuls_in_low_precision_and_sums_in_fp32():
+@pytest.mark.parametrize("logit_kw", [{}, dict(scale=3.0), dict(standardize=True)])
+def test_autocast_runs_matmuls_in_low_precision_and_sums_in_fp32(logit_kw):
     torch.manual_seed(11)
     h_s = torch.randn(2, 5, 8, requires_grad=True)
     w_s = torch.randn(30, 8, requires_grad=True)
     h_t, w_t = torch.randn(2, 5, 12), torch.randn(30, 12)
     mask = torch.ones(2, 5, dtype=torch.bool)
-    ref = word_kl(h_s, w_s, h_t, w_t, mask=mask, temperature=2.0)
+    ref = word_kl(h_s, w_s, h_t, w_t, mask=mask, temperature=2.0, **logit_kw)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        low = word_kl(h_s, w_s, h_t, w_t, mask=mask, temperature=2.0)
+        low = word_kl(h_s, w_s, h_t, w_t, mask=mask, temperature=2.0, **logit_kw)
     assert low.dtype == torch.float32
     assert low.item() == pytest.approx(ref.item(), rel=5e-2, abs=5e-2)
     low.backward()
     assert w_s.grad.dtype == torch.float32 and torch.isfinite(w_s.grad).all()
+
+
+# scale and standardize: both models' logits are multiplied by scale, or z-scored per token, before T
+
+LOGITS = [(scale, False) for scale in (1.0, 0.5, 10.0)] + [(scale, True) for scale in (1.0, 10.0)]
+
+
+@pytest.mark.parametrize(("scale", "standardize"), LOGITS)
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("index", [True, False])
+@pytest.mark.parametrize("chunk_size", [1, 3, None])
+def test_scale_and_standardize_match_naive(scale, standardize, bias, index, chunk_size):
+    s, t, kw = make(bias=bias, index=index)
+    kw.update(temperature=2.0, scale=scale, standardize=standardize)
+    ref, ref_grads = loss_and_grads(word_kl_naive, s, t, **kw)
+    out, grads = loss_and_grads(word_kl, s, t, chunk_size=chunk_size, **kw)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, **TOL)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5 * max(1.0, scale))
+
+
+def hand_loss(s, t, mask, index, temperature, scale, standardize):
+    """The loss written out token by token in float64, independent of word_kl_naive's code:
+    logits × scale, then (z − μ)/(σ + 1e-7) with σ² = Σ(z − μ)²/V when standardize, softmax(·/T)."""
+    total, count = 0.0, 0
+    for b in range(B):
+        for i in range(L):
+            if not mask[b, i]:
+                continue
+            rows = []
+            for h, w, bias, keep in (
+                (s["h_s"], s["w_s"], s["b_s"], slice(None)),
+                (t["h_t"], t["w_t"], t["b_t"], index),
+            ):
+                z = w.detach().double() @ h[b, i].detach().double() + bias.detach().double()
+                z = z[keep] * scale
+                if standardize:
+                    mu = z.sum() / len(z)
+                    sigma = math.sqrt(((z - mu) ** 2).sum().item() / len(z))
+                    z = (z - mu) / (sigma + 1e-7)
+                rows.append(torch.softmax(z / temperature, 0))
+            p_s, p_t = rows
+            total += (p_t * (p_t.log() - p_s.log())).sum().item()
+            count += 1
+    return temperature**2 * total / count
+
+
+@pytest.mark.parametrize(("scale", "standardize"), [(0.5, False), (10.0, False), (3.0, True)])
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_scale_and_standardize_against_a_loop(scale, standardize, temperature):
+    """Also checks that scale has no effect when standardising: the loop applies it first."""
+    s, t, kw = make()
+    expected = hand_loss(s, t, kw["mask"], kw["vocab_index"], temperature, scale, standardize)
+    kw.update(temperature=temperature, scale=scale, standardize=standardize)
+    for fn in (word_kl_naive, word_kl):
+        assert fn(**s, **t, **kw).item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("scale", [0.5, 10.0])
+@pytest.mark.parametrize("temperature", [1.0, 15.0])
+def test_scale_is_temperature_over_scale_times_scale_squared(scale, temperature):
+    s, t, kw = make()
+    out, grads = loss_and_grads(word_kl, s, t, temperature=temperature, scale=scale, **kw)
+    ref, ref_grads = loss_and_grads(word_kl, s, t, temperature=temperature / scale, **kw)
+    torch.testing.assert_close(out, ref * scale**2, **TOL)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r * scale**2, rtol=1e-5, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("fn", [word_kl, word_kl_naive])
+def test_standardized_loss_ignores_affine_changes_of_the_teacher_logits(fn):
+    s, t, kw = make()
+    loss = fn(**s, **t, **kw, standardize=True)
+    # every teacher row z → 3z + 5
+    affine = dict(t, w_t=t["w_t"] * 3, b_t=t["b_t"] * 3 + 5)
+    torch.testing.assert_close(fn(**s, **affine, **kw, standardize=True), loss, **TOL)
+    assert not torch.allclose(fn(**s, **affine, **kw), fn(**s, **t, **kw), rtol=1e-2)
+    # without bias, a different positive factor for each token's row
+    s0, t0 = dict(s, b_s=None), dict(t, b_t=None)
+    loss0 = fn(**s0, **t0, **kw, standardize=True)
+    factor = torch.rand(B, L, 1, generator=torch.Generator().manual_seed(5)) * 10 + 0.1
+    rowwise = dict(t0, h_t=t0["h_t"] * factor)
+    torch.testing.assert_close(fn(**s0, **rowwise, **kw, standardize=True), loss0, **TOL)
+
+
+def test_standardize_makes_scale_irrelevant():
+    s, t, kw = make()
+    ref, ref_grads = loss_and_grads(word_kl, s, t, standardize=True, **kw)
+    out, grads = loss_and_grads(word_kl, s, t, standardize=True, scale=7.0, **kw)
+    assert torch.equal(out, ref)
+    assert all(torch.equal(g, r) for g, r in zip(grads, ref_grads))
+
+
+@pytest.mark.parametrize("scale", [0, -1.0, float("nan"), float("inf"), "auto", True])
+@pytest.mark.parametrize("fn", [word_kl, word_kl_naive])
+def test_bad_scale_is_a_one_line_error(fn, scale):
+    s, t, kw = make()
+    with pytest.raises(DistillError, match="scale") as err:
+        fn(**s, **t, **kw, scale=scale)
+    assert "\n" not in str(err.value)
+
+
+def test_standardized_bf16_inputs_give_fp32_loss_close_to_fp32():
+    s, t, kw = make()
+    kw.update(temperature=2.0, standardize=True)
+    ref, ref_grads = loss_and_grads(word_kl, s, t, **kw)
+    s16 = {k: v.detach().bfloat16().requires_grad_(True) for k, v in s.items()}
+    t16 = {k: v.bfloat16() for k, v in t.items()}
+    out, grads = loss_and_grads(word_kl, s16, t16, chunk_size=3, **kw)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, rtol=5e-2, atol=5e-2)
+    for g, r in zip(grads, ref_grads):
+        assert g.dtype == torch.bfloat16
+        torch.testing.assert_close(g.float(), r, rtol=0.1, atol=2e-2)
