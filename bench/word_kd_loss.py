@@ -3,6 +3,7 @@
     python bench/word_kd_loss.py                  # CPU fp32, B=16 L=128 V=30522 H=384, ~1-2 min
     python bench/word_kd_loss.py --device cuda --dtype bf16
     python bench/word_kd_loss.py --chunk-size 274  # tune: fused chunk instead of word_kl's default
+    python bench/word_kd_loss.py --standardize     # both variants with z-scored logits
 
 With CUDA available, the default run also reports cuda bf16 after the CPU rows; the final line is
 for the first (--device, --dtype) and its no-padding case.
@@ -51,7 +52,8 @@ def make_inputs(args, pad: float, device, dtype):
     lengths = torch.randint(int(n * (1 - 2 * pad)), n + 1, (b,), generator=g) if pad else None
     mask = None if lengths is None else torch.arange(n)[None] < lengths[:, None]
     mask = None if mask is None else mask.to(device)
-    return (h_s, w_s, h_t, w_t), dict(mask=mask, temperature=15.0, b_s=b_s, b_t=b_t)
+    kwargs = dict(mask=mask, temperature=15.0, b_s=b_s, b_t=b_t, standardize=args.standardize)
+    return (h_s, w_s, h_t, w_t), kwargs
 
 
 def step(fn, tensors, kwargs):
@@ -70,7 +72,7 @@ def sync(device):
 def child(args) -> dict:
     """Run in a fresh process: the peak memory of one variant's step, or both variants' times."""
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
-    small = argparse.Namespace(batch=1, length=4, vocab=64, hidden=8)
+    small = argparse.Namespace(batch=1, length=4, vocab=64, hidden=8, standardize=args.standardize)
     if args.chunk_size:
         VARIANTS["fused"] = functools.partial(word_kl, chunk_size=args.chunk_size)
     for fn in VARIANTS.values():  # start thread pools / kernels before measuring
@@ -106,6 +108,7 @@ def run_child(args, variant: str, pad: float) -> dict:
     cmd = [sys.executable, __file__, "--variant", variant, "--pad", str(pad)]
     for name in ("device", "dtype", "repeats", "batch", "length", "vocab", "hidden", "chunk_size"):
         cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name) or 0)]
+    cmd += ["--standardize"] if args.standardize else []
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -120,6 +123,7 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=30522)
     p.add_argument("--hidden", type=int, default=384)
     p.add_argument("--chunk-size", type=int, default=0, help="fused chunk (0: word_kl's default)")
+    p.add_argument("--standardize", action="store_true", help="z-score the logits (both variants)")
     p.add_argument("--variant", choices=[*VARIANTS, "time"], help=argparse.SUPPRESS)
     p.add_argument("--pad", type=float, default=0.0, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -142,7 +146,8 @@ def report(args) -> tuple[dict, dict]:
     mib = 2**20
     print(
         f"word_kl fwd+bwd on {args.device} {args.dtype}: B={args.batch} L={args.length} "
-        f"V={args.vocab} H={args.hidden}, chunk {args.chunk_size or 'default'}, T=15, median of {args.repeats} after a warm-up"
+        f"V={args.vocab} H={args.hidden}, chunk {args.chunk_size or 'default'}, T=15"
+        f"{', standardized' if args.standardize else ''}, median of {args.repeats} after a warm-up"
     )
     for pad, label in ((0.2, "~20% padding"), (0.0, "no padding")):
         naive, fused = run_child(args, "naive", pad), run_child(args, "fused", pad)
