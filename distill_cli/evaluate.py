@@ -9,15 +9,18 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from distill_cli import batching
+from distill_cli import batching, word_signal
 from distill_cli.data import TaskData, load_task_data
-from distill_cli.errors import DistillError
+from distill_cli.errors import DistillError, UnsupportedModel
+from distill_cli.heads import is_causal, word_mode
 from distill_cli.latency import median_ms
 from distill_cli.metrics import PRIMARY, compute_metrics, predictions_from_logits
-from distill_cli.models import give_pad_token, label_names, load_classifier
+from distill_cli.models import give_pad_token, label_names, load_classifier, same_vocab
 from distill_cli.outputs import check_not_input, record_written, write_json_atomic
 from distill_cli.recipe import DataConfig, from_dict, parse_set
 from distill_cli.reporting import log
+from distill_cli.stages import compressed_vocab
+from distill_cli.text_data import TokenMasker
 from distill_cli.user_files import read_yaml
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx")
@@ -105,9 +108,7 @@ def latency(
     return {"latency_ms_b1": b1_ms, "throughput_b32": 1000 * len(big["input_ids"]) / b32_ms}
 
 
-def evaluate_model(
-    path: str, role: str, cfg: DataConfig, split: str, task=None
-) -> tuple[dict, TaskData]:
+def evaluate_model(path: str, role: str, cfg: DataConfig, split: str, task=None):
     model, tokenizer = load_classifier(path, role)
     give_pad_token(model, tokenizer)  # a decoder classifier saved without one
     if task is None:
@@ -122,7 +123,53 @@ def evaluate_model(
         **latency(model, tokenizer, _texts(task, split, 32), cfg.max_length),
     }
     log(f"{role}: {', '.join(f'{k} {v:.4f}' for k, v in metrics.items())}")
-    return report, task
+    return report, task, (model, tokenizer)
+
+
+AGREEMENT_ROWS = 256
+AGREEMENT_MASKING = 0.15
+
+
+def word_agreement(student, teacher, task: TaskData, split: str, max_length: int) -> dict | None:
+    """How often the student's top word prediction is the teacher's, at masked (15%, BERT-style,
+    fixed seed) and unmasked positions of the split's first rows, both reading the teacher's
+    tokens (a compressed student: remapped to its vocabulary). None when the two cannot be
+    compared token by token: an ONNX export, another tokenization, no word logits."""
+    (s_model, s_tok, s_path), (t_model, t_tok) = student, teacher
+    if not isinstance(s_model, torch.nn.Module) or not isinstance(t_model, torch.nn.Module):
+        return None
+    compressed = compressed_vocab(s_path, t_model.get_input_embeddings().weight.shape[0])
+    if compressed is None and not same_vocab(s_tok, t_tok):
+        return None
+    try:
+        modes = word_mode("auto", s_model), word_mode("auto", t_model)
+    except UnsupportedModel:
+        return None
+    causal = is_causal(t_model.config)
+    if not causal and t_tok.mask_token_id is None:
+        return None
+    rows = task.splits[split].select(range(min(AGREEMENT_ROWS, len(task.splits[split]))))
+    ds, _ = batching.tokenize(rows, t_tok, task.text_columns, max_length)
+    ds = ds.select_columns([c for c in batching.model_columns(ds) if c != "label"])
+    collate = batching.PadCollator(t_tok.pad_token_id or 0)
+    probe = word_signal.Probe(
+        teacher=t_model,
+        teacher_mode=modes[1],
+        masker=TokenMasker(t_tok, seed=0),
+        causal=causal,
+        student=s_model,
+        student_mode=modes[0],
+        vocab_index=compressed[0] if compressed else None,
+        id_remap=compressed[1] if compressed else None,
+    )
+    batches = word_signal.probe_batches(ds, collate, 64, "cpu")
+    figures = word_signal.measure(probe, batches, word_signal.Calibration(), AGREEMENT_MASKING)
+    student_figures = figures["student"]
+    return {
+        "masked": student_figures["agreement_masked"],
+        "unmasked": student_figures["agreement_unmasked"],
+        "rows": len(rows),
+    }
 
 
 def _compare(student: dict, teacher: dict, key: str) -> dict:
@@ -166,9 +213,9 @@ def run(
     names = model_names(model_dirs)
     if teacher and "teacher" in names:
         raise DistillError("a model folder is named 'teacher' like --teacher; rename the folder")
-    reports, task = {}, None
+    reports, loaded, task = {}, {}, None
     for name, path in zip(names, model_dirs, strict=True):
-        reports[name], task = evaluate_model(path, name, cfg, split, task=task)
+        reports[name], task, loaded[name] = evaluate_model(path, name, cfg, split, task=task)
     result = {
         "data": cfg.name,
         "split": split,
@@ -180,9 +227,17 @@ def run(
     }
     if teacher:
         # The teacher reads the same rows; labels map through the first model's label names.
-        t_report, _ = evaluate_model(teacher, "teacher", cfg, split, task=task)
-        for name in names:
+        t_report, _, t_loaded = evaluate_model(teacher, "teacher", cfg, split, task=task)
+        for name, path in zip(names, model_dirs, strict=True):
             reports[name].update(_compare(reports[name], t_report, result["primary_metric"]))
+            student = (*loaded[name], path)
+            agreement = word_agreement(student, t_loaded, task, split, cfg.max_length)
+            reports[name]["word_agreement"] = agreement
+            if agreement is not None:
+                log(
+                    f"{name}: top-1 word agreement with the teacher {agreement['masked']:.1%} "
+                    f"masked, {agreement['unmasked']:.1%} unmasked"
+                )
         result["models"] = {"teacher": t_report, **reports}
     if output_dir:
         out = Path(output_dir).expanduser()

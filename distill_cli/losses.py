@@ -91,6 +91,7 @@ class Step:
     labels: torch.Tensor | None = None
     mask: torch.Tensor | None = None  # attention mask of the (shared) inputs
     vocab_index: torch.Tensor | None = None  # teacher rows of a compressed student vocabulary
+    word_scale: float = 1.0  # multiplies both models' word logits (the run's word_logit_scale)
 
 
 # ---------------------------------------------------------------- the parameters terms take
@@ -108,6 +109,15 @@ class Weighted:
 @dataclass
 class Tempered(Weighted):
     temperature: float = _param(1.0, "Softmax temperature T; the KL is scaled by T².")
+
+
+@dataclass
+class WordTempered(Tempered):
+    standardize: bool = _param(
+        False,
+        "Z-score each token's word logits before T (Sun et al., CVPR 2024); word_logit_scale "
+        "then has no effect.",
+    )
 
 
 @dataclass
@@ -157,12 +167,12 @@ class LossTerm:
         return self.needs.logits
 
 
-def _word_kl(step: Step, p: Tempered, extra) -> torch.Tensor:
+def _word_kl(step: Step, p: WordTempered, extra) -> torch.Tensor:
     s, t = step.student, step.teacher
     return word_kl(
         s.word_features, s.word_weight, t.word_features, t.word_weight,
         mask=step.mask, temperature=p.temperature, b_s=s.word_bias, b_t=t.word_bias,
-        vocab_index=step.vocab_index,
+        vocab_index=step.vocab_index, scale=step.word_scale, standardize=p.standardize,
     )  # fmt: skip
 
 
@@ -222,7 +232,7 @@ KD_LOSSES: dict[str, LossTerm] = {
     ),
     "word_kl": LossTerm(
         _word_kl,
-        params=Tempered,
+        params=WordTempered,
         help="GLMD word-prediction KL, T²·KL(softmax(Z_t/T) ‖ softmax(Z_s/T)) over non-pad tokens",
         needs_teacher=True,
         needs=Needs(word=True),
@@ -281,6 +291,11 @@ def check_models(phases: list[dict], teacher_config, student_config) -> None:
                     check(params, teacher_config, student_config)
                 except DistillError as e:
                     raise DistillError(f"phases.{i}.terms.{name}: {e}") from None
+
+
+def word_terms(terms: dict) -> dict:
+    """The terms of a phase that read word logits, with their parameters."""
+    return {name: p for name, p in terms.items() if KD_LOSSES[name].needs.word}
 
 
 def make_extras(names, teacher_config, student_config) -> torch.nn.ModuleDict:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -116,6 +117,20 @@ class Recipe:
         "Word-prediction logits from: embeddings (H·Wᵀ, W the input embeddings) | lm_head | "
         "auto (embeddings for encoders, lm_head for causal LMs and factorised embeddings).",
     )
+    word_logit_scale: float | str | None = field(
+        default=None,
+        metadata={
+            "help": "Word logits are multiplied by this before T (teacher and student): a number, "
+            "or auto (the maximum-likelihood scale of the teacher's logits for its own unmasked "
+            "input tokens, fitted before step 1). Default: auto for embeddings, 1 for lm_head.",
+            "convert": lambda value, where, source: _convert_scale(value, where, source),
+        },
+    )
+    word_signal: str = _opt(
+        "warn",
+        "When a phase's teacher word distributions are near uniform (entropy above 99% of "
+        "log V at its temperature): warn | error (exit 2, for CI).",
+    )
     student: StudentConfig = field(default_factory=StudentConfig)
     data: DataConfig = field(default_factory=DataConfig)
     phases: list[Phase] = field(default_factory=lambda: [Phase()])
@@ -182,6 +197,17 @@ def _convert(value: Any, tp: Any, where: str, source: str) -> Any:
     if tp is str and not isinstance(value, str):
         raise bad()
     return value
+
+
+def _convert_scale(value: Any, where: str, source: str) -> float | str | None:
+    if value is None or value == "auto":
+        return value
+    try:
+        return _convert(value, float, where, source)
+    except DistillError:
+        raise DistillError(
+            f"{source}: key '{where}' expects auto or a number > 0, got {value!r}; fix the value"
+        ) from None
 
 
 def from_dict(cls: type, raw: dict, prefix: str, source: str) -> Any:
@@ -371,6 +397,7 @@ STUDENT_INITS = ("checkpoint", "truncate", "config")
 PRECISIONS = ("no", "fp16", "bf16")
 PACKINGS = ("pack", "bucket", "none")
 WORD_LOGITS = ("auto", "embeddings", "lm_head")
+WORD_SIGNAL = ("warn", "error")
 TASK_TYPES = ("classification", "regression")
 METRICS = ("accuracy", "f1", "mcc", "pearson")
 SCHEDULERS = (
@@ -424,6 +451,11 @@ def validate(recipe: Recipe, needs_data: bool = True) -> None:
         problems.append(f"data.packing must be one of {', '.join(PACKINGS)}")
     if recipe.word_logits not in WORD_LOGITS:
         problems.append(f"word_logits must be one of {', '.join(WORD_LOGITS)}")
+    scale = recipe.word_logit_scale
+    if isinstance(scale, float) and not (scale > 0 and math.isfinite(scale)):
+        problems.append("word_logit_scale must be auto or a finite number > 0")
+    if recipe.word_signal not in WORD_SIGNAL:
+        problems.append(f"word_signal must be one of {', '.join(WORD_SIGNAL)}")
     if d.max_length < 8:
         problems.append("data.max_length must be at least 8")
     if t.epochs <= 0 and t.max_steps is None:

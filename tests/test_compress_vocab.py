@@ -59,7 +59,10 @@ def test_pretrain_and_finetune_a_compressed_student(
         "--max-steps", 2, "--set", "train.batch_size=4", "--set", "data.max_length=32",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["loss/word_kl"] > 0
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records[1]["loss/word_kl"] > 0  # records[0]: the teacher's word signal
+    # the compressed student's predictions, mapped to teacher ids, compared with the teacher's
+    assert 0 <= records[-1]["eval/word_agreement_unmasked"] <= 1
     # the vocabulary map travels with the student, so it can be distilled again
     assert (out / "vocab_map.json").read_text() == (
         compressed_encoder / "vocab_map.json"
@@ -75,8 +78,15 @@ def test_pretrain_and_finetune_a_compressed_student(
              "soft_label_kl: {weight: 1.0}}"]  # fmt: skip
     result = invoke(*args)
     assert result.exit_code == 0, result.output
-    record = json.loads((task_out / "metrics.jsonl").read_text().splitlines()[0])
+    record = json.loads((task_out / "metrics.jsonl").read_text().splitlines()[1])
     assert record["loss/word_kl"] > 0 and record["loss/soft_label_kl"] >= 0
+    # evaluate compares its word predictions with the teacher's through the vocabulary map
+    result = invoke(
+        "evaluate", task_out, "--data", tiny_data_dir, "--teacher", tiny_teacher, "--json"
+    )
+    assert result.exit_code == 0, result.output
+    agreement = json.loads(result.stdout)["models"]["task"]["word_agreement"]
+    assert 0 <= agreement["masked"] <= 1 and 0 <= agreement["unmasked"] <= 1
 
 
 @pytest.mark.parametrize("ratio", ["0", "1.5"])

@@ -105,6 +105,12 @@ def test_several_students_against_one_teacher(
     copy = report["models"]["copy-of-teacher"]
     assert copy["retention"] == pytest.approx(1.0) and copy["parameter_ratio"] == 1.0
     assert "copy-of-teacher" in result.stdout
+    # word predictions: the teacher's copy agrees everywhere; the student is measured too
+    assert copy["word_agreement"] == {"masked": 1.0, "unmasked": 1.0, "rows": 16}
+    student = report["models"]["student"]["word_agreement"]
+    assert 0 <= student["masked"] <= 1 and 0 <= student["unmasked"] <= 1
+    assert "100.0% / 100.0%" in result.stdout
+    assert "top-1 word agreement with the teacher" in result.stderr
 
 
 def test_evaluate_an_onnx_export_beside_its_source(tiny_teacher, tiny_data_dir, tmp_path):
@@ -130,6 +136,7 @@ def test_evaluate_an_onnx_export_beside_its_source(tiny_teacher, tiny_data_dir, 
     # ONNX counts its stored initializers; constant folding can fold a few small tensors away
     assert onnx["parameters"] == pytest.approx(torch_model["parameters"], rel=0.05)
     assert onnx["retention"] == pytest.approx(1.0)
+    assert onnx["word_agreement"] is None  # an ONNX graph returns no hidden states
 
 
 def test_decoder_classifier_saved_without_a_pad_token(tiny_data_dir, tmp_path):

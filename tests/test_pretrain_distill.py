@@ -43,8 +43,12 @@ def test_encoder_with_embedding_word_logits(tiny_encoder, corpus_file, tmp_path)
     assert result.exit_code == 0, result.output
     assert "warning: fp16 needs CUDA" in result.stderr
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [1, 2]
-    assert records[0]["phase"] == "pretrain" and records[0]["loss/word_kl"] > 0
+    training = [r for r in records if "phase" in r]
+    assert [r["step"] for r in training] == [1, 2]
+    assert training[0]["phase"] == "pretrain" and training[0]["loss/word_kl"] > 0
+    # the teacher's word signal before step 1, the student's after the last
+    assert records[0]["step"] == 0 and "signal/pretrain/word_kl/entropy_share" in records[0]
+    assert records[-1]["step"] == 2 and "eval/word_agreement_masked" in records[-1]
     # Every parameter the word-prediction loss reaches was trained; the pooler is not used by it.
     names, same = changed(tiny_encoder, out, skip=("pooler.",))
     assert names and same == []
@@ -70,8 +74,14 @@ def test_pretrained_student_feeds_finetune_distill(
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     phases = [(r["step"], r["phase"]) for r in records if "phase" in r]
     assert phases == [(1, "word-prediction"), (2, "word-prediction"), (3, "task"), (4, "task")]
-    assert set(records[0]) >= {"loss/word_kl"} and "loss/soft_label_kl" not in records[0]
-    assert {"loss/word_kl", "loss/soft_label_kl"} <= set(records[2])
+    training = [r for r in records if "phase" in r]
+    assert set(training[0]) >= {"loss/word_kl"} and "loss/soft_label_kl" not in training[0]
+    assert {"loss/word_kl", "loss/soft_label_kl"} <= set(training[2])
+    signal = records[0]  # the teacher's word signal in each phase, at its temperature
+    assert {"signal/word-prediction/word_kl/top1_masked", "signal/task/word_kl/top1_masked"} <= set(
+        signal
+    )
+    assert signal["signal/task/word_kl/top1_masked"] is None  # no masking in the task phase
     assert "eval/accuracy" in records[-1]
 
 
@@ -124,7 +134,7 @@ def test_bucketing_and_ablation_terms(tiny_encoder, corpus_file, tmp_path):
                  "hidden_mse: {weight: 1.0}, attention_kl: {weight: 1.0}}",
     ))  # fmt: skip
     assert result.exit_code == 0, result.output
-    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[1])  # after the signal
     assert {"loss/word_kl", "loss/hidden_mse", "loss/attention_kl"} <= set(record)
     assert json.loads((out / "config.json").read_text())["hidden_size"] == 32
 

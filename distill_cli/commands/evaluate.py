@@ -49,6 +49,10 @@ def command(
         print_table(result)
 
 
+def _agreement(a: dict | None) -> str:
+    return "n/a" if a is None else f"{100 * a['masked']:.1f}% / {100 * a['unmasked']:.1f}%"
+
+
 def print_table(result: dict) -> None:
     key = result["primary_metric"]
     models = result["models"]
@@ -56,7 +60,7 @@ def print_table(result: dict) -> None:
     table = Table(title=f"{result['data']} · {result['split']} · {result['num_examples']} examples")
     cols = ["model", key, "params (M)", "size (MB)", "latency b1 (ms)", "samples/s b32"]
     if has_teacher:
-        cols += ["retention", "speedup b1", "size vs teacher"]
+        cols += ["retention", "speedup b1", "size vs teacher", "word agreement (masked / unmasked)"]
     for col in cols:
         table.add_column(col, justify="left" if col == "model" else "right")
     for name, m in models.items():
@@ -70,12 +74,13 @@ def print_table(result: dict) -> None:
         ]
         if has_teacher:
             if name == "teacher":
-                row += ["100%", "1.00x", "100%"]
+                row += ["100%", "1.00x", "100%", ""]
             else:
                 row += [
                     f"{100 * m['retention']:.1f}%",
                     f"{m['speedup_b1']:.2f}x",
                     f"{100 * m['size_ratio']:.0f}%",
+                    _agreement(m.get("word_agreement")),
                 ]
         table.add_row(*row)
     console = out_console()
