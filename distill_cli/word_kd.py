@@ -61,6 +61,11 @@ def _teacher_matrix(w_t, b_t, rows):
     return w_t[rows], (None if b_t is None else b_t[rows])
 
 
+def standardized(z: torch.Tensor) -> torch.Tensor:
+    """Each row z-scored over the vocabulary (population std), as in Sun et al. (CVPR 2024)."""
+    return (z - z.mean(-1, keepdim=True)) / (z.std(-1, keepdim=True, correction=0) + STD_EPS)
+
+
 def word_kl_naive(
     h_s,
     w_s,
@@ -88,13 +93,7 @@ def word_kl_naive(
         z_t = F.linear(h_t, w_t, b_t).float()
     z_s = F.linear(h_s, w_s, b_s).float()
     if standardize:
-
-        def zscore(z):
-            return (z - z.mean(-1, keepdim=True)) / (
-                z.std(-1, keepdim=True, correction=0) + STD_EPS
-            )
-
-        z_t, z_s = zscore(z_t), zscore(z_s)
+        z_t, z_s = standardized(z_t), standardized(z_s)
     else:
         z_t, z_s = z_t * scale, z_s * scale
     log_p_t = F.log_softmax(z_t / t, dim=-1)

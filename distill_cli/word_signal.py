@@ -18,6 +18,7 @@ import torch
 
 from distill_cli.batching import split_inputs
 from distill_cli.heads import Needs, forward
+from distill_cli.word_kd import standardized
 
 ROWS_PER_CHUNK = 2**22  # [chunk, V] fp32 logits of about this many elements
 FLAT_SHARE = 0.99  # above this share of log V the teacher's words carry no signal
@@ -38,12 +39,6 @@ class Calibration:
         elif self.scale != 1.0:
             z = z * self.scale
         return z / self.temperature
-
-
-def standardized(z: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """Each row z-scored over the vocabulary (population std), as in Sun et al. (CVPR 2024)."""
-    mean = z.mean(-1, keepdim=True)
-    return (z - mean) / (z.std(-1, keepdim=True, correction=0) + eps)
 
 
 def _chunks(n: int, vocab: int):
