@@ -68,8 +68,14 @@ class DataConfig:
     text_columns: list[str] | None = _opt(None, "One or two text columns (default: from preset).")
     label_column: str | None = _opt(None, "Label column (default: from preset or 'label').")
     labels: list[str] | None = _opt(None, "Label names in id order (default: inferred).")
-    task_type: str | None = _opt(None, "classification | regression (default: inferred).")
-    metric: str | None = _opt(None, "accuracy | f1 | mcc | pearson (default: from preset).")
+    task_type: str | None = _opt(
+        None,
+        "classification | regression | token_classification | question_answering "
+        "(default: inferred from the data or preset).",
+    )
+    metric: str | None = _opt(
+        None, "accuracy | f1 | mcc | pearson | seqeval | squad | squad_v2 (default: from preset)."
+    )
     train_split: str = _opt("train", "Split used for training.")
     eval_split: str = _opt("validation", "Split evaluated at the end of training.")
     max_length: int = _opt(128, "Truncate inputs to this many tokens.")
@@ -77,6 +83,16 @@ class DataConfig:
         "pack",
         "Raw text: pack (concatenate into full blocks) | bucket (group similar lengths) | none.",
     )
+    label_all_tokens: bool = _opt(
+        False,
+        "Token classification: label every sub-token of a word, not only its first one.",
+    )
+    doc_stride: int = _opt(
+        128,
+        "Question answering: tokens shared by consecutive windows of a long context "
+        "(below data.max_length).",
+    )
+    max_answer_length: int = _opt(30, "Question answering: longest predicted answer, in tokens.")
     max_train_samples: int | None = _opt(None, "Use at most this many training rows.")
     max_eval_samples: int | None = _opt(None, "Use at most this many evaluation rows.")
 
@@ -398,8 +414,8 @@ PRECISIONS = ("no", "fp16", "bf16")
 PACKINGS = ("pack", "bucket", "none")
 WORD_LOGITS = ("auto", "embeddings", "lm_head")
 WORD_SIGNAL = ("warn", "error")
-TASK_TYPES = ("classification", "regression")
-METRICS = ("accuracy", "f1", "mcc", "pearson")
+TASK_TYPES = ("classification", "regression", "token_classification", "question_answering")
+METRICS = ("accuracy", "f1", "mcc", "pearson", "seqeval", "squad", "squad_v2")
 SCHEDULERS = (
     "linear",
     "cosine",
@@ -458,6 +474,10 @@ def validate(recipe: Recipe, needs_data: bool = True) -> None:
         problems.append(f"word_signal must be one of {', '.join(WORD_SIGNAL)}")
     if d.max_length < 8:
         problems.append("data.max_length must be at least 8")
+    if d.doc_stride < 1:
+        problems.append("data.doc_stride must be >= 1")
+    if d.max_answer_length < 1:
+        problems.append("data.max_answer_length must be >= 1")
     if t.epochs <= 0 and t.max_steps is None:
         problems.append("train.epochs must be > 0 (or set train.max_steps)")
     if t.max_steps is not None and t.max_steps < 1:
