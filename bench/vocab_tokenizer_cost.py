@@ -28,7 +28,6 @@ import torch
 
 from distill_cli import evaluate, text_data, vocab
 from distill_cli.data import load_task_data
-from distill_cli.metrics import compute_metrics, predictions_from_logits
 from distill_cli.models import label_names, load_classifier, load_tokenizer
 from distill_cli.recipe import DataConfig
 from distill_cli.stages import compressed_vocab
@@ -79,10 +78,8 @@ def before_coverage_tokenizer(original, student_dir: Path):
     return vocab.rewrite_tokenizer(original, spec, np.array(sorted(set(kept) - extra)))
 
 
-def task_metric(model, tokenizer, task, split: str, max_length: int) -> float:
-    logits, labels = evaluate.predict(model, tokenizer, task, split, max_length)
-    preds = predictions_from_logits(logits, task.task_type)
-    return compute_metrics(task.metric, preds, labels)
+def task_metric(model, tokenizer, task, split: str, cfg: DataConfig) -> dict:
+    return evaluate.score_split(model, tokenizer, task, split, cfg)
 
 
 def main() -> None:
@@ -113,9 +110,9 @@ def main() -> None:
         "split": args.split,
         "examples": len(texts),
         "examples_with_a_dropped_token": with_dropped,
-        "own_tokenizer": task_metric(model, own, task, args.split, cfg.max_length),
+        "own_tokenizer": task_metric(model, own, task, args.split, cfg),
         "remapped_original": task_metric(
-            Remapped(model, remap), original, task, args.split, cfg.max_length
+            Remapped(model, remap), original, task, args.split, cfg
         ),
     }
     outside = packaged_texts()

@@ -24,13 +24,22 @@ def tokenize(ds, tokenizer, text_columns: list[str], max_length: int, prefix: st
     return ds.remove_columns(f"{prefix}truncated"), truncated
 
 
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# what the losses and metrics read beside the inputs: labels (a class id or value; per-token tags;
+# QA start and end positions), each word's first sub-token, and a row's index in its split
+TARGETS = ("label", "labels", "start_positions", "end_positions", "word_starts", "row")
+# the value a padded position of a list column gets
+PAD_VALUES = {"labels": -100, "word_starts": -1}
+
+
 def model_columns(ds) -> list[str]:
-    keep = ("input_ids", "attention_mask", "token_type_ids")
-    return [c for c in ds.column_names if c == "label" or c.removeprefix(TEACHER_PREFIX) in keep]
+    keep = (*MODEL_INPUTS, *TARGETS)
+    return [c for c in ds.column_names if c.removeprefix(TEACHER_PREFIX) in keep]
 
 
 class PadCollator:
-    """Pads every id/mask column to the longest row in the batch."""
+    """Pads every id/mask/label column to the longest row in the batch. Labels come out as
+    ``labels``: class ids or values, per-token tags, or QA [start, end] positions."""
 
     def __init__(self, pad_id: int, teacher_pad_id: int | None = None):
         self.pad = {
@@ -48,18 +57,28 @@ class PadCollator:
                 dtype = torch.float32 if isinstance(values[0], float) else torch.long
                 batch["labels"] = torch.tensor(values, dtype=dtype)
                 continue
+            if not isinstance(values[0], list):
+                batch[key] = torch.tensor(values)
+                continue
             prefix = TEACHER_PREFIX if key.startswith(TEACHER_PREFIX) else ""
-            fill = self.pad[prefix] if key.endswith("input_ids") else 0
+            name = key.removeprefix(prefix)
+            fill = self.pad[prefix] if name == "input_ids" else PAD_VALUES.get(name, 0)
             width = max(len(v) for v in values)
             batch[key] = torch.tensor([v + [fill] * (width - len(v)) for v in values])
+        if "start_positions" in batch:
+            batch["labels"] = torch.stack(
+                (batch.pop("start_positions"), batch.pop("end_positions")), dim=1
+            )
         return batch
 
 
 def split_inputs(batch: dict) -> tuple[dict, dict]:
     """Student inputs and teacher inputs (the same tensors when they share a tokenizer)."""
-    student = {k: v for k, v in batch.items() if not k.startswith(TEACHER_PREFIX) and k != "labels"}
+    student = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
     teacher = {
-        k.removeprefix(TEACHER_PREFIX): v for k, v in batch.items() if k.startswith(TEACHER_PREFIX)
+        name: v
+        for k, v in batch.items()
+        if (name := k.removeprefix(TEACHER_PREFIX)) in MODEL_INPUTS and k != name
     }
     return student, teacher or student
 

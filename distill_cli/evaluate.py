@@ -9,12 +9,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from distill_cli import batching, word_signal
+from distill_cli import batching, task_features, task_heads, task_scoring, word_signal
 from distill_cli.data import TaskData, load_task_data
 from distill_cli.errors import DistillError, UnsupportedModel
 from distill_cli.heads import is_causal, word_mode
 from distill_cli.latency import median_ms
-from distill_cli.metrics import PRIMARY, compute_metrics, predictions_from_logits
+from distill_cli.metrics import PRIMARY
 from distill_cli.models import give_pad_token, label_names, load_classifier, same_vocab
 from distill_cli.outputs import check_not_input, record_written, write_json_atomic
 from distill_cli.recipe import DataConfig, from_dict, parse_set
@@ -67,34 +67,53 @@ def size_on_disk_mb(model_dir: Path) -> float:
     return sum(p.stat().st_size for p in files) / 2**20
 
 
-def predict(model, tokenizer, task: TaskData, split: str, max_length: int, batch_size=64):
-    ds, _ = batching.tokenize(task.splits[split], tokenizer, task.text_columns, max_length)
-    ds = ds.select_columns(batching.model_columns(ds))
-    loader = DataLoader(
-        ds, batch_size=batch_size, collate_fn=batching.PadCollator(tokenizer.pad_token_id or 0)
-    )
-    logits, labels = [], []
-    with torch.inference_mode():
-        for batch in loader:
-            labels.append(batch.pop("labels"))
-            logits.append(model(**batch).logits.float())
-    return torch.cat(logits).numpy(), torch.cat(labels).numpy()
+# QA readers are timed on full windows, the length they usually run at
+QA_LATENCY_LENGTH = 384
+
+
+def score_split(model, tokenizer, task: TaskData, split: str, cfg: DataConfig, batch_size=64):
+    """Task metrics of a model (PyTorch or ONNX) on a split, read with its own tokenizer."""
+    features = task_features.eval_features(task.splits[split], task, tokenizer, cfg, split)
+    collate = batching.PadCollator(tokenizer.pad_token_id or 0)
+    loader = DataLoader(features.loader_ds, batch_size=batch_size, collate_fn=collate)
+    scorer = task_scoring.Scorer(task, task.splits[split], features, cfg)
+    return task_scoring.score(model, loader, scorer)
 
 
 def _texts(task: TaskData, split: str, n: int) -> list[list[str]]:
     rows = task.splits[split].select(range(min(n, len(task.splits[split]))))
-    return [rows[c] for c in task.text_columns]
+    ds, columns = task_features.plain_text(task, rows)
+    return [ds[c] for c in columns]
+
+
+def check_task(config, task: TaskData, path: str) -> None:
+    """The model's head must be the one the data's task needs."""
+    have = task_heads.task_type_of(config)
+    if task_heads.kind(have) != task_heads.kind(task.task_type):
+        raise DistillError(
+            f"{path} is a {have.replace('_', ' ')} model but the data is a "
+            f"{task.task_type.replace('_', ' ')} task; pass data of its task (--data)"
+        )
 
 
 def latency(
-    model, tokenizer, texts, max_length: int, warmup: int = 5, runs: int = 30, batch_runs: int = 5
+    model,
+    tokenizer,
+    texts,
+    max_length: int,
+    warmup: int = 5,
+    runs: int = 30,
+    batch_runs: int = 5,
+    full: bool = False,
 ) -> dict:
-    """Median forward time at batch 1 (ms) and samples/s at batch 32, after warm-up."""
+    """Median forward time at batch 1 (ms) and samples/s at batch 32, after warm-up; ``full``
+    pads every input to ``max_length``."""
 
     def encode(lo, hi):
         cols = [c[lo:hi] for c in texts]
+        padding = "max_length" if full else True
         return tokenizer(
-            *cols, truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+            *cols, truncation=True, max_length=max_length, padding=padding, return_tensors="pt"
         )
 
     def forward(batch):
@@ -113,14 +132,17 @@ def evaluate_model(path: str, role: str, cfg: DataConfig, split: str, task=None)
     give_pad_token(model, tokenizer)  # a decoder classifier saved without one
     if task is None:
         task = load_task_data(cfg, splits=[split], label_names=label_names(model.config))
-    logits, labels = predict(model, tokenizer, task, split, cfg.max_length)
-    metrics = compute_metrics(task.metric, predictions_from_logits(logits, task.task_type), labels)
+    check_task(model.config, task, path)
+    metrics = score_split(model, tokenizer, task, split, cfg)
+    span = task.task_type == task_heads.SPAN
+    length = QA_LATENCY_LENGTH if span else cfg.max_length
     report = {
         "path": str(path),
         "metrics": metrics,
         "parameters": model.num_parameters(),
         "size_mb": round(size_on_disk_mb(Path(path)), 3),
-        **latency(model, tokenizer, _texts(task, split, 32), cfg.max_length),
+        "latency_length": length if span else None,
+        **latency(model, tokenizer, _texts(task, split, 32), length, full=span),
     }
     log(f"{role}: {', '.join(f'{k} {v:.4f}' for k, v in metrics.items())}")
     return report, task, (model, tokenizer)
@@ -149,7 +171,8 @@ def word_agreement(student, teacher, task: TaskData, split: str, max_length: int
     if not causal and t_tok.mask_token_id is None:
         return None
     rows = task.splits[split].select(range(min(AGREEMENT_ROWS, len(task.splits[split]))))
-    ds, _ = batching.tokenize(rows, t_tok, task.text_columns, max_length)
+    rows, columns = task_features.plain_text(task, rows)
+    ds, _ = batching.tokenize(rows, t_tok, columns, max_length)
     ds = ds.select_columns([c for c in batching.model_columns(ds) if c != "label"])
     collate = batching.PadCollator(t_tok.pad_token_id or 0)
     probe = word_signal.Probe(

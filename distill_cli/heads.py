@@ -12,6 +12,7 @@ from transformers.models.auto.modeling_auto import (
 )
 
 from distill_cli.errors import UnsupportedModel
+from distill_cli.task_heads import head_logits
 
 
 def is_causal(config) -> bool:
@@ -96,7 +97,7 @@ class Needs:
 
 @dataclass
 class Outputs:
-    logits: torch.Tensor | None = None
+    logits: torch.Tensor | None = None  # task_heads.head_logits: QA start/end as [batch, 2, L]
     hidden: tuple[torch.Tensor, ...] = ()  # embeddings output, then every layer
     attentions: tuple[torch.Tensor, ...] = ()
     word_features: torch.Tensor | None = None  # H, H·P, or the LM head's transform of H
@@ -152,11 +153,11 @@ def forward(model, inputs: dict, needs: Needs, mode: str) -> Outputs:
     """
     hidden_wanted = needs.hidden or needs.word
     features = None
-    if needs.logits:  # a sequence classifier
+    if needs.logits:  # a task model: classifier, tagger or QA reader
         out = model(
             **inputs, output_hidden_states=hidden_wanted, output_attentions=needs.attentions
         )
-        result = Outputs(logits=out.logits)
+        result = Outputs(logits=head_logits(out))
         hidden = out.hidden_states if hidden_wanted else ()
         last = hidden[-1] if hidden_wanted else None
     elif needs.word and mode == "lm_head":

@@ -19,9 +19,15 @@ from distill_cli.errors import DistillError
 from distill_cli.heads import Needs, Outputs
 from distill_cli.word_kd import word_kl
 
+IGNORE = -100  # a label position no loss reads (special tokens, later sub-tokens, padding)
+MASKED = -1e9  # a logit that takes a position out of a softmax (padding, for QA positions)
+
 
 def soft_label_kl(student_logits, teacher_logits, temperature: float = 1.0) -> torch.Tensor:
-    """T²·KL(softmax(z_t/T) ‖ softmax(z_s/T)), averaged over the batch."""
+    """T²·KL(softmax(z_t/T) ‖ softmax(z_s/T)), averaged over the rows (examples, tokens, or QA
+    start and end distributions)."""
+    if len(student_logits) == 0:
+        return student_logits.float().sum() * 0.0
     t = temperature
     log_p_s = F.log_softmax(student_logits.float() / t, dim=-1)
     log_p_t = F.log_softmax(teacher_logits.float() / t, dim=-1)
@@ -34,6 +40,59 @@ def hard_label_loss(student_logits, labels) -> torch.Tensor:
     if student_logits.shape[-1] == 1:
         return F.mse_loss(student_logits.float().squeeze(-1), labels.float())
     return F.cross_entropy(student_logits.float(), labels)
+
+
+def span_rows(logits, mask) -> torch.Tensor:
+    """QA logits [batch, 2, L] as [2·batch, L] start and end rows, padding out of the softmax."""
+    pad = ~mask.bool()[:, None, :]
+    return logits.float().masked_fill(pad, MASKED).flatten(0, 1)
+
+
+def word_rows(logits, starts, keep) -> torch.Tensor:
+    """Token logits [batch, L, C] at each kept word's first sub-token: [words, C]."""
+    rows = torch.arange(len(starts), device=starts.device)[:, None].expand_as(starts)
+    return logits[rows[keep], starts[keep]]
+
+
+def class_rows(step: Step) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Student and teacher logits as rows of one distribution each, paired: examples; labelled
+    tokens (words, aligned by their first sub-tokens, when the models tokenize differently);
+    or QA start and end distributions over the non-pad positions."""
+    s = step.student.logits
+    t = step.teacher.logits if step.teacher is not None else None
+    if step.task == "span":
+        return span_rows(s, step.mask), None if t is None else span_rows(t, step.mask)
+    if step.task == "token":
+        if step.word_starts is not None and t is not None:
+            s_starts, t_starts = step.word_starts
+            keep = (s_starts >= 0) & (t_starts >= 0)
+            return word_rows(s, s_starts, keep), word_rows(t, t_starts, keep)
+        keep = step.labels != IGNORE
+        return s[keep], None if t is None else t[keep]
+    return s, t
+
+
+def task_hard_loss(step: Step) -> torch.Tensor:
+    """Hard labels: CE per example (MSE for regression), per labelled token, or on the QA start
+    and end positions (averaged)."""
+    logits, labels = step.student.logits, step.labels
+    if step.task == "span":
+        return F.cross_entropy(span_rows(logits, step.mask), labels.flatten())
+    if step.task == "token":
+        keep = labels != IGNORE
+        if not keep.any():
+            return logits.float().sum() * 0.0
+        return F.cross_entropy(logits[keep].float(), labels[keep])
+    return hard_label_loss(logits, labels)
+
+
+def task_logit_mse(step: Step) -> torch.Tensor:
+    """MSE between the paired logits (QA: the start and end logits at non-pad positions)."""
+    if step.task == "span":
+        keep = step.mask.bool()[:, None, :].expand_as(step.student.logits)
+        return logit_mse(step.student.logits[keep], step.teacher.logits[keep])
+    s, t = class_rows(step)
+    return logit_mse(s, t)
 
 
 def logit_mse(student_logits, teacher_logits) -> torch.Tensor:
@@ -92,6 +151,8 @@ class Step:
     mask: torch.Tensor | None = None  # attention mask of the (shared) inputs
     vocab_index: torch.Tensor | None = None  # teacher rows of a compressed student vocabulary
     word_scale: float = 1.0  # multiplies both models' word logits (the run's word_logit_scale)
+    task: str = "sequence"  # task_heads.kind: sequence | token | span
+    word_starts: tuple[torch.Tensor, torch.Tensor] | None = None  # (student, teacher) [batch, W]
 
 
 # ---------------------------------------------------------------- the parameters terms take
@@ -209,22 +270,22 @@ def _projections(teacher_config, student_config) -> torch.nn.ModuleList | None:
 
 KD_LOSSES: dict[str, LossTerm] = {
     "soft_label_kl": LossTerm(
-        lambda st, p, _: soft_label_kl(st.student.logits, st.teacher.logits, p.temperature),
+        lambda st, p, _: soft_label_kl(*class_rows(st), p.temperature),
         params=Tempered,
-        help="T²·KL(teacher ‖ student) on the classifier logits",
+        help="T²·KL(teacher ‖ student) on the task logits (per token; QA start and end)",
         needs_teacher=True,
         needs=Needs(logits=True),
         class_logits=True,
     ),
     "ce": LossTerm(
-        lambda st, p, _: hard_label_loss(st.student.logits, st.labels),
+        lambda st, p, _: task_hard_loss(st),
         params=Weighted,
-        help="hard-label cross-entropy (MSE for regression)",
+        help="hard-label cross-entropy (MSE for regression; per token; QA start and end)",
         needs_teacher=False,
         needs=Needs(logits=True),
     ),
     "logit_mse": LossTerm(
-        lambda st, p, _: logit_mse(st.student.logits, st.teacher.logits),
+        lambda st, p, _: task_logit_mse(st),
         params=Weighted,
         help="MSE between student and teacher logits",
         needs_teacher=True,

@@ -14,7 +14,6 @@ from transformers import (
     AutoModel,
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
-    AutoModelForSequenceClassification,
     AutoTokenizer,
 )
 
@@ -22,6 +21,7 @@ from distill_cli.data import looks_like_path
 from distill_cli.errors import DistillError, UnsupportedModel
 from distill_cli.heads import is_causal
 from distill_cli.recipe import StudentConfig
+from distill_cli.task_heads import SPAN, is_head_key, model_class, task_type_of
 from distill_cli.user_files import first_line, read_json, read_text
 
 # Matches the index of a transformer block in a state-dict key: encoder.layer.3., h.3., layers.3.
@@ -132,10 +132,6 @@ def _config(name: str, role: str, trust_remote_code: bool):
         raise _load_error(role, name, e) from None
 
 
-def _is_head(key: str) -> bool:
-    return key.split(".")[0] in ("classifier", "score", "pooler") or ".pooler." in key
-
-
 def _shape_error(auto, name: str, role: str, kwargs: dict) -> DistillError:
     """Name the first tensor whose saved shape disagrees with the config."""
     try:
@@ -187,11 +183,16 @@ def load_tokenizer(name: str, role: str, trust_remote_code: bool = False):
 def _label_kwargs(labels: list[str] | None, task_type: str) -> dict:
     if task_type == "regression":
         return {"num_labels": 1, "problem_type": "regression"}
+    if task_type == SPAN:
+        return {"num_labels": 2}  # start and end
+    problem = (
+        {"problem_type": "single_label_classification"} if task_type == "classification" else {}
+    )
     return {
         "num_labels": len(labels),
         "id2label": dict(enumerate(labels)),
         "label2id": {name: i for i, name in enumerate(labels)},
-        "problem_type": "single_label_classification",
+        **problem,
     }
 
 
@@ -201,6 +202,8 @@ def _default_names(config) -> bool:
 
 def check_label_sets(config, labels: list[str] | None, task_type: str, role: str) -> None:
     """A model's classifier must match the task's label set (count, and names when it has any)."""
+    if task_type == SPAN:
+        return
     expected = 1 if task_type == "regression" else len(labels)
     if config.num_labels != expected:
         raise DistillError(
@@ -217,20 +220,22 @@ def check_label_sets(config, labels: list[str] | None, task_type: str, role: str
 
 
 def load_teacher(name: str, labels, task_type: str, trust_remote_code: bool = False):
-    """A task teacher: a classifier whose label set matches the data."""
+    """A task teacher: a model with the task's head (classifier, tagger or QA reader) whose label
+    set matches the data."""
     check_model_source(name, "teacher")
     model, info = from_pretrained(
-        AutoModelForSequenceClassification,
+        model_class(task_type),
         name,
         "teacher",
         dtype=torch.float32,
         output_loading_info=True,
         trust_remote_code=trust_remote_code,
     )
-    missing = [k for k in info.get("missing_keys", ()) if "classifier" in k or "score" in k]
+    missing = [k for k in info.get("missing_keys", ()) if is_head_key(k, pooler=False)]
     if missing:
+        what = task_type.replace("_", " ")
         raise DistillError(
-            f"teacher '{name}' has no trained classification head ({', '.join(sorted(missing))} "
+            f"teacher '{name}' has no trained {what} head ({', '.join(sorted(missing))} "
             "missing); fine-tune it first with recipes/finetune.yaml"
         )
     check_label_sets(model.config, labels, task_type, "teacher")
@@ -474,7 +479,7 @@ def build_student(
             return load_lm(spec.path, "student", trust_remote_code)
         check_model_source(spec.path, "student")
         model, info = from_pretrained(
-            AutoModelForSequenceClassification,
+            model_class(task_type),
             spec.path,
             "student",
             dtype=torch.float32,
@@ -483,7 +488,7 @@ def build_student(
             trust_remote_code=trust_remote_code,
             **label_kwargs,
         )
-        body = sorted(m for m in info.get("mismatched_keys", ()) if not _is_head(m[0]))
+        body = sorted(m for m in info.get("mismatched_keys", ()) if not is_head_key(m[0]))
         if body:
             key, saved, expected = body[0]
             raise DistillError(
@@ -533,14 +538,15 @@ def build_student(
 
 
 def load_classifier(path: str, role: str = "model", trust_remote_code: bool = False):
-    """A trained classifier and its tokenizer, for evaluation (ONNX exports run in onnxruntime)."""
+    """A trained task model (classifier, tagger or QA reader, as saved) and its tokenizer, for
+    evaluation (ONNX exports run in onnxruntime)."""
     from distill_cli.onnx_model import OnnxClassifier, is_onnx_folder
 
     if is_onnx_folder(path):
         check_model_source(path, role)
         return OnnxClassifier(path), load_tokenizer(path, role)
     model, tokenizer = _load_by_config(
-        path, role, trust_remote_code, lambda config: AutoModelForSequenceClassification
+        path, role, trust_remote_code, lambda config: model_class(task_type_of(config))
     )
     return model.eval(), tokenizer
 

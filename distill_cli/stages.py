@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from distill_cli import batching, losses, text_data
+from distill_cli import batching, losses, task_features, task_heads, text_data
 from distill_cli.data import TaskData, load_task_data
 from distill_cli.errors import DistillError, UnsupportedModel
 from distill_cli.heads import is_causal, word_mode
@@ -30,7 +30,7 @@ class Built:
     collate: object
     causal: bool = False
     task: TaskData | None = None
-    eval_ds: object = None
+    eval_ds: task_features.EvalFeatures | None = None
     batch_sampler: list[list[int]] | None = None
     student_mode: str = "embeddings"
     teacher_mode: str = "embeddings"
@@ -120,15 +120,15 @@ def _check_aligned(recipe: Recipe, separate: bool) -> None:
         raise DistillError("masking needs teacher and student to share a tokenizer")
 
 
-def _tokenize_task_split(ds, task, student_tok, teacher_tok, max_length, name):
-    ds, truncated = batching.tokenize(ds, student_tok, task.text_columns, max_length)
-    if teacher_tok is not None:
-        ds, _ = batching.tokenize(
-            ds, teacher_tok, task.text_columns, max_length, batching.TEACHER_PREFIX
+def _check_span_tokenizers(recipe: Recipe, separate: bool) -> None:
+    """QA distillation compares start and end distributions over positions."""
+    teacher_terms = sorted(n for n in term_names(recipe) if losses.KD_LOSSES[n].needs_teacher)
+    if separate and teacher_terms:
+        raise DistillError(
+            f"{', '.join(teacher_terms)} on question answering compare answer positions, so "
+            "teacher and student must share a tokenizer; use a student built from the teacher "
+            "(student.init: truncate or config), or drop the teacher's terms"
         )
-    if truncated:
-        log(f"{name}: {truncated} texts longer than data.max_length={max_length} were truncated")
-    return ds.select_columns(batching.model_columns(ds))
 
 
 def build_task(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built:
@@ -161,16 +161,16 @@ def build_task(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built:
     )
     separate = teacher_tok is not None and not compressed
     separate = separate and not same_vocab(student_tok, teacher_tok)
+    if task.task_type == task_heads.SPAN:
+        _check_span_tokenizers(recipe, separate)
     _check_aligned(recipe, separate)
     input_tok = teacher_tok if compressed else student_tok
     t_tok = teacher_tok if separate else None
-    train_ds = _tokenize_task_split(
-        task.splits[d.train_split], task, input_tok, t_tok, d.max_length, "train"
-    )
+    train_ds = task_features.train_features(task.splits[d.train_split], task, input_tok, d, t_tok)
     eval_ds = None
     if has_eval:
-        eval_ds = _tokenize_task_split(
-            task.splits[d.eval_split], task, student_tok, None, d.max_length, d.eval_split
+        eval_ds = task_features.eval_features(
+            task.splits[d.eval_split], task, student_tok, d, d.eval_split
         )
     collate = batching.PadCollator(_pad_id(student_tok), _pad_id(teacher_tok) if separate else None)
     return Built(

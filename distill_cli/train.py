@@ -23,13 +23,22 @@ from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
-from distill_cli import batching, checkpoints, heads, losses, stages, training_plot, word_signal
+from distill_cli import (
+    batching,
+    checkpoints,
+    heads,
+    losses,
+    stages,
+    task_heads,
+    task_scoring,
+    training_plot,
+    word_signal,
+)
 from distill_cli.allocator import keep_freed_memory
 from distill_cli.batching import EpochBatchSampler
-from distill_cli.data import TaskData
 from distill_cli.errors import DistillError, Interrupted, NonFiniteLoss, WriteFailed
 from distill_cli.heads import StudentModule
-from distill_cli.metrics import PRIMARY, compute_metrics, predictions_from_logits
+from distill_cli.metrics import PRIMARY
 from distill_cli.outputs import (
     mark_finished,
     save_model_atomic,
@@ -112,24 +121,16 @@ def optimizer_groups(model, weight_decay: float) -> list[dict]:
     ]
 
 
-def evaluate_split(model, loader, accelerator, task: TaskData) -> dict[str, float]:
+def evaluate_split(model, loader, accelerator, scorer: task_scoring.Scorer) -> dict[str, float]:
     """Task metrics of a model over a prepared loader, gathered across processes.
 
     The loader holds the split tokenized by the student's own tokenizer, as a user runs it.
     """
     model.eval()
-    all_logits, all_labels = [], []
-    with torch.no_grad():
-        for batch in loader:
-            inputs, _ = batching.split_inputs(batch)
-            logits = model(**inputs).logits.float()
-            logits, labels = accelerator.gather_for_metrics((logits, batch["labels"]))
-            all_logits.append(logits.cpu())
-            all_labels.append(labels.cpu())
+    gather = lambda records: accelerator.gather_for_metrics(records, use_gather_object=True)  # noqa: E731
+    metrics = task_scoring.score(model, loader, scorer, gather)
     model.train()
-    logits = torch.cat(all_logits).numpy()
-    preds = predictions_from_logits(logits, task.task_type)
-    return compute_metrics(task.metric, preds, torch.cat(all_labels).numpy())
+    return metrics
 
 
 @dataclass
@@ -227,7 +228,9 @@ def setup(
     train_loader, sampler = make_train_loader(b, cfg)
     eval_loader = None
     if b.eval_ds is not None:
-        eval_loader = DataLoader(b.eval_ds, batch_size=cfg.eval_batch_size, collate_fn=b.collate)
+        eval_loader = DataLoader(
+            b.eval_ds.loader_ds, batch_size=cfg.eval_batch_size, collate_fn=b.collate
+        )
 
     # fused AdamW: one kernel over all parameters (CPU and CUDA have it)
     groups = optimizer_groups(student, cfg.weight_decay)
@@ -505,7 +508,9 @@ def _evaluate(s: State) -> dict:
     """Task metrics on the evaluation split, logged; the summary's eval fields."""
     task, step = s.built.task, s.pos.step
     model = s.accelerator.unwrap_model(s.student).model
-    metrics = evaluate_split(model, s.eval_loader, s.accelerator, task)
+    d = s.recipe.data
+    scorer = task_scoring.Scorer(task, task.splits[d.eval_split], s.built.eval_ds, d)
+    metrics = evaluate_split(model, s.eval_loader, s.accelerator, scorer)
     if s.main:
         s.writer.write({"step": step, **{f"eval/{k}": v for k, v in metrics.items()}})
     if s.recipe.train.report_to:
@@ -648,7 +653,10 @@ def compute_loss(s: State, batch: dict, plan: PhasePlan) -> tuple[torch.Tensor, 
         mask=s_inputs["attention_mask"],
         vocab_index=s.vocab_index,
         word_scale=s.word_scale,
+        task=task_heads.kind(b.task.task_type) if b.task is not None else "sequence",
     )
+    if "teacher_word_starts" in batch:  # a tagger teacher that tokenizes differently
+        step.word_starts = (batch["word_starts"], batch["teacher_word_starts"])
     if needs.teacher:
         with torch.no_grad(), accelerator.autocast():
             step.teacher = heads.forward(s.teacher, t_inputs, needs, b.teacher_mode)
