@@ -382,6 +382,10 @@ def load_task_data(
     ``cfg.train_split``, ``max_eval_samples`` the first rows of other splits. ``optional``
     splits are added when the source has them under that name (never from a single file).
     """
+    from distill_cli import token_data  # token classification data (it imports this module)
+
+    if token_data.claims(cfg):
+        return token_data.load_token_data(cfg, splits, label_names, optional)
     if not cfg.name:
         raise DistillError("no data: pass --data NAME_OR_PATH")
     source = _open(cfg.name)

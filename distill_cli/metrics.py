@@ -49,3 +49,30 @@ def compute_metrics(
     elif metric == "mcc":
         out["mcc"] = float(matthews_corrcoef(references, predictions))
     return {PRIMARY[metric]: out[PRIMARY[metric]], **out}
+
+
+# ---------------------------------------------------------------- token classification
+
+PRIMARY["seqeval"] = "f1"
+
+
+def entity_metrics(references: list[list[str]], predictions: list[list[str]]) -> dict:
+    """Entity-level precision, recall and F1 over BIO tags (seqeval, default mode), and token
+    accuracy; one list of tag names per sentence."""
+    from seqeval.metrics import accuracy_score as token_accuracy
+    from seqeval.metrics.sequence_labeling import precision_recall_fscore_support
+
+    if not any(references):
+        return {"f1": 0.0, "precision": 0.0, "recall": 0.0, "accuracy": 0.0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tags outside BIO ("x seems not to be NE tag")
+        precision, recall, f1, _ = precision_recall_fscore_support(
+            references, predictions, average="micro", zero_division=0
+        )
+        accuracy = token_accuracy(references, predictions)
+    return {
+        "f1": float(f1),
+        "precision": float(precision),
+        "recall": float(recall),
+        "accuracy": float(accuracy),
+    }
