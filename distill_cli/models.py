@@ -558,6 +558,12 @@ def label_names(config) -> list[str] | None:
     return [config.id2label[i] for i in range(config.num_labels)]
 
 
+def saved_label_names(name: str, role: str, trust_remote_code: bool = False) -> list[str] | None:
+    """A model's label names, read from its config alone (None: LABEL_i defaults, or none)."""
+    check_model_source(name, role)
+    return label_names(_config(name, role, trust_remote_code))
+
+
 def give_pad_token(model, tokenizer) -> None:
     """A decoder classifier reads its last non-pad token, so it needs a pad id, and causal
     tokenizers often have none: use EOS, in the tokenizer and the config saved with the model."""

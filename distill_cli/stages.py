@@ -15,7 +15,14 @@ from distill_cli import batching, losses, task_features, task_heads, text_data
 from distill_cli.data import TaskData, load_task_data
 from distill_cli.errors import DistillError, UnsupportedModel
 from distill_cli.heads import is_causal, word_mode
-from distill_cli.models import build_student, give_pad_token, load_lm, load_teacher, same_vocab
+from distill_cli.models import (
+    build_student,
+    give_pad_token,
+    load_lm,
+    load_teacher,
+    same_vocab,
+    saved_label_names,
+)
 from distill_cli.recipe import Recipe
 from distill_cli.reporting import log
 from distill_cli.user_files import read_json
@@ -133,7 +140,11 @@ def _check_span_tokenizers(recipe: Recipe, separate: bool) -> None:
 
 def build_task(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built:
     d = recipe.data
-    task = load_task_data(d, splits=[d.train_split], optional=(d.eval_split,))
+    # labels the data does not name follow the teacher's order, as evaluate reads them
+    names = None
+    if _needs_teacher(recipe):
+        names = saved_label_names(recipe.teacher, "teacher", trust_remote_code)
+    task = load_task_data(d, splits=[d.train_split], label_names=names, optional=(d.eval_split,))
     has_eval = d.eval_split != d.train_split and d.eval_split in task.splits
     if main and not has_eval:
         log(f"no '{d.eval_split}' split in the data: skipping evaluation after training")
