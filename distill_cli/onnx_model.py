@@ -1,4 +1,5 @@
-"""An ONNX export as evaluate sees a model: called with tokenizer tensors, returns .logits."""
+"""An ONNX export as evaluate sees a model: called with tokenizer tensors, returns its graph's
+outputs by name (.logits; or .start_logits and .end_logits for a QA head)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ class OnnxClassifier:
             self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
             graph = onnx.load(str(path), load_external_data=False).graph
         self.inputs = [i.name for i in self.session.get_inputs()]
+        self.outputs = [o.name for o in self.session.get_outputs()]
         with reading(Path(folder) / "config.json", "model config", fix):
             self.config = AutoConfig.from_pretrained(folder)
         unknown = [n for n in self.inputs if n not in FILL]
@@ -58,8 +60,11 @@ class OnnxClassifier:
 
     def __call__(self, **inputs) -> SimpleNamespace:
         """Feeds the inputs the graph declares; a declared input the tokenizer does not give is
-        filled (token types 0, positions 0..n-1)."""
+        filled (token types 0, positions 0..n-1). Returns every graph output as an attribute
+        of its name, as a transformers output would hold it."""
         ids = inputs["input_ids"]
         feed = {n: (inputs[n] if n in inputs else FILL[n](ids)).cpu().numpy() for n in self.inputs}
-        logits = self.session.run(None, feed)[0]
-        return SimpleNamespace(logits=torch.from_numpy(logits))
+        values = self.session.run(None, feed)
+        return SimpleNamespace(
+            **{n: torch.from_numpy(v) for n, v in zip(self.outputs, values, strict=True)}
+        )

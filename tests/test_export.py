@@ -170,7 +170,7 @@ def test_onnx_causal_lm_logits(tiny_gpt2, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     out = tmp_path / "gpt2"
     result = export(tiny_gpt2, out, "onnx")
-    assert result["output"] == "logits" and result["inputs"] == ["input_ids", "attention_mask"]
+    assert result["outputs"] == ["logits"] and result["inputs"] == ["input_ids", "attention_mask"]
     tok, expected = torch_outputs(tiny_gpt2, TEXTS, auto=AutoModelForCausalLM)
     sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     for text, exp in zip(TEXTS, expected, strict=True):
@@ -223,7 +223,7 @@ def test_non_model_folder(tmp_path):
 def test_onnx_encoder_last_hidden_state(tiny_encoder, tmp_path):
     pytest.importorskip("onnxruntime")
     result = export(tiny_encoder, tmp_path / "enc", "onnx")
-    assert result["output"] == "last_hidden_state" and result["max_abs_diff"] <= 1e-4
+    assert result["outputs"] == ["last_hidden_state"] and result["max_abs_diff"] <= 1e-4
     card_free = export(tiny_encoder, tmp_path / "enc-hf", "hf")
     assert card_free["pipeline_tag"] == "feature-extraction"
     assert "pipeline_tag: feature-extraction" in (tmp_path / "enc-hf" / "README.md").read_text()

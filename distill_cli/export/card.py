@@ -22,6 +22,8 @@ from distill_cli.user_files import read_json
 TEMPLATE = "templates/model_card.md"
 AUTO_CLASSES = {
     "text-classification": "AutoModelForSequenceClassification",
+    "token-classification": "AutoModelForTokenClassification",
+    "question-answering": "AutoModelForQuestionAnswering",
     "fill-mask": "AutoModelForMaskedLM",
     "text-generation": "AutoModelForCausalLM",
     "feature-extraction": "AutoModel",
@@ -101,6 +103,10 @@ def pipeline_tag(model_or_config) -> str:
     arch = archs[0] if archs else ""
     if arch.endswith("ForSequenceClassification"):
         return "text-classification"
+    if arch.endswith("ForTokenClassification"):
+        return "token-classification"
+    if arch.endswith("ForQuestionAnswering"):
+        return "question-answering"
     if arch.endswith(("ForMaskedLM", "ForPreTraining")):
         return "fill-mask"
     if is_causal(config):

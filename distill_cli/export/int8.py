@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 from distill_cli.errors import DistillError
+from distill_cli.export.card import pipeline_tag
 from distill_cli.export.onnx import (
     latency_ms,
     prepare,
@@ -18,6 +19,14 @@ from distill_cli.export.onnx import (
 )
 from distill_cli.export.verify import MB
 from distill_cli.reporting import log
+
+# int8 vs PyTorch argmax agreement on the test samples below which export warns (it still
+# writes the export: evaluate measures what quantization costs on real data)
+AGREEMENT = {
+    "text-classification": (0.75, "label agreement per test sentence"),  # 1 of 4 may flip
+    "token-classification": (0.9, "label agreement per non-pad token"),
+    "question-answering": (0.75, "start and end position agreement per question"),
+}
 
 
 def _quantize(fp32_path: Path, int8_path: Path) -> None:
@@ -33,6 +42,21 @@ def _quantize(fp32_path: Path, int8_path: Path) -> None:
         raise DistillError(f"int8 quantization failed: {first}") from None
     finally:
         root.setLevel(level)
+
+
+def agreement_check(tag: str, stats: dict) -> dict | None:
+    """The int8 check of a task head (None for others: an encoder's or LM's argmax is no
+    prediction); logs a warning when agreement is below its threshold."""
+    if tag not in AGREEMENT:
+        return None
+    threshold, measure = AGREEMENT[tag]
+    passed = stats["argmax_agreement"] >= threshold
+    if not passed:
+        log(
+            f"warning: int8 {measure} is {100 * stats['argmax_agreement']:.1f}% "
+            f"(< {100 * threshold:.0f}%); run distill evaluate on the export before using it"
+        )
+    return {"measure": measure, "threshold": threshold, "passed": passed}
 
 
 def export_int8(model, tokenizer, tmp: Path) -> dict:
@@ -57,10 +81,13 @@ def export_int8(model, tokenizer, tmp: Path) -> dict:
             "fp32_mb": round(before, 4),
             "int8_mb": round(after, 4),
             "size_ratio": round(after / before, 4),
-            "latency_ms_b1_fp32": latency_ms(graph.session, tokenizer, graph.names),
-            "latency_ms_b1": latency_ms(sess, tokenizer, graph.names),
+            "latency_ms_b1_fp32": latency_ms(graph.session, model, tokenizer, graph.names),
+            "latency_ms_b1": latency_ms(sess, model, tokenizer, graph.names),
             "fp32_max_abs_diff": graph.stats["max_abs_diff"],
         }
+        check = agreement_check(pipeline_tag(model), stats)
+        if check is not None:
+            result["int8_check"] = check
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     save_beside(model, tokenizer, tmp)

@@ -12,15 +12,16 @@ import torch
 from distill_cli.errors import DistillError, UnsupportedModel
 from distill_cli.export.verify import (
     INPUTS,
-    SENTENCES,
     check_fp32,
     compare,
     encode,
     forward_kwargs,
     input_names,
-    main_output,
-    main_output_name,
+    output_names,
+    per_position,
+    samples,
     torch_outputs,
+    worst,
 )
 from distill_cli.latency import median_ms
 from distill_cli.reporting import log
@@ -51,19 +52,21 @@ def prepare(model):
 
 
 class _Wrapper(torch.nn.Module):
-    """Positional inputs in, the main output tensor out (no cache, no tuples)."""
+    """Positional inputs in, the kept output tensors out, in order (no cache)."""
 
-    def __init__(self, model, names):
+    def __init__(self, model, names, outputs):
         super().__init__()
-        self.model, self.names = model, names
+        self.model, self.names, self.outputs = model, names, outputs
 
     def forward(self, *inputs):
         kwargs = dict(zip(self.names, inputs, strict=True))
-        return main_output(self.model(**kwargs, **forward_kwargs(self.model)))
+        out = self.model(**kwargs, **forward_kwargs(self.model))
+        return tuple(getattr(out, name) for name in self.outputs)
 
 
-def _trace(model, names: list[str], path: Path) -> str:
-    """torch.onnx.export with dynamic batch and sequence axes; returns the output's name."""
+def _trace(model, names: list[str], path: Path) -> list[str]:
+    """torch.onnx.export with dynamic batch and sequence axes; returns the outputs' names,
+    the model's own (logits; start_logits and end_logits)."""
     # a padded row, so that tracing records the attention-mask path rather than a shortcut
     mask = torch.ones(2, 7, dtype=torch.long)
     mask[1, 5:] = 0
@@ -72,18 +75,19 @@ def _trace(model, names: list[str], path: Path) -> str:
     try:
         with torch.no_grad():
             out = model(**dict(zip(names, dummy, strict=True)), **forward_kwargs(model))
-        output = main_output_name(out)
+        outputs = output_names(out)
         axes = {n: {0: "batch", 1: "sequence"} for n in names}
-        ndim = getattr(out, output).dim()
-        axes[output] = {0: "batch", 1: "sequence"} if ndim == 3 else {0: "batch"}
+        for name in outputs:
+            tokens = per_position(name, getattr(out, name))
+            axes[name] = {0: "batch", 1: "sequence"} if tokens else {0: "batch"}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TracerWarnings and the legacy exporter's deprecation
             torch.onnx.export(
-                _Wrapper(model, names).eval(),  # a fresh Module is in train mode: the exporter
-                dummy,  # restores that mode afterwards, recursively, so it must be eval
+                _Wrapper(model, names, outputs).eval(),  # a fresh Module is in train mode: the
+                dummy,  # exporter restores that mode afterwards, recursively, so it must be eval
                 str(path),
                 input_names=names,
-                output_names=[output],
+                output_names=outputs,
                 dynamic_axes=axes,
                 opset_version=OPSET,
                 do_constant_folding=True,
@@ -94,7 +98,7 @@ def _trace(model, names: list[str], path: Path) -> str:
     except Exception as e:  # noqa: BLE001 - the model's forward or the tracer refused it
         why = f"{type(model).__name__} does not trace ({_first_line(e)})"
         raise UnsupportedModel(model.config.model_type, "ONNX export", why) from None
-    return output
+    return outputs
 
 
 def _first_line(e: Exception, limit: int = 160) -> str:
@@ -120,26 +124,30 @@ def graph_inputs(sess, model_type: str) -> list[str]:
     return names
 
 
-def run_session(sess, batch: dict):
-    return sess.run(None, {k: v.numpy() for k, v in batch.items()})[0]
+def run_session(sess, batch: dict) -> dict:
+    """Every output of the graph, by name."""
+    values = sess.run(None, {k: v.numpy() for k, v in batch.items()})
+    return {o.name: v for o, v in zip(sess.get_outputs(), values, strict=True)}
 
 
-def latency_ms(sess, tokenizer, names: list[str]) -> float:
-    """Median time of one test sentence (batch 1) through ``sess``."""
-    one = {k: v[:1] for k, v in encode(tokenizer, SENTENCES, names).items()}
+def latency_ms(sess, model, tokenizer, names: list[str]) -> float:
+    """Median time of one test sample (batch 1) through ``sess``."""
+    one = {k: v[:1] for k, v in encode(tokenizer, samples(model), names).items()}
     return round(median_ms(lambda b: run_session(sess, b), [one], warmup=1, repeats=10), 3)
 
 
 def verify_onnx(sess, model, tokenizer, names) -> dict:
-    """Compare on the padded batch and on each sentence alone (dynamic batch and length)."""
+    """Compare every output on the padded batch and on each sample alone (dynamic batch and
+    length)."""
     try:
-        batch = encode(tokenizer, SENTENCES, names)
+        texts = samples(model)
+        batch = encode(tokenizer, texts, names)
         ref, got = torch_outputs(model, batch), run_session(sess, batch)
         stats = compare(ref, got, batch["attention_mask"])
-        for text in SENTENCES:
+        for text in texts:
             one = encode(tokenizer, [text], names)
             s = compare(torch_outputs(model, one), run_session(sess, one), one["attention_mask"])
-            stats["max_abs_diff"] = max(stats["max_abs_diff"], s["max_abs_diff"])
+            stats = worst(stats, s)
     except DistillError:
         raise
     except Exception as e:  # noqa: BLE001 - onnxruntime's errors: the graph does not run
@@ -163,7 +171,7 @@ def write_graph(model, tokenizer, path: Path) -> Graph:
     """Export a prepared model to ``path``, load it in onnxruntime and check it matches."""
     ort = require_onnx()
     log(f"exporting {type(model).__name__} to ONNX (opset {OPSET})")
-    output = _trace(model, input_names(model, tokenizer), path)
+    outputs = _trace(model, input_names(model, tokenizer), path)
     model.eval()  # the exporter restores train/eval modes; keep dropout off regardless
     sess = session(path)
     names = graph_inputs(sess, model.config.model_type)  # unused inputs are pruned from it
@@ -174,8 +182,8 @@ def write_graph(model, tokenizer, path: Path) -> Graph:
     facts = {
         "opset": OPSET,
         "inputs": names,
-        "output": output,
-        "num_test_sentences": len(SENTENCES),
+        "outputs": outputs,
+        "num_test_sentences": len(samples(model)),
         "onnxruntime": ort.__version__,
     }
     return Graph(path, sess, names, stats, facts)
@@ -191,5 +199,5 @@ def export_onnx(model, tokenizer, tmp: Path) -> dict:
     model = prepare(model)
     graph = write_graph(model, tokenizer, tmp / "model.onnx")
     save_beside(model, tokenizer, tmp)
-    latency = latency_ms(graph.session, tokenizer, graph.names)
+    latency = latency_ms(graph.session, model, tokenizer, graph.names)
     return {**graph.facts, **graph.stats, "latency_ms_b1": latency}

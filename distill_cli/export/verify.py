@@ -18,7 +18,9 @@ SENTENCES = (
     "this story is so boring but the cast was quite lovely",
     "awful",
 )
-
+QUESTIONS = ("how was the acting?", "what was dull?", "who was lovely?", "how was it?")
+QA_PAIRS = tuple(zip(QUESTIONS, SENTENCES, strict=True))  # (question, context)
+SPAN_OUTPUTS = ("start_logits", "end_logits")  # a QA head's: one score per position
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")  # what we can feed
 
@@ -44,9 +46,19 @@ def token_inputs(name: str, row: dict) -> list[int]:
     return list(row[name]) if name in row else [0] * n
 
 
+def samples(model) -> tuple:
+    """What an export is checked on: (question, context) pairs for a QA head, else sentences."""
+    archs = getattr(model.config, "architectures", None) or [type(model).__name__]
+    return QA_PAIRS if archs[0].endswith("ForQuestionAnswering") else SENTENCES
+
+
 def encode(tokenizer, texts, names) -> dict[str, torch.Tensor]:
-    """Tokenize one by one and right-pad by hand: works without a pad token (GPT-2)."""
-    rows = [tokenizer(t, truncation=True, max_length=64) for t in texts]
+    """Tokenize one by one (a tuple is a text pair) and right-pad by hand: works without a pad
+    token (GPT-2)."""
+    rows = [
+        tokenizer(*(t if isinstance(t, tuple) else (t,)), truncation=True, max_length=64)
+        for t in texts
+    ]
     width = max(len(r["input_ids"]) for r in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     batch = {}
@@ -64,33 +76,72 @@ def main_output_name(out) -> str:
     raise DistillError(f"{type(out).__name__} has no logits or last_hidden_state to export")
 
 
-def main_output(out) -> torch.Tensor:
-    """Classifier / LM logits, or an encoder's last hidden state."""
-    return getattr(out, main_output_name(out))
+def output_names(out) -> list[str]:
+    """What an export keeps: a QA head's start and end logits; else classifier / LM logits, or
+    an encoder's last hidden state."""
+    if all(getattr(out, n, None) is not None for n in SPAN_OUTPUTS):
+        return list(SPAN_OUTPUTS)
+    return [main_output_name(out)]
+
+
+def per_position(name: str, tensor) -> bool:
+    """One row per token ([batch, tokens, ...]), not one per sequence ([batch, labels])."""
+    return tensor.dim() == 3 or name in SPAN_OUTPUTS
 
 
 def forward_kwargs(model) -> dict:
-    """No cache for causal LMs: the export returns the main output only."""
+    """No cache for causal LMs: the export returns the kept outputs only."""
     return {"use_cache": False} if is_causal(model.config) else {}
 
 
-def torch_outputs(model, batch: dict) -> torch.Tensor:
+def torch_outputs(model, batch: dict) -> dict[str, torch.Tensor]:
     with torch.no_grad():
-        return main_output(model(**batch, **forward_kwargs(model)))
+        out = model(**batch, **forward_kwargs(model))
+    return {name: getattr(out, name) for name in output_names(out)}
 
 
-def compare(reference: torch.Tensor, got, mask: torch.Tensor) -> dict:
-    """Max abs diff and argmax agreement over real (unpadded) positions."""
-    ref, got = reference.float(), torch.as_tensor(got).float()
+def _compare_one(name: str, ref: torch.Tensor, got, mask: torch.Tensor) -> dict:
+    ref, got = ref.float(), torch.as_tensor(got).float()
     if ref.shape != got.shape:
-        raise DistillError(f"export output shape {tuple(got.shape)} != PyTorch {tuple(ref.shape)}")
-    if ref.dim() == 3:  # per token: drop padded positions
-        keep = mask.bool()
+        raise DistillError(
+            f"export output {name} has shape {tuple(got.shape)}, PyTorch {tuple(ref.shape)}"
+        )
+    keep = mask.bool()
+    if ref.dim() == 3:  # per token: drop padded positions, argmax over labels
         ref, got = ref[keep], got[keep]
+    elif name in SPAN_OUTPUTS:  # per position: argmax over the real positions of each row
+        diff = (ref - got).abs()[keep].max()
+        ref, got = ref.masked_fill(~keep, -torch.inf), got.masked_fill(~keep, -torch.inf)
+        agree = (ref.argmax(-1) == got.argmax(-1)).float().mean()
+        return {"max_abs_diff": float(diff), "argmax_agreement": float(agree)}
     return {
         "max_abs_diff": float((ref - got).abs().max()),
         "argmax_agreement": float((ref.argmax(-1) == got.argmax(-1)).float().mean()),
     }
+
+
+def compare(reference: dict[str, torch.Tensor], got: dict, mask: torch.Tensor) -> dict:
+    """Max abs diff and argmax agreement over real (unpadded) positions, for every output:
+    per token for token logits, per row over positions for start/end logits. Several outputs
+    give the worst difference, the mean agreement, and each output's figures in by_output."""
+    missing = [n for n in reference if n not in got]
+    if missing:
+        raise DistillError(f"the export has no output {', '.join(missing)}")
+    each = {n: _compare_one(n, ref, got[n], mask) for n, ref in reference.items()}
+    stats = {
+        "max_abs_diff": max(s["max_abs_diff"] for s in each.values()),
+        "argmax_agreement": sum(s["argmax_agreement"] for s in each.values()) / len(each),
+    }
+    return {**stats, "by_output": each} if len(each) > 1 else stats
+
+
+def worst(stats: dict, other: dict) -> dict:
+    """``stats`` with the larger max abs diff of the two comparisons, per output too."""
+    merged = {**stats, "max_abs_diff": max(stats["max_abs_diff"], other["max_abs_diff"])}
+    if "by_output" in stats:
+        each = stats["by_output"].items()
+        merged["by_output"] = {n: worst(s, other["by_output"][n]) for n, s in each}
+    return merged
 
 
 def check_fp32(what: str, stats: dict) -> None:
