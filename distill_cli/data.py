@@ -382,6 +382,10 @@ def load_task_data(
     ``cfg.train_split``, ``max_eval_samples`` the first rows of other splits. ``optional``
     splits are added when the source has them under that name (never from a single file).
     """
+    from distill_cli import qa_data  # imports this module
+
+    if qa_data.claims(cfg):
+        return qa_data.load_qa_data(cfg, splits, optional)
     if not cfg.name:
         raise DistillError("no data: pass --data NAME_OR_PATH")
     source = _open(cfg.name)
