@@ -116,7 +116,7 @@ def qa_train_features(
 ) -> datasets.Dataset:
     """Windows with start_positions / end_positions; both at the CLS token (the null answer)
     when the window doesn't hold the whole answer or the question is unanswerable."""
-    cls_id = tokenizer.cls_token_id
+    cls_id = getattr(tokenizer, "cls_token_id", None)
 
     def labels(batch, enc, first_row):
         starts, ends = [], []

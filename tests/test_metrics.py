@@ -55,7 +55,7 @@ def test_constant_predictions_have_zero_correlation():
 
 def test_primary_keys_are_returned():
     preds, refs = np.array([0, 1, 1]), np.array([0, 1, 0])
-    for metric, key in PRIMARY.items():
-        assert key in compute_metrics(metric, preds, refs)
+    for metric in ("accuracy", "f1", "mcc", "pearson"):  # seqeval and squad have their own
+        assert PRIMARY[metric] in compute_metrics(metric, preds, refs)
     with pytest.raises(ValueError, match="unknown metric"):
         compute_metrics("bleu", preds, refs)
