@@ -103,7 +103,7 @@ def claims(cfg: DataConfig) -> bool:
     name = cfg.name or ""
     if not name:
         return False
-    if name in PRESETS or name in squad_archive.FILES:
+    if name in PRESETS or name in PRESETS.values() or name in squad_archive.FILES:
         return True
     try:
         path = Path(name).expanduser()
@@ -227,6 +227,8 @@ def _open(name: str) -> _Source:
         return _builtin(name)
     if name in PRESETS:
         return _hub(_load_hub(PRESETS[name]), f"{name} ({PRESETS[name]})", v2=name == "squad_v2")
+    if name in PRESETS.values():
+        return _hub(_load_hub(name), name, v2=name == PRESETS["squad_v2"])
     path = Path(name).expanduser()
     if path.is_dir():
         files = _split_files(path)

@@ -217,6 +217,9 @@ def test_presets_load_from_the_hub(monkeypatch):
     assert asked == ["rajpurkar/squad_v2"] and task.metric == "squad_v2"  # from the preset
     assert load_task_data(DataConfig(name="squad")).metric == "squad_v2"  # unanswerable rows
     assert asked[-1] == "rajpurkar/squad"
+    assert claims(DataConfig(name="rajpurkar/squad_v2"))
+    task = load_task_data(DataConfig(name="rajpurkar/squad_v2"), splits=["validation"])
+    assert asked[-1] == "rajpurkar/squad_v2" and task.metric == "squad_v2"
     task = load_qa_data(DataConfig(name="someone/qa", task_type="question_answering"))
     assert asked[-1] == "someone/qa" and len(task.splits["train"]) == 3
 
