@@ -382,10 +382,13 @@ def load_task_data(
     ``cfg.train_split``, ``max_eval_samples`` the first rows of other splits. ``optional``
     splits are added when the source has them under that name (never from a single file).
     """
-    from distill_cli import token_data  # token classification data (it imports this module)
+    # token classification and QA data have loaders of their own (they import this module)
+    from distill_cli import qa_data, token_data
 
     if token_data.claims(cfg):
         return token_data.load_token_data(cfg, splits, label_names, optional)
+    if qa_data.claims(cfg):
+        return qa_data.load_qa_data(cfg, splits, optional)
     if not cfg.name:
         raise DistillError("no data: pass --data NAME_OR_PATH")
     source = _open(cfg.name)

@@ -76,3 +76,29 @@ def entity_metrics(references: list[list[str]], predictions: list[list[str]]) ->
         "recall": float(recall),
         "accuracy": float(accuracy),
     }
+
+
+# ---------------------------------------------------------------- question answering
+
+PRIMARY["squad"] = "f1"
+PRIMARY["squad_v2"] = "f1"
+
+
+def squad_metrics(predictions: dict[str, str], references: dict[str, list[str]]) -> dict:
+    """SQuAD F1 and exact match (torchmetrics, SQuAD normalisation) as floats 0..1, averaged over
+    every question in ``references``; the best over each question's answers. A question with no
+    answer (squad_v2) scores 1 when the prediction is empty after normalisation, else 0."""
+    from torchmetrics.functional.text import squad
+
+    missing = [qid for qid in references if qid not in predictions]
+    if not references:
+        raise ValueError("squad_metrics needs at least one reference")
+    if missing:
+        raise ValueError(f"no prediction for {len(missing)} of {len(references)} questions")
+    preds = [{"id": qid, "prediction_text": predictions[qid]} for qid in references]
+    # [""] as the reference: torchmetrics then scores 1 exactly for an empty prediction.
+    target = [
+        {"id": qid, "answers": {"text": list(texts) or [""]}} for qid, texts in references.items()
+    ]
+    scores = squad(preds, target)
+    return {"f1": float(scores["f1"]) / 100, "exact_match": float(scores["exact_match"]) / 100}
