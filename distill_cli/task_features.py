@@ -56,7 +56,7 @@ def train_features(ds, task: TaskData, tokenizer, d: DataConfig, teacher_tokeniz
     own inputs (``teacher_`` columns) when the two models tokenize differently."""
     k = kind(task.task_type)
     if k == "span":
-        from distill_cli.qa_data import qa_train_features
+        from distill_cli.qa_windows import qa_train_features
 
         check_stride(d)
         ds = qa_train_features(ds, tokenizer, d.max_length, d.doc_stride)
@@ -74,7 +74,7 @@ def eval_features(ds, task: TaskData, tokenizer, d: DataConfig, name: str) -> Ev
     row index (``row``) into the windows kept for scoring."""
     k = kind(task.task_type)
     if k == "span":
-        from distill_cli.qa_data import qa_eval_features
+        from distill_cli.qa_windows import qa_eval_features
 
         check_stride(d)
         features = qa_eval_features(ds, tokenizer, d.max_length, d.doc_stride)

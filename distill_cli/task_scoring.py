@@ -60,7 +60,7 @@ class Scorer:
 
     def _span_metrics(self, records: list) -> dict[str, float]:
         from distill_cli.metrics import squad_metrics
-        from distill_cli.qa_data import postprocess, references
+        from distill_cli.qa_windows import postprocess, references
 
         records = sorted(records, key=lambda r: r[0])
         answers = postprocess(
