@@ -179,3 +179,17 @@ def test_span_terms_against_naive_start_and_end_formulas():
         (kl / 4 * temperature**2).item(), rel=1e-5
     )
     assert parts["ce"].item() == pytest.approx((ce / 4).item(), rel=1e-5)
+
+
+def test_onnx_export_of_a_reader_scores_as_pytorch(qa_teacher, qa_data, tmp_path):
+    onnx_dir = tmp_path / "onnx"
+    result = invoke("export", qa_teacher, "--format", "onnx", "--output-dir", onnx_dir)
+    assert result.exit_code == 0, result.output
+    result = invoke(
+        "evaluate", qa_teacher, onnx_dir, "--data", qa_data, "--split", "test",
+        "--output-dir", tmp_path / "report", *WINDOW,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    models = json.loads((tmp_path / "report" / "evaluation.json").read_text())["models"]
+    torch_metrics, onnx_metrics = (m["metrics"] for m in models.values())
+    assert onnx_metrics == pytest.approx(torch_metrics, abs=1e-6)

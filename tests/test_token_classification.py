@@ -238,3 +238,17 @@ def test_no_labelled_position_gives_zero_not_nan():
         {"soft_label_kl": losses.Tempered(), "ce": losses.Weighted()}, _step(s, t, labels)
     )
     assert parts["soft_label_kl"].item() == 0 and parts["ce"].item() == 0
+
+
+def test_onnx_export_of_a_tagger_scores_as_pytorch(ner_teacher, ner_data, tmp_path):
+    onnx_dir = tmp_path / "onnx"
+    result = invoke("export", ner_teacher, "--format", "onnx", "--output-dir", onnx_dir)
+    assert result.exit_code == 0, result.output
+    result = invoke(
+        "evaluate", ner_teacher, onnx_dir, "--data", ner_data, "--split", "test",
+        "--output-dir", tmp_path / "report",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    models = json.loads((tmp_path / "report" / "evaluation.json").read_text())["models"]
+    torch_metrics, onnx_metrics = (m["metrics"] for m in models.values())
+    assert onnx_metrics == pytest.approx(torch_metrics, abs=1e-6)
