@@ -92,6 +92,7 @@ class Needs:
     hidden: bool = False
     attentions: bool = False
     word: bool = False
+    embedding: bool = False  # the sentence embedding (pooled, projected, normalised)
     teacher: bool = False  # whether the teacher runs at all
 
 
@@ -103,6 +104,7 @@ class Outputs:
     word_features: torch.Tensor | None = None  # H, H·P, or the LM head's transform of H
     word_weight: torch.Tensor | None = None  # W [V, d]
     word_bias: torch.Tensor | None = None
+    embedding: torch.Tensor | None = None  # [batch, dim] sentence embeddings
 
 
 def vocabulary(model, mode: str) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -141,6 +141,33 @@ def attention_kl(student_attn, teacher_attn, mask, pairs) -> torch.Tensor:
     return total / len(pairs)
 
 
+def embedding_mse(student, teacher) -> torch.Tensor:
+    """MSE between sentence embeddings (Reimers & Gurevych, 2020)."""
+    return F.mse_loss(student.float(), teacher.float())
+
+
+def embedding_cosine(student, teacher) -> torch.Tensor:
+    """1 − cosine between each text's student and teacher embeddings, averaged."""
+    return (1 - F.cosine_similarity(student.float(), teacher.float(), dim=-1)).mean()
+
+
+def similarity_logits(embeddings, temperature: float) -> torch.Tensor:
+    """Cosine similarities within a batch over T, each text's own similarity left out."""
+    e = F.normalize(embeddings.float(), dim=-1)
+    sim = e @ e.T / temperature
+    return sim.masked_fill(torch.eye(len(e), dtype=torch.bool, device=e.device), MASKED)
+
+
+def embedding_kl(student, teacher, temperature: float = 0.05) -> torch.Tensor:
+    """Relational KD: KL(teacher ‖ student) between each text's softmax over its cosine
+    similarities to the other texts of the batch, averaged over texts (0 for one text)."""
+    if len(student) < 2:
+        return student.float().sum() * 0.0
+    log_p_s = F.log_softmax(similarity_logits(student, temperature), dim=-1)
+    log_p_t = F.log_softmax(similarity_logits(teacher, temperature), dim=-1)
+    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+
+
 @dataclass
 class Step:
     """What one forward pass of student and teacher gives the loss terms."""
@@ -182,6 +209,13 @@ class WordTempered(Tempered):
 
 
 @dataclass
+class Relational(Weighted):
+    temperature: float = _param(
+        0.05, "Softmax temperature over the batch's cosine similarities (no T² scaling)."
+    )
+
+
+@dataclass
 class LayerMapped(Weighted):
     layer_map: list[int] | None = _param(
         None, "Teacher layer (1-based) for each student layer (default: uniform, as TinyBERT)."
@@ -217,6 +251,7 @@ class LossTerm:
     token_level: bool = False  # compares token positions: both models must read the same tokens
     eager_attention: bool = False  # reads attention maps, which fused kernels do not return
     class_logits: bool = False  # reads class probabilities: refused for regression tasks
+    pairwise: bool = False  # compares the texts of a batch with each other (batch size >= 2)
     # trainable modules it adds to the student, from (teacher config, student config)
     extras: Callable[[Any, Any], torch.nn.Module | None] | None = None
     # raises DistillError when its parameters do not fit the two models (params, teacher, student)
@@ -298,6 +333,28 @@ KD_LOSSES: dict[str, LossTerm] = {
         needs_teacher=True,
         needs=Needs(word=True),
         token_level=True,
+    ),
+    "embedding_mse": LossTerm(
+        lambda st, p, _: embedding_mse(st.student.embedding, st.teacher.embedding),
+        params=Weighted,
+        help="MSE between student and teacher sentence embeddings",
+        needs_teacher=True,
+        needs=Needs(embedding=True),
+    ),
+    "embedding_cosine": LossTerm(
+        lambda st, p, _: embedding_cosine(st.student.embedding, st.teacher.embedding),
+        params=Weighted,
+        help="1 − cosine between student and teacher sentence embeddings",
+        needs_teacher=True,
+        needs=Needs(embedding=True),
+    ),
+    "embedding_kl": LossTerm(
+        lambda st, p, _: embedding_kl(st.student.embedding, st.teacher.embedding, p.temperature),
+        params=Relational,
+        help="KL between teacher and student similarity distributions within a batch",
+        needs_teacher=True,
+        needs=Needs(embedding=True),
+        pairwise=True,
     ),
     "hidden_mse": LossTerm(
         _hidden_mse,

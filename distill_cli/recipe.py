@@ -147,6 +147,11 @@ class Recipe:
         "When a phase's teacher word distributions are near uniform (entropy above 99% of "
         "log V at its temperature): warn | error (exit 2, for CI).",
     )
+    pooling: str | None = _opt(
+        None,
+        "Sentence embeddings (embedding_* terms): auto (the teacher's sentence-transformers "
+        "pooling, else mean) | mean | cls | max | lasttoken. Unset: the teacher must say.",
+    )
     student: StudentConfig = field(default_factory=StudentConfig)
     data: DataConfig = field(default_factory=DataConfig)
     phases: list[Phase] = field(default_factory=lambda: [Phase()])
@@ -414,6 +419,7 @@ PRECISIONS = ("no", "fp16", "bf16")
 PACKINGS = ("pack", "bucket", "none")
 WORD_LOGITS = ("auto", "embeddings", "lm_head")
 WORD_SIGNAL = ("warn", "error")
+POOLINGS = ("auto", "mean", "cls", "max", "lasttoken")
 TASK_TYPES = ("classification", "regression", "token_classification", "question_answering")
 METRICS = ("accuracy", "f1", "mcc", "pearson", "seqeval", "squad", "squad_v2")
 SCHEDULERS = (
@@ -472,6 +478,22 @@ def validate(recipe: Recipe, needs_data: bool = True) -> None:
         problems.append("word_logit_scale must be auto or a finite number > 0")
     if recipe.word_signal not in WORD_SIGNAL:
         problems.append(f"word_signal must be one of {', '.join(WORD_SIGNAL)}")
+    if recipe.pooling is not None and recipe.pooling not in POOLINGS:
+        problems.append(f"pooling must be one of {', '.join(POOLINGS)}")
+    sentence_terms = sorted(
+        {n for p in recipe.phases for n in p.terms if losses.KD_LOSSES[n].needs.embedding}
+    )
+    if sentence_terms and d.packing == "pack":
+        problems.append(
+            f"{', '.join(sentence_terms)} embed each text whole: set data.packing: bucket "
+            "(or none); packing joins texts into blocks"
+        )
+    pairwise = [n for n in sentence_terms if losses.KD_LOSSES[n].pairwise]
+    if pairwise and t.batch_size < 2:
+        problems.append(
+            f"{', '.join(pairwise)} compares the texts of a batch with each other: set "
+            "train.batch_size to 2 or more"
+        )
     if d.max_length < 8:
         problems.append("data.max_length must be at least 8")
     if d.doc_stride < 1:
