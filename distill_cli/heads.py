@@ -148,8 +148,9 @@ def _run_to_lm_head(model, inputs: dict, needs: Needs):
     return out, seen["features"]
 
 
-def forward(model, inputs: dict, needs: Needs, mode: str) -> Outputs:
-    """Run a model (classifier, base encoder, MLM or causal LM) for the outputs the losses need.
+def forward(model, inputs: dict, needs: Needs, mode: str, pool=None) -> Outputs:
+    """Run a model (classifier, base encoder, MLM or causal LM) for the outputs the losses need;
+    ``pool(last_hidden_state, attention_mask)`` makes the sentence embedding when they read one.
 
     LM logits are never computed here: the fused loss multiplies word features with W in chunks.
     """
@@ -173,6 +174,8 @@ def forward(model, inputs: dict, needs: Needs, mode: str) -> Outputs:
         last = out.last_hidden_state
     result.hidden = tuple(hidden) if needs.hidden else ()
     result.attentions = tuple(out.attentions) if needs.attentions else ()
+    if needs.embedding:
+        result.embedding = pool(last, inputs["attention_mask"])
     if needs.word:
         result.word_features = features if features is not None else embedding_features(model, last)
         # returned from forward so that DDP sees the vocabulary matrix as used
@@ -193,4 +196,5 @@ class StudentModule(torch.nn.Module):
         self.extras = extras if extras is not None else torch.nn.ModuleDict()
 
     def forward(self, inputs: dict, needs: Needs, mode: str) -> Outputs:
-        return forward(self.model, inputs, needs, mode)
+        head = self.extras["embedding"] if "embedding" in self.extras else None
+        return forward(self.model, inputs, needs, mode, head.pool if head is not None else None)

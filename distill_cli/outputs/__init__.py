@@ -252,13 +252,17 @@ def publish(staged: Path, out: Path) -> None:
         os.replace(p, dest)
 
 
-def save_model_atomic(model, tokenizer, out: Path) -> None:
-    """save_pretrained into a staging folder, then publish: the weights are the last file in."""
+def save_model_atomic(model, tokenizer, out: Path, write=None) -> None:
+    """save_pretrained into a staging folder, then publish: the weights are the last file in.
+    ``write(folder)``, when given, writes the folder instead (a sentence-transformers layout)."""
     tmp = staging(out)
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+        if write is not None:
+            write(tmp)
+        else:
+            model.save_pretrained(tmp, safe_serialization=True)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
         publish(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
