@@ -459,6 +459,11 @@ def load_lm(name: str, role: str, trust_remote_code: bool = False):
     return _load_by_config(name, role, trust_remote_code, _lm_class)
 
 
+def load_encoder(name: str, role: str, trust_remote_code: bool = False):
+    """The bare transformer (AutoModel: no head) and its tokenizer, as sentence embedders use."""
+    return _load_by_config(name, role, trust_remote_code, lambda config: AutoModel)
+
+
 def build_student(
     spec: StudentConfig,
     teacher,
