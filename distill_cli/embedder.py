@@ -332,12 +332,17 @@ def _max_seq_length(folder: Path, role: str) -> int | None:
 
 
 def load_embedder(
-    path: str, role: str, trust_remote_code: bool = False, pooling: str | None = None
+    path: str,
+    role: str,
+    trust_remote_code: bool = False,
+    pooling: str | None = None,
+    require_pooling: bool = False,
 ):
     """An Embedder and its tokenizer, from a sentence-transformers folder (local or a Hub name)
     or a plain HF model (pooled with ``pooling``, default mean). ``pooling`` given overrides the
-    folder's. A folder's max_seq_length becomes the tokenizer's model_max_length, so
-    ``tokenizer(texts, truncation=True)`` cuts texts where sentence-transformers does."""
+    folder's; with ``require_pooling``, a plain model without ``pooling`` is an error. A folder's
+    max_seq_length becomes the tokenizer's model_max_length, so ``tokenizer(texts,
+    truncation=True)`` cuts texts where sentence-transformers does."""
     if pooling is not None:
         check_pooling(pooling, f"the {role}'s pooling")
     folder = Path(path).expanduser()
@@ -345,6 +350,11 @@ def load_embedder(
     if not is_sentence_transformers_folder(folder):
         hub = folder = _hub_folder(path)
     if folder is None:
+        if pooling is None and require_pooling:
+            raise DistillError(
+                f"{role} '{path}' is not a sentence-transformers model (no modules.json), so it "
+                "has no pooling; set pooling: mean (or cls, max, lasttoken, auto) in the recipe"
+            )
         model, tokenizer = load_encoder(path, role, trust_remote_code)
         return _checked(Embedder(model, pooling or "mean"), role, path), tokenizer
 
@@ -454,3 +464,18 @@ def save_embedder(embedder: Embedder, tokenizer, folder: Path) -> None:
         for i, (sub, kind) in enumerate(modules)
     ]
     write_text_atomic(folder / "modules.json", json.dumps(listed, indent=2) + "\n")
+
+
+def head_of(embedder: Embedder) -> Embedder:
+    """The embedder's pooling, Dense and normalisation without its transformer: what a
+    training student keeps beside its model."""
+    head = Embedder(None, embedder.pooling, embedder.dense, IDENTITY, embedder.normalize)
+    head.activation, head.max_seq_length = embedder.activation, embedder.max_seq_length
+    return head
+
+
+def with_model(head: Embedder, model) -> Embedder:
+    """A whole embedder from a head and a transformer (to save or run it)."""
+    whole = Embedder(model, head.pooling, head.dense, IDENTITY, head.normalize)
+    whole.activation, whole.max_seq_length = head.activation, head.max_seq_length
+    return whole

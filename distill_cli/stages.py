@@ -6,6 +6,7 @@ The task stage (finetune-distill) reads labelled data into classifiers; the pre-
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,14 @@ import torch
 
 from distill_cli import batching, losses, task_features, task_heads, text_data
 from distill_cli.data import TaskData, load_task_data
+from distill_cli.embedder import (
+    Embedder,
+    add_projection,
+    head_of,
+    is_sentence_transformers_folder,
+    load_embedder,
+    with_model,
+)
 from distill_cli.errors import DistillError, UnsupportedModel
 from distill_cli.heads import is_causal, word_mode
 from distill_cli.models import (
@@ -44,6 +53,8 @@ class Built:
     vocab_index: torch.Tensor | None = None  # teacher rows of a compressed student vocabulary
     id_remap: torch.Tensor | None = None  # teacher ids → compressed student ids
     input_tokenizer: object = None  # what the inputs were tokenized with (masking uses it)
+    teacher_embedder: Embedder | None = None  # the teacher's transformer, pooling, Dense, norm
+    student_head: Embedder | None = None  # the student's pooling, Dense, norm (no transformer)
 
 
 def _pad_id(tokenizer) -> int:
@@ -148,6 +159,11 @@ def build_task(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built:
     has_eval = d.eval_split != d.train_split and d.eval_split in task.splits
     if main and not has_eval:
         log(f"no '{d.eval_split}' split in the data: skipping evaluation after training")
+    if _embedding_terms(recipe):
+        raise DistillError(
+            f"{', '.join(_embedding_terms(recipe))} train a sentence embedder: use them in "
+            "pretrain-distill (recipes/embedding.yaml), not finetune-distill"
+        )
     class_terms = sorted(n for n in term_names(recipe) if losses.KD_LOSSES[n].class_logits)
     if task.task_type == "regression" and class_terms:
         usable = [n for n, t in losses.KD_LOSSES.items() if t.task_only and not t.class_logits]
@@ -200,6 +216,47 @@ def build_task(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built:
     )
 
 
+def _embedding_terms(recipe: Recipe) -> list[str]:
+    return sorted(n for n in term_names(recipe) if losses.KD_LOSSES[n].needs.embedding)
+
+
+def _load_teacher_embedder(recipe: Recipe, trust_remote_code: bool):
+    """The teacher as a sentence embedder: its sentence-transformers pooling, or the recipe's."""
+    pooling = None if recipe.pooling in (None, "auto") else recipe.pooling
+    return load_embedder(
+        recipe.teacher,
+        "teacher",
+        trust_remote_code,
+        pooling,
+        require_pooling=recipe.pooling is None,
+    )
+
+
+def _student_embedder(recipe: Recipe, teacher: Embedder, tokenizer, trust_remote_code: bool):
+    """The student transformer and its head: a sentence-transformers checkpoint's own, else the
+    teacher's pooling and normalisation, the teacher's Dense when the widths allow, and a new
+    projection to the teacher's embedding size when they differ."""
+    spec = recipe.student
+    if spec.init == "checkpoint" and is_sentence_transformers_folder(spec.path):
+        whole, student_tok = load_embedder(spec.path, "student", trust_remote_code)
+    else:
+        student, student_tok = build_student(
+            spec, teacher.model, tokenizer, trust_remote_code=trust_remote_code, log=log
+        )
+        if spec.init == "checkpoint":
+            student = student.base_model  # a checkpoint with an LM head: its encoder
+        whole = with_model(head_of(teacher), student)
+        whole.max_seq_length = teacher.max_seq_length
+        if teacher.dense is not None:
+            if whole.hidden_size == teacher.hidden_size:
+                whole.dense = copy.deepcopy(teacher.dense)
+                whole.activation = copy.deepcopy(teacher.activation)
+            else:
+                whole.dense = None
+    add_projection(whole, teacher.embedding_dim)
+    return whole.model, student_tok, head_of(whole)
+
+
 def build_pretrain(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built:
     task_terms = sorted(n for n in term_names(recipe) if losses.KD_LOSSES[n].task_only)
     if task_terms:
@@ -208,16 +265,26 @@ def build_pretrain(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built
             f"{', '.join(task_terms)} need a classifier and labels: use them in "
             f"finetune-distill; pretrain-distill takes {', '.join(usable)}"
         )
-    teacher, tokenizer = load_lm(recipe.teacher, "teacher", trust_remote_code)
+    teacher_embedder = student_head = None
+    if _embedding_terms(recipe):
+        teacher_embedder, tokenizer = _load_teacher_embedder(recipe, trust_remote_code)
+        teacher = teacher_embedder.model
+    else:
+        teacher, tokenizer = load_lm(recipe.teacher, "teacher", trust_remote_code)
     if teacher.config.is_encoder_decoder:
         raise UnsupportedModel(
             teacher.config.model_type,
             "pretrain-distill",
             "it is an encoder-decoder model; this stage distils encoder-only and decoder-only LMs",
         )
-    student, student_tok = build_student(
-        recipe.student, teacher, tokenizer, trust_remote_code=trust_remote_code, log=log
-    )
+    if teacher_embedder is not None:
+        student, student_tok, student_head = _student_embedder(
+            recipe, teacher_embedder, tokenizer, trust_remote_code
+        )
+    else:
+        student, student_tok = build_student(
+            recipe.student, teacher, tokenizer, trust_remote_code=trust_remote_code, log=log
+        )
     compressed = compressed_vocab(recipe.student.path, _rows(teacher))
     if not compressed and not same_vocab(student_tok, tokenizer):
         _check_aligned(recipe, separate=True)
@@ -244,4 +311,6 @@ def build_pretrain(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built
         vocab_index=compressed[0] if compressed else None,
         id_remap=compressed[1] if compressed else None,
         input_tokenizer=tokenizer,
+        teacher_embedder=teacher_embedder,
+        student_head=student_head,
     )

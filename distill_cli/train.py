@@ -36,6 +36,7 @@ from distill_cli import (
 )
 from distill_cli.allocator import keep_freed_memory
 from distill_cli.batching import EpochBatchSampler
+from distill_cli.embedder import save_embedder, with_model
 from distill_cli.errors import DistillError, Interrupted, NonFiniteLoss, WriteFailed
 from distill_cli.heads import StudentModule
 from distill_cli.metrics import PRIMARY
@@ -242,6 +243,8 @@ def setup(
     if b.teacher is not None:
         b.teacher.to(accelerator.device).eval()
         b.teacher.requires_grad_(False)
+    if b.teacher_embedder is not None:
+        b.teacher_embedder.to(accelerator.device).eval().requires_grad_(False)
     if b.id_remap is not None:
         b.id_remap = b.id_remap.to(accelerator.device)
 
@@ -373,7 +376,10 @@ def build(
         for model in (b.student, b.teacher):
             if model is not None:
                 model.set_attn_implementation("eager")
-    return b, losses.make_extras(names, teacher_config, b.student.config)
+    extras = losses.make_extras(names, teacher_config, b.student.config)
+    if b.student_head is not None:  # trained (its Dense) and saved with the student
+        extras["embedding"] = b.student_head
+    return b, extras
 
 
 def steps_per_epoch(batches: int, cfg: TrainConfig) -> int:
@@ -492,7 +498,12 @@ def finish(s: State) -> dict:
                 source = Path(recipe.student.path or "") / name
                 if recipe.student.path and source.is_file():
                     write_text_atomic(out / name, source.read_text())
-            save_model_atomic(accelerator.unwrap_model(student).model, b.tokenizer, out)
+            model = accelerator.unwrap_model(student).model
+            write = None
+            if b.student_head is not None:  # a sentence-transformers folder
+                whole = with_model(b.student_head, model)
+                write = lambda folder: save_embedder(whole, b.tokenizer, folder)  # noqa: E731
+            save_model_atomic(model, b.tokenizer, out, write)
         except OSError as e:
             raise WriteFailed(
                 f"could not write the model to {out} ({e.strerror or e}); the last checkpoint "
@@ -659,7 +670,8 @@ def compute_loss(s: State, batch: dict, plan: PhasePlan) -> tuple[torch.Tensor, 
         step.word_starts = (batch["word_starts"], batch["teacher_word_starts"])
     if needs.teacher:
         with torch.no_grad(), accelerator.autocast():
-            step.teacher = heads.forward(s.teacher, t_inputs, needs, b.teacher_mode)
+            pool = b.teacher_embedder.pool if b.teacher_embedder is not None else None
+            step.teacher = heads.forward(s.teacher, t_inputs, needs, b.teacher_mode, pool)
     with accelerator.autocast():  # the vocabulary matmuls run in bf16/fp16 on GPUs too
         parts = losses.loss_parts(plan.terms, step, accelerator.unwrap_model(s.student).extras)
     return losses.weighted_sum(plan.terms, parts), parts

@@ -1,0 +1,106 @@
+"""pretrain-distill with recipes/embedding.yaml end to end: a sentence-transformers teacher in,
+a sentence-transformers student out; and the one-line errors of embedding runs."""
+
+import json
+
+import pytest
+import torch
+from conftest import make_tokenizer, tiny_bert_config
+from helpers import RECIPES, invoke
+from transformers import BertModel
+
+from distill_cli.embedder import Embedder, add_projection, load_embedder, save_embedder
+
+
+@pytest.fixture(scope="module")
+def st_teacher(tmp_path_factory):
+    """A tiny sentence-transformers folder: BERT, mean pooling, Dense 48→24 (tanh), Normalize."""
+    path = tmp_path_factory.mktemp("st_teacher")
+    tok = make_tokenizer(path)
+    torch.manual_seed(0)
+    embedder = Embedder(BertModel(tiny_bert_config(len(tok)), add_pooling_layer=False), "mean")
+    add_projection(embedder, 24)
+    embedder.activation = torch.nn.Tanh()
+    embedder.normalize = True
+    save_embedder(embedder, tok, path)
+    return path
+
+
+def embed(teacher, corpus, out, *extra):
+    return invoke(
+        "pretrain-distill", "--recipe", RECIPES / "embedding.yaml", "--teacher", teacher,
+        "--data", corpus, "--output-dir", out, "--max-steps", 3,
+        "--set", "train.batch_size=8", "--set", "train.logging_steps=1",
+        "--set", "student.num_layers=2", *extra,
+    )  # fmt: skip
+
+
+def _losses(out):
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [line for line in lines if "loss/embedding_mse" in line]
+
+
+def test_truncated_student_is_a_sentence_transformers_folder(st_teacher, corpus_file, tmp_path):
+    out = tmp_path / "student"
+    result = embed(st_teacher, corpus_file, out)
+    assert result.exit_code == 0, result.output
+    logged = _losses(out)
+    assert len(logged) == 3 and all(line["loss/embedding_kl"] >= 0 for line in logged)
+    assert (out / "modules.json").is_file() and (out / "1_Pooling" / "config.json").is_file()
+    student, tok = load_embedder(str(out), "student")
+    teacher, _ = load_embedder(str(st_teacher), "teacher")
+    assert student.model.config.num_hidden_layers == 2
+    assert student.normalize and student.pooling == "mean" and student.embedding_dim == 24
+    # the truncated student starts from the teacher's Dense and trains it
+    assert not torch.equal(student.dense.weight, teacher.dense.weight)
+    batch = tok(["the movie was good", "a dull film"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        vectors = student(batch["input_ids"], batch["attention_mask"])
+    assert vectors.shape == (2, 24)
+    assert torch.allclose(vectors.norm(dim=-1), torch.ones(2), atol=1e-5)
+
+
+def test_a_narrower_student_gets_a_projection(st_teacher, corpus_file, tmp_path):
+    out = tmp_path / "narrow"
+    result = embed(
+        st_teacher, corpus_file, out, "--set", "student.init=config",
+        "--set", "student.hidden_size=32", "--set", "student.num_attention_heads=2",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    student, _ = load_embedder(str(out), "student")
+    assert student.hidden_size == 32 and student.embedding_dim == 24
+    assert (out / "2_Dense" / "config.json").is_file()
+
+
+def test_word_kl_combines_with_the_embedding_terms(st_teacher, corpus_file, tmp_path):
+    out = tmp_path / "both"
+    result = embed(
+        st_teacher, corpus_file, out,
+        "--set", "phases.0.terms.word_kl={weight: 1.0, temperature: 2.0}",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert all("loss/word_kl" in line for line in _losses(out))
+
+
+def test_a_plain_teacher_without_pooling_is_one_line(tiny_encoder, corpus_file, tmp_path):
+    result = embed(tiny_encoder, corpus_file, tmp_path / "out", "--set", "pooling=null")
+    assert result.exit_code == 2
+    assert "set pooling: mean" in result.output and "Traceback" not in result.output
+    result = embed(tiny_encoder, corpus_file, tmp_path / "mean")  # the recipe's pooling: auto
+    assert result.exit_code == 0, result.output
+    assert load_embedder(str(tmp_path / "mean"), "student")[0].pooling == "mean"
+
+
+def test_batch_size_one_with_the_relational_term_is_one_line(st_teacher, corpus_file, tmp_path):
+    result = embed(st_teacher, corpus_file, tmp_path / "out", "--set", "train.batch_size=1")
+    assert result.exit_code == 2
+    assert "batch_size to 2 or more" in result.output and "Traceback" not in result.output
+
+
+def test_embedding_terms_are_refused_by_finetune_distill(st_teacher, tiny_data_dir, tmp_path):
+    result = invoke(
+        "finetune-distill", "--recipe", RECIPES / "embedding.yaml", "--teacher", st_teacher,
+        "--data", tiny_data_dir, "--output-dir", tmp_path / "out", "--max-steps", 1,
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "pretrain-distill" in result.output and "Traceback" not in result.output
