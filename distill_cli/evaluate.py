@@ -9,8 +9,17 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from distill_cli import batching, task_features, task_heads, task_scoring, word_signal
+from distill_cli import (
+    batching,
+    embedding_eval,
+    task_features,
+    task_heads,
+    task_scoring,
+    word_signal,
+)
+from distill_cli import embedding_metrics as em
 from distill_cli.data import TaskData, load_task_data
+from distill_cli.embedder import is_sentence_transformers_folder, load_embedder
 from distill_cli.errors import DistillError, UnsupportedModel
 from distill_cli.heads import is_causal, word_mode
 from distill_cli.latency import median_ms
@@ -199,9 +208,9 @@ def word_agreement(student, teacher, task: TaskData, split: str, max_length: int
 
 def _compare(student: dict, teacher: dict, key: str) -> dict:
     """Retention, speedup and size of a student relative to its teacher."""
-    t_metric = teacher["metrics"][key]
+    t_metric, s_metric = teacher["metrics"][key], student["metrics"][key]
     return {
-        "retention": student["metrics"][key] / t_metric if t_metric else None,
+        "retention": s_metric / t_metric if t_metric and s_metric is not None else None,
         "speedup_b1": teacher["latency_ms_b1"] / student["latency_ms_b1"],
         "throughput_ratio_b32": student["throughput_b32"] / teacher["throughput_b32"],
         "size_ratio": student["size_mb"] / teacher["size_mb"] if teacher["size_mb"] else None,
@@ -232,12 +241,21 @@ def run(
     """
     first = model_dirs[0]
     cfg = data_config(Path(first), data, list(sets))
+    embedders = [is_sentence_transformers_folder(m) for m in model_dirs]
     if output_dir:
         models = [("model", m) for m in model_dirs]
         check_not_input(output_dir, [*models, ("teacher", teacher), ("data", cfg.name)])
     names = model_names(model_dirs)
     if teacher and "teacher" in names:
         raise DistillError("a model folder is named 'teacher' like --teacher; rename the folder")
+    if any(embedders):
+        if not all(embedders):
+            raise DistillError(
+                "evaluate sentence embedders and task models in separate runs: "
+                f"{model_dirs[embedders.index(False)]} is not a sentence embedder"
+            )
+        result = _evaluate_embedders(names, model_dirs, cfg, split, teacher)
+        return _write(result, output_dir)
     reports, loaded, task = {}, {}, None
     for name, path in zip(names, model_dirs, strict=True):
         reports[name], task, loaded[name] = evaluate_model(path, name, cfg, split, task=task)
@@ -264,6 +282,10 @@ def run(
                     f"masked, {agreement['unmasked']:.1%} unmasked"
                 )
         result["models"] = {"teacher": t_report, **reports}
+    return _write(result, output_dir)
+
+
+def _write(result: dict, output_dir) -> dict:
     if output_dir:
         out = Path(output_dir).expanduser()
         out.mkdir(parents=True, exist_ok=True)
@@ -272,6 +294,59 @@ def run(
         plot(result, out / "evaluation.png")
         result["output_dir"] = str(out)
     return result
+
+
+def _embedder_report(path: str, role: str, cfg: DataConfig, data) -> tuple[dict, object]:
+    model, tokenizer = load_embedder(path, role)
+    vectors, metrics = embedding_eval.own_metrics(model, tokenizer, data, cfg.max_length)
+    report = {
+        "path": str(path),
+        "metrics": metrics,
+        "embedding_dim": int(vectors.shape[1]),
+        "parameters": embedding_eval.parameters(model),
+        "size_mb": round(embedding_eval.size_mb(Path(path)), 3),
+        **latency(model, tokenizer, [data.texts[:32]], cfg.max_length),
+    }
+    return report, vectors
+
+
+def _evaluate_embedders(names, model_dirs, cfg: DataConfig, split: str, teacher) -> dict:
+    """Sentence embedders: their own metrics (probe, STS) and, with a teacher, agreement and
+    neighbour recall; retention of each metric."""
+    data = embedding_eval.load_data(cfg, split)
+    if teacher is None and data.primary == em.AGREEMENT:
+        raise DistillError(
+            "these texts have no labels or scores, so embedders are compared with a teacher: "
+            "pass --teacher, or labelled data (--data rotten_tomatoes)"
+        )
+    reports, vectors = {}, {}
+    for name, path in zip(names, model_dirs, strict=True):
+        reports[name], vectors[name] = _embedder_report(path, name, cfg, data)
+    key = data.primary
+    if teacher:
+        t_report, t_vectors = _embedder_report(teacher, "teacher", cfg, data)
+        t_report["metrics"].update({em.AGREEMENT: 1.0, em.NEIGHBOUR_RECALL: 1.0})
+        for name in names:
+            m = reports[name]["metrics"]
+            m.update(embedding_eval.against_teacher(vectors[name], t_vectors))
+            reports[name].update(_compare(reports[name], t_report, key))
+            reports[name]["retention_by_metric"] = em.embedding_report(m, t_report["metrics"])
+        reports = {"teacher": t_report, **reports}
+    for name, report in reports.items():
+        embedding_eval.log_metrics(name, report["metrics"])
+    metric_keys = [k for k in em.METRICS if k in next(iter(reports.values()))["metrics"]]
+    return {
+        "data": cfg.name,
+        "split": split,
+        "num_examples": len(data.texts),
+        "model_kind": "sentence_embedding",
+        "primary_metric": key,
+        "metrics_shown": [key, *(k for k in metric_keys if k != key)],
+        "neighbours": embedding_eval.NEIGHBOURS,
+        "machine": machine(),
+        "students": names,
+        "models": reports,
+    }
 
 
 def plot(result: dict, path: Path) -> None:
@@ -283,9 +358,10 @@ def plot(result: dict, path: Path) -> None:
 
     models = result["models"]
     names = list(models)  # the teacher first when present
-    key = result["primary_metric"]
+    keys = result.get("metrics_shown", [result["primary_metric"]])
+    values = {k: [models[n]["metrics"].get(k) for n in names] for k in keys}
     panels = [
-        (key, [models[n]["metrics"][key] for n in names]),
+        *((k, v) for k, v in values.items() if None not in v),
         ("latency ms (batch 1)", [models[n]["latency_ms_b1"] for n in names]),
         ("samples/s (batch 32)", [models[n]["throughput_b32"] for n in names]),
         ("size MB", [models[n]["size_mb"] for n in names]),

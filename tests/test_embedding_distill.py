@@ -104,3 +104,77 @@ def test_embedding_terms_are_refused_by_finetune_distill(st_teacher, tiny_data_d
     )  # fmt: skip
     assert result.exit_code == 2
     assert "pretrain-distill" in result.output and "Traceback" not in result.output
+
+
+# ---------------------------------------------------------------- evaluate
+
+
+@pytest.fixture(scope="module")
+def st_student(st_teacher, corpus_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("st_student") / "student"
+    result = embed(st_teacher, corpus_file, out)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_evaluate_reports_agreement_recall_and_probe(
+    st_student, st_teacher, tiny_data_dir, tmp_path
+):
+    report = tmp_path / "report"
+    result = invoke(
+        "evaluate", st_student, "--data", tiny_data_dir, "--split", "test",
+        "--teacher", st_teacher, "--output-dir", report,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    evaluation = json.loads((report / "evaluation.json").read_text())
+    assert evaluation["model_kind"] == "sentence_embedding"
+    assert evaluation["primary_metric"] == "probe_accuracy"
+    student, teacher = evaluation["models"]["student"], evaluation["models"]["teacher"]
+    m = student["metrics"]
+    assert set(m) == {"probe_accuracy", "agreement", "neighbour_recall"}
+    assert -1 <= m["agreement"] <= 1 and 0 <= m["neighbour_recall"] <= 1
+    assert teacher["metrics"]["agreement"] == 1.0
+    assert student["retention"] == pytest.approx(
+        m["probe_accuracy"] / teacher["metrics"]["probe_accuracy"]
+    )
+    assert student["retention_by_metric"]["retention/agreement"] == m["agreement"]
+    assert student["parameters"] < teacher["parameters"] and student["latency_ms_b1"] > 0
+    assert (report / "evaluation.png").is_file()
+    assert "agreement" in result.output and "neighbour_recall" in result.output
+
+
+def test_the_teacher_agrees_with_itself(st_teacher, tiny_data_dir):
+    result = invoke(
+        "evaluate", st_teacher, "--data", tiny_data_dir, "--split", "test",
+        "--teacher", st_teacher, "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    evaluation = json.loads(result.stdout[result.stdout.index("{") :])
+    copy = next(v for k, v in evaluation["models"].items() if k != "teacher")
+    assert copy["metrics"]["agreement"] == pytest.approx(1.0, abs=1e-6)
+    assert copy["metrics"]["neighbour_recall"] == 1.0
+    assert copy["retention"] == 1.0
+
+
+def _sts(path, scores):
+    rows = ["sentence1,sentence2,score"]
+    words = ["good movie", "bad film", "the plot was dull", "great acting", "a messy story"]
+    for i, score in enumerate(scores):
+        rows.append(f"{words[i % 5]},{words[(i + 1) % 5]},{score}")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_sts_spearman_on_scored_pairs_and_bad_scores(st_student, tmp_path):
+    sts = _sts(tmp_path / "sts.csv", [0.5, 1.0, 4.0, 2.5, 3.0, 1.5])
+    sets = ["--set", "data.text_columns=[sentence1,sentence2]", "--set", "data.label_column=score",
+            "--set", "data.task_type=regression"]  # fmt: skip
+    result = invoke("evaluate", st_student, "--data", sts, "--split", "train", *sets, "--json")
+    assert result.exit_code == 0, result.output
+    evaluation = json.loads(result.stdout[result.stdout.index("{") :])
+    assert evaluation["primary_metric"] == "sts_spearman"
+    assert -1 <= evaluation["models"]["student"]["metrics"]["sts_spearman"] <= 1
+    bad = _sts(tmp_path / "bad.csv", [0.5, "high", 4.0])
+    result = invoke("evaluate", st_student, "--data", bad, "--split", "train", *sets)
+    assert result.exit_code == 2
+    assert "not a number" in result.output and "Traceback" not in result.output

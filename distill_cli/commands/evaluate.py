@@ -53,35 +53,43 @@ def _agreement(a: dict | None) -> str:
     return "n/a" if a is None else f"{100 * a['masked']:.1f}% / {100 * a['unmasked']:.1f}%"
 
 
+def _number(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def print_table(result: dict) -> None:
-    key = result["primary_metric"]
+    keys = result.get("metrics_shown", [result["primary_metric"]])
     models = result["models"]
     has_teacher = "teacher" in models
+    words = has_teacher and any("word_agreement" in m for m in models.values())
     table = Table(title=f"{result['data']} · {result['split']} · {result['num_examples']} examples")
-    cols = ["model", key, "params (M)", "size (MB)", "latency b1 (ms)", "samples/s b32"]
+    cols = ["model", *keys, "params (M)", "size (MB)", "latency b1 (ms)", "samples/s b32"]
     if has_teacher:
-        cols += ["retention", "speedup b1", "size vs teacher", "word agreement (masked / unmasked)"]
+        cols += ["retention", "speedup b1", "size vs teacher"]
+    if words:
+        cols += ["word agreement (masked / unmasked)"]
     for col in cols:
         table.add_column(col, justify="left" if col == "model" else "right")
     for name, m in models.items():
         row = [
             name,
-            f"{m['metrics'][key]:.4f}",
+            *(_number(m["metrics"].get(k)) for k in keys),
             f"{m['parameters'] / 1e6:.2f}",
             f"{m['size_mb']:.1f}",
             f"{m['latency_ms_b1']:.2f}",
             f"{m['throughput_b32']:.1f}",
         ]
-        if has_teacher:
-            if name == "teacher":
-                row += ["100%", "1.00x", "100%", ""]
-            else:
-                row += [
-                    f"{100 * m['retention']:.1f}%",
-                    f"{m['speedup_b1']:.2f}x",
-                    f"{100 * m['size_ratio']:.0f}%",
-                    _agreement(m.get("word_agreement")),
-                ]
+        if has_teacher and name == "teacher":
+            row += ["100%", "1.00x", "100%"]
+        elif has_teacher:
+            retention = m["retention"]
+            row += [
+                "n/a" if retention is None else f"{100 * retention:.1f}%",
+                f"{m['speedup_b1']:.2f}x",
+                f"{100 * m['size_ratio']:.0f}%",
+            ]
+        if words:
+            row += ["" if name == "teacher" else _agreement(m.get("word_agreement"))]
         table.add_row(*row)
     console = out_console()
     console.print(table)
