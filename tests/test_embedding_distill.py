@@ -178,3 +178,55 @@ def test_sts_spearman_on_scored_pairs_and_bad_scores(st_student, tmp_path):
     result = invoke("evaluate", st_student, "--data", bad, "--split", "train", *sets)
     assert result.exit_code == 2
     assert "not a number" in result.output and "Traceback" not in result.output
+
+
+def test_a_dense_config_that_does_not_match_its_weights_is_one_line(
+    st_teacher, corpus_file, tmp_path
+):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(st_teacher, broken)
+    config = json.loads((broken / "2_Dense" / "config.json").read_text())
+    config["out_features"] = 16  # the weights are 24 × 48
+    (broken / "2_Dense" / "config.json").write_text(json.dumps(config))
+    result = embed(broken, corpus_file, tmp_path / "out")
+    assert result.exit_code == 2
+    assert "Dense" in result.output and "Traceback" not in result.output
+    assert (
+        len(result.output.strip().splitlines()[-1]) > 0
+        and not (tmp_path / "out" / "modules.json").exists()
+    )
+
+
+def test_sigterm_then_resume_gives_the_same_embedder(st_teacher, corpus_file, tmp_path):
+    """The student's Dense projection is trained state too: it resumes exactly."""
+    import signal
+
+    from safetensors.torch import load_file
+    from test_resume import assert_same_metrics, finish, max_weight_diff, start, wait_for_step
+
+    def args(out, *extra):
+        return [
+            "pretrain-distill", "--recipe", RECIPES / "embedding.yaml", "--teacher", st_teacher,
+            "--data", corpus_file, "--output-dir", out, "--max-steps", 8,
+            "--set", "student.init=config", "--set", "student.num_layers=2",
+            "--set", "student.hidden_size=32", "--set", "student.num_attention_heads=2",
+            "--set", "train.batch_size=8", "--set", "train.logging_steps=1",
+            "--set", "train.save_steps=2", *extra,
+        ]  # fmt: skip
+
+    whole = finish(args(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr
+    out = tmp_path / "stopped"
+    proc = start(args(out))
+    wait_for_step(proc, out / "metrics.jsonl", 3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    again = finish(args(out, "--resume"))
+    assert again.returncode == 0, again.stderr
+    assert max_weight_diff(tmp_path / "whole", out) <= 1e-6
+    dense = [load_file(p / "2_Dense" / "model.safetensors") for p in (tmp_path / "whole", out)]
+    assert all(torch.allclose(dense[0][k], dense[1][k], atol=1e-6) for k in dense[0])
+    assert_same_metrics(tmp_path / "whole", out)
