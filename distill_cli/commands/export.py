@@ -8,6 +8,7 @@ import typer
 
 from distill_cli import export
 from distill_cli.commands import options as o
+from distill_cli.export.int8 import summary
 from distill_cli.reporting import out_console
 
 
@@ -51,10 +52,7 @@ def command(
             f"({100 * result['size_ratio']:.0f}%), latency b1 {result['latency_ms_b1_fp32']:.2f} → "
             f"{result['latency_ms_b1']:.2f} ms"
         )
-        console.print(
-            f"vs PyTorch: max abs diff {result['max_abs_diff']:.3g}, "
-            f"argmax agreement {100 * result['argmax_agreement']:.1f}%"
-        )
+        console.print(f"vs PyTorch: {summary(result)}")
     else:
         console.print(f"verified: max abs diff {result['max_abs_diff']:.3g} vs PyTorch")
     console.print(f"wrote {result['output_dir']} (export.json)")
