@@ -45,7 +45,7 @@ def command(
     console = out_console()
     console.print(f"exported {model_dir} as {result['format']} ({result['dtype']})")
     for name, mb in result["sizes_mb"].items():
-        console.print(f"  {name:<28} {mb:>10.3f} MB")
+        console.print(f"  {name:<34} {mb:>10.3f} MB")
     if "int8_mb" in result:
         console.print(
             f"int8: {result['fp32_mb']:.2f} MB → {result['int8_mb']:.2f} MB "
