@@ -1,5 +1,6 @@
 """An ONNX export as evaluate sees a model: called with tokenizer tensors, returns its graph's
-outputs by name (.logits; or .start_logits and .end_logits for a QA head)."""
+outputs by name (.logits; .start_logits and .end_logits for a QA head; .sentence_embedding for
+a sentence embedder, which OnnxEmbedder runs like distill_cli.embedder.Embedder)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from transformers import AutoConfig
 
 from distill_cli.errors import DistillError, UnsupportedModel
+from distill_cli.export.sentence import SENTENCE_EMBEDDING
 from distill_cli.user_files import reading
 
 FILL = {
@@ -23,6 +25,20 @@ FILL = {
 def is_onnx_folder(path: str | Path) -> bool:
     folder = Path(path)
     return (folder / "model.onnx").is_file() and not any(folder.glob("*.safetensors"))
+
+
+def is_onnx_embedder(path: str | Path) -> bool:
+    """An ONNX folder whose graph outputs a sentence embedding (distill export of a
+    sentence-transformers folder); False without onnx installed or for a file it cannot read."""
+    if not is_onnx_folder(path):
+        return False
+    try:
+        import onnx
+
+        graph = onnx.load(str(Path(path) / "model.onnx"), load_external_data=False).graph
+    except Exception:  # noqa: BLE001 - not ours to judge here: OnnxClassifier names the problem
+        return False
+    return any(o.name == SENTENCE_EMBEDDING for o in graph.output)
 
 
 class OnnxClassifier:
@@ -68,3 +84,32 @@ class OnnxClassifier:
         return SimpleNamespace(
             **{n: torch.from_numpy(v) for n, v in zip(self.outputs, values, strict=True)}
         )
+
+
+class OnnxEmbedder:
+    """An ONNX sentence-embedder export called like distill_cli.embedder.Embedder:
+    ``embedder(input_ids, attention_mask, token_type_ids=None)`` → [batch, embedding_dim]."""
+
+    def __init__(self, folder: str | Path):
+        self.graph = OnnxClassifier(folder)
+        self.config = self.graph.config
+        shapes = {o.name: o.shape for o in self.graph.session.get_outputs()}
+        if SENTENCE_EMBEDDING not in shapes:
+            raise DistillError(
+                f"{Path(folder) / 'model.onnx'} has no {SENTENCE_EMBEDDING} output, so it is no "
+                "sentence embedder; export a sentence-transformers folder with distill export "
+                "--format onnx"
+            )
+        self.embedding_dim = shapes[SENTENCE_EMBEDDING][-1]
+
+    def num_parameters(self) -> int:
+        return self.graph.num_parameters()
+
+    def eval(self):
+        return self
+
+    def __call__(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            inputs["token_type_ids"] = token_type_ids
+        return getattr(self.graph(**inputs), SENTENCE_EMBEDDING)

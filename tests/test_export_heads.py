@@ -179,9 +179,9 @@ def test_int8_agreement_check_warns_below_its_threshold(capsys):
     from distill_cli.export.int8 import AGREEMENT, agreement_check
 
     assert agreement_check("feature-extraction", {"argmax_agreement": 0.0}) is None
-    threshold, measure = AGREEMENT["token-classification"]
-    ok = agreement_check("token-classification", {"argmax_agreement": threshold})
-    assert ok == {"measure": measure, "threshold": threshold, "passed": True}
+    threshold, measure, key = AGREEMENT["token-classification"]
+    ok = agreement_check("token-classification", {key: threshold})
+    assert ok == {"measure": measure, "threshold": threshold, "value": threshold, "passed": True}
     assert capsys.readouterr().err == ""
     low = agreement_check("question-answering", {"argmax_agreement": 0.5})
     assert low["passed"] is False

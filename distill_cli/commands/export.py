@@ -8,6 +8,7 @@ import typer
 
 from distill_cli import export
 from distill_cli.commands import options as o
+from distill_cli.export.int8 import summary
 from distill_cli.reporting import out_console
 
 
@@ -44,17 +45,14 @@ def command(
     console = out_console()
     console.print(f"exported {model_dir} as {result['format']} ({result['dtype']})")
     for name, mb in result["sizes_mb"].items():
-        console.print(f"  {name:<28} {mb:>10.3f} MB")
+        console.print(f"  {name:<34} {mb:>10.3f} MB")
     if "int8_mb" in result:
         console.print(
             f"int8: {result['fp32_mb']:.2f} MB → {result['int8_mb']:.2f} MB "
             f"({100 * result['size_ratio']:.0f}%), latency b1 {result['latency_ms_b1_fp32']:.2f} → "
             f"{result['latency_ms_b1']:.2f} ms"
         )
-        console.print(
-            f"vs PyTorch: max abs diff {result['max_abs_diff']:.3g}, "
-            f"argmax agreement {100 * result['argmax_agreement']:.1f}%"
-        )
+        console.print(f"vs PyTorch: {summary(result)}")
     else:
         console.print(f"verified: max abs diff {result['max_abs_diff']:.3g} vs PyTorch")
     console.print(f"wrote {result['output_dir']} (export.json)")

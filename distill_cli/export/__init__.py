@@ -5,6 +5,10 @@ on a few test sentences, and only then moved into the output folder (distill_cli
 also owns the checks on that folder): its run.json says finished only when it is verified.
 One module per format (hf, onnx, int8); verify
 holds what they share, card the HF model card.
+
+A sentence-transformers folder is exported as the sentence embedder it is (sentence.py): hf
+writes a sentence-transformers folder, onnx and onnx-int8 one graph from token inputs to the
+``sentence_embedding``.
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ import shutil
 from pathlib import Path
 
 from distill_cli import outputs
+from distill_cli.embedder import is_sentence_transformers_folder, load_embedder
 from distill_cli.errors import DistillError
-from distill_cli.export.hf import DTYPES, export_hf
+from distill_cli.export.hf import DTYPES, export_embedder_hf, export_hf
 from distill_cli.export.int8 import export_int8
 from distill_cli.export.onnx import export_onnx
+from distill_cli.export.sentence import SentenceEmbedding, embedding_facts
 from distill_cli.export.verify import MB
 from distill_cli.models import check_model_source, load_as_saved
 from distill_cli.outputs import check_free_space, weights_bytes
@@ -54,7 +60,9 @@ def run(
     ``evaluation``: an evaluation.json (from ``distill evaluate --output-dir``) shipped with the
     export and shown in an hf model card; by default the one beside the model, if any."""
     _check_args(fmt, dtype)
-    check_model_source(model_dir, "model")
+    embedding = is_sentence_transformers_folder(model_dir)
+    if not embedding:  # load_embedder checks the transformer, wherever modules.json puts it
+        check_model_source(model_dir, "model")
     if evaluation is not None and not Path(evaluation).expanduser().is_file():
         raise DistillError(
             f"--evaluation {evaluation}: no such file; pass the evaluation.json that "
@@ -71,24 +79,33 @@ def run(
     )
     # an fp32 copy, and for int8 the fp32 ONNX file beside the quantized one
     check_free_space(out, 3 * weights_bytes(model_dir), "the export and its temp files")
-    model, tokenizer = load_as_saved(model_dir, "model", trust_remote_code)
+    embedder = None
+    if embedding:
+        embedder, tokenizer = load_embedder(str(model_dir), "model", trust_remote_code)
+        model = SentenceEmbedding(embedder)  # what the ONNX formats trace
+    else:
+        model, tokenizer = load_as_saved(model_dir, "model", trust_remote_code)
     tmp = outputs.staging(out)
     try:
         result = {"model": str(model_dir), "format": fmt, "dtype": dtype}
-        if fmt == "hf":
-            result.update(
-                export_hf(model, tokenizer, Path(model_dir), tmp, dtype, out.name, evaluation)
-            )
+        args = (Path(model_dir), tmp, dtype, out.name, evaluation)
+        if fmt == "hf" and embedder is not None:
+            result.update(export_embedder_hf(embedder, tokenizer, *args))
+        elif fmt == "hf":
+            result.update(export_hf(model, tokenizer, *args))
         elif fmt == "onnx":
             result.update(export_onnx(model, tokenizer, tmp))
         else:
             result.update(export_int8(model, tokenizer, tmp))
+        if embedder is not None:
+            result["embedding"] = embedding_facts(embedder)
         for name in EXTRAS:
             if (Path(model_dir) / name).is_file():
                 shutil.copy2(Path(model_dir) / name, tmp / name)
         if evaluation.is_file():
             shutil.copy2(evaluation, tmp / EVALUATION)
-        files = sorted(p.name for p in tmp.iterdir() if p.is_file()) + ["export.json"]
+        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+        files += ["export.json"]
         sizes = {n: round((tmp / n).stat().st_size / MB, 4) for n in files if (tmp / n).exists()}
         total = round(sum(sizes.values()), 4)
         result.update(files=files, sizes_mb=sizes, total_mb=total, verified=True)

@@ -1,7 +1,8 @@
 """The model card (README.md) of an HF export: templates/model_card.md filled from typed data.
 
-The data: the model's config, its resolved_recipe.yaml as a ``Recipe``, and the reports that
-training, compress-vocab and evaluate left beside it. Any of them may be absent.
+The data: the model's config (and for a sentence embedder its pooling, Dense and
+normalisation), its resolved_recipe.yaml as a ``Recipe``, and the reports that training,
+compress-vocab and evaluate left beside it. Any of them may be absent.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ from pathlib import Path
 
 import yaml
 
+from distill_cli.embedder import Embedder
 from distill_cli.errors import DistillError
+from distill_cli.export.sentence import TAG as EMBEDDING_TAG
+from distill_cli.export.sentence import SentenceEmbedding, dense_activation_code
 from distill_cli.heads import is_causal
 from distill_cli.recipe import Recipe, from_dict, load_recipe
 from distill_cli.user_files import read_json
@@ -27,6 +31,7 @@ AUTO_CLASSES = {
     "fill-mask": "AutoModelForMaskedLM",
     "text-generation": "AutoModelForCausalLM",
     "feature-extraction": "AutoModel",
+    EMBEDDING_TAG: "AutoModel",
 }
 
 
@@ -71,6 +76,28 @@ class Evaluation:
 
 
 @dataclass
+class EmbeddingUsage:
+    """What the card's plain-transformers snippet writes out after the transformer."""
+
+    pooling: str
+    dense_out: int | None  # the Dense layer's output size; None without one
+    activation: str | None  # Python for its activation (torch.nn.Tanh()); None for identity
+    normalize: bool
+    dim: int
+
+    @classmethod
+    def of(cls, embedder: Embedder) -> EmbeddingUsage:
+        dense = embedder.dense
+        return cls(
+            pooling=embedder.pooling,
+            dense_out=None if dense is None else dense.out_features,
+            activation=None if dense is None else dense_activation_code(embedder),
+            normalize=embedder.normalize,
+            dim=embedder.embedding_dim,
+        )
+
+
+@dataclass
 class CardData:
     """Everything the template reads."""
 
@@ -82,6 +109,7 @@ class CardData:
     train: TrainResults | None = None
     compression: Compression | None = None
     evaluation: Evaluation | None = None
+    embedding: EmbeddingUsage | None = None  # a sentence embedder's
 
     @property
     def auto(self) -> str:
@@ -90,14 +118,20 @@ class CardData:
     @property
     def header(self) -> str:
         """The YAML front matter the Hub reads."""
-        meta = {"library_name": "transformers"}
+        embedder = self.tag == EMBEDDING_TAG
+        meta = {"library_name": "sentence-transformers" if embedder else "transformers"}
         if self.recipe is not None and self.recipe.teacher:
             meta["base_model"] = self.recipe.teacher
-        meta.update(pipeline_tag=self.tag, tags=["distill-cli", "distillation"])
+        tags = ["distill-cli", "distillation"]
+        if embedder:
+            tags += ["sentence-transformers", "feature-extraction", EMBEDDING_TAG]
+        meta.update(pipeline_tag=self.tag, tags=tags)
         return yaml.safe_dump(meta, sort_keys=False).strip()
 
 
 def pipeline_tag(model_or_config) -> str:
+    if isinstance(model_or_config, (Embedder, SentenceEmbedding)):
+        return EMBEDDING_TAG
     config = getattr(model_or_config, "config", model_or_config)
     archs = getattr(config, "architectures", None) or []
     arch = archs[0] if archs else ""
@@ -115,16 +149,23 @@ def pipeline_tag(model_or_config) -> str:
 
 
 def card_data(
-    config, model_dir: Path, name: str, dtype: str = "fp32", evaluation: Path | None = None
+    config,
+    model_dir: Path,
+    name: str,
+    dtype: str = "fp32",
+    evaluation: Path | None = None,
+    embedder: Embedder | None = None,
 ) -> CardData:
     """Read what the card shows from the config and the files beside the model (the
-    evaluation from ``evaluation`` when given)."""
+    evaluation from ``evaluation`` when given); ``embedder``: the model is that sentence
+    embedder's transformer."""
     recipe_path = model_dir / "resolved_recipe.yaml"
     return CardData(
         name=name,
         arch=(getattr(config, "architectures", None) or ["?"])[0],
         dtype=dtype,
-        tag=pipeline_tag(config),
+        tag=pipeline_tag(embedder if embedder is not None else config),
+        embedding=EmbeddingUsage.of(embedder) if embedder is not None else None,
         recipe=load_recipe(recipe_path) if recipe_path.is_file() else None,
         train=read_report(TrainResults, model_dir / "train_results.json"),
         compression=read_report(Compression, model_dir / "compression.json"),
@@ -133,10 +174,15 @@ def card_data(
 
 
 def model_card(
-    config, model_dir: Path, name: str, dtype: str = "fp32", evaluation: Path | None = None
+    config,
+    model_dir: Path,
+    name: str,
+    dtype: str = "fp32",
+    evaluation: Path | None = None,
+    embedder: Embedder | None = None,
 ) -> str:
     """README.md in the HF convention: YAML header, then how it was made, metrics, usage."""
-    return render(card_data(config, model_dir, name, dtype, evaluation))
+    return render(card_data(config, model_dir, name, dtype, evaluation, embedder))
 
 
 def render(data: CardData) -> str:

@@ -8,6 +8,7 @@ import inspect
 import torch
 
 from distill_cli.errors import DistillError
+from distill_cli.export.sentence import SENTENCE_EMBEDDING, cosines
 from distill_cli.heads import is_causal
 
 FP32_TOLERANCE = 1e-4
@@ -70,15 +71,17 @@ def encode(tokenizer, texts, names) -> dict[str, torch.Tensor]:
 
 
 def main_output_name(out) -> str:
-    for name in ("logits", "prediction_logits", "last_hidden_state"):
+    for name in ("logits", "prediction_logits", SENTENCE_EMBEDDING, "last_hidden_state"):
         if getattr(out, name, None) is not None:
             return name
-    raise DistillError(f"{type(out).__name__} has no logits or last_hidden_state to export")
+    raise DistillError(
+        f"{type(out).__name__} has no logits, sentence embedding or last_hidden_state to export"
+    )
 
 
 def output_names(out) -> list[str]:
-    """What an export keeps: a QA head's start and end logits; else classifier / LM logits, or
-    an encoder's last hidden state."""
+    """What an export keeps: a QA head's start and end logits; else classifier / LM logits, a
+    sentence embedder's embedding, or an encoder's last hidden state."""
     if all(getattr(out, n, None) is not None for n in SPAN_OUTPUTS):
         return list(SPAN_OUTPUTS)
     return [main_output_name(out)]
@@ -107,6 +110,13 @@ def _compare_one(name: str, ref: torch.Tensor, got, mask: torch.Tensor) -> dict:
             f"export output {name} has shape {tuple(got.shape)}, PyTorch {tuple(ref.shape)}"
         )
     keep = mask.bool()
+    if name == SENTENCE_EMBEDDING:  # one vector per text: how far it turned, not an argmax
+        cos = cosines(ref, got)
+        return {
+            "max_abs_diff": float((ref - got).abs().max()),
+            "cosine_min": float(cos.min()),
+            "cosine_mean": float(cos.mean()),
+        }
     if ref.dim() == 3:  # per token: drop padded positions, argmax over labels
         ref, got = ref[keep], got[keep]
     elif name in SPAN_OUTPUTS:  # per position: argmax over the real positions of each row
@@ -122,12 +132,15 @@ def _compare_one(name: str, ref: torch.Tensor, got, mask: torch.Tensor) -> dict:
 
 def compare(reference: dict[str, torch.Tensor], got: dict, mask: torch.Tensor) -> dict:
     """Max abs diff and argmax agreement over real (unpadded) positions, for every output:
-    per token for token logits, per row over positions for start/end logits. Several outputs
-    give the worst difference, the mean agreement, and each output's figures in by_output."""
+    per token for token logits, per row over positions for start/end logits; for a sentence
+    embedding the lowest and mean cosine per text instead of agreement. Several outputs give
+    the worst difference, the mean agreement, and each output's figures in by_output."""
     missing = [n for n in reference if n not in got]
     if missing:
         raise DistillError(f"the export has no output {', '.join(missing)}")
     each = {n: _compare_one(n, ref, got[n], mask) for n, ref in reference.items()}
+    if len(each) == 1:
+        return next(iter(each.values()))
     stats = {
         "max_abs_diff": max(s["max_abs_diff"] for s in each.values()),
         "argmax_agreement": sum(s["argmax_agreement"] for s in each.values()) / len(each),
@@ -136,8 +149,11 @@ def compare(reference: dict[str, torch.Tensor], got: dict, mask: torch.Tensor) -
 
 
 def worst(stats: dict, other: dict) -> dict:
-    """``stats`` with the larger max abs diff of the two comparisons, per output too."""
+    """``stats`` with the larger max abs diff (and lower lowest cosine) of the two comparisons,
+    per output too."""
     merged = {**stats, "max_abs_diff": max(stats["max_abs_diff"], other["max_abs_diff"])}
+    if "cosine_min" in stats:
+        merged["cosine_min"] = min(stats["cosine_min"], other["cosine_min"])
     if "by_output" in stats:
         each = stats["by_output"].items()
         merged["by_output"] = {n: worst(s, other["by_output"][n]) for n, s in each}
