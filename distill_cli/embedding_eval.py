@@ -12,7 +12,9 @@ import torch
 
 from distill_cli import embedding_metrics as em
 from distill_cli.data import load_task_data
+from distill_cli.embedder import is_sentence_transformers_folder, load_embedder
 from distill_cli.errors import DistillError
+from distill_cli.models import load_tokenizer
 from distill_cli.recipe import DataConfig
 from distill_cli.reporting import log
 
@@ -95,13 +97,32 @@ def against_teacher(student: np.ndarray, teacher: np.ndarray) -> dict:
     }
 
 
+def is_embedder(path) -> bool:
+    """A sentence-transformers folder, or the ONNX export of one."""
+    from distill_cli.onnx_model import is_onnx_embedder
+
+    return is_sentence_transformers_folder(path) or is_onnx_embedder(path)
+
+
+def load(path: str, role: str):
+    """An embedder (PyTorch, or its ONNX export run by onnxruntime) and its tokenizer."""
+    from distill_cli.onnx_model import OnnxEmbedder, is_onnx_embedder
+
+    if is_onnx_embedder(path):
+        return OnnxEmbedder(path), load_tokenizer(path, role)
+    return load_embedder(path, role)
+
+
 def parameters(model) -> int:
+    if hasattr(model, "num_parameters"):  # an ONNX export counts its initialisers
+        return model.num_parameters()
     return sum(p.numel() for p in model.parameters())
 
 
 def size_mb(path: Path) -> float:
     """Weights at the top of the folder and in its Dense module."""
-    files = [*path.glob("*.safetensors"), *path.glob("*.bin"), *path.glob("2_Dense/*")]
+    files = [*path.glob("*.safetensors"), *path.glob("*.bin"), *path.glob("*.onnx")]
+    files += path.glob("2_Dense/*")
     return sum(p.stat().st_size for p in files if p.is_file()) / 2**20
 
 

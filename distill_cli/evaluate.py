@@ -19,7 +19,6 @@ from distill_cli import (
 )
 from distill_cli import embedding_metrics as em
 from distill_cli.data import TaskData, load_task_data
-from distill_cli.embedder import is_sentence_transformers_folder, load_embedder
 from distill_cli.errors import DistillError, UnsupportedModel
 from distill_cli.heads import is_causal, word_mode
 from distill_cli.latency import median_ms
@@ -241,7 +240,7 @@ def run(
     """
     first = model_dirs[0]
     cfg = data_config(Path(first), data, list(sets))
-    embedders = [is_sentence_transformers_folder(m) for m in model_dirs]
+    embedders = [embedding_eval.is_embedder(m) for m in model_dirs]
     if output_dir:
         models = [("model", m) for m in model_dirs]
         check_not_input(output_dir, [*models, ("teacher", teacher), ("data", cfg.name)])
@@ -297,7 +296,7 @@ def _write(result: dict, output_dir) -> dict:
 
 
 def _embedder_report(path: str, role: str, cfg: DataConfig, data) -> tuple[dict, object]:
-    model, tokenizer = load_embedder(path, role)
+    model, tokenizer = embedding_eval.load(path, role)
     vectors, metrics = embedding_eval.own_metrics(model, tokenizer, data, cfg.max_length)
     report = {
         "path": str(path),

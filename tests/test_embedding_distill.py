@@ -230,3 +230,18 @@ def test_sigterm_then_resume_gives_the_same_embedder(st_teacher, corpus_file, tm
     dense = [load_file(p / "2_Dense" / "model.safetensors") for p in (tmp_path / "whole", out)]
     assert all(torch.allclose(dense[0][k], dense[1][k], atol=1e-6) for k in dense[0])
     assert_same_metrics(tmp_path / "whole", out)
+
+
+def test_evaluate_reads_an_onnx_embedder_export(st_student, st_teacher, tiny_data_dir, tmp_path):
+    onnx_dir = tmp_path / "onnx"
+    result = invoke("export", st_student, "--format", "onnx", "--output-dir", onnx_dir)
+    assert result.exit_code == 0, result.output
+    result = invoke(
+        "evaluate", st_student, onnx_dir, "--data", tiny_data_dir, "--split", "test",
+        "--teacher", st_teacher, "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    models = json.loads(result.stdout[result.stdout.index("{") :])["models"]
+    torch_m, onnx_m = models["student"]["metrics"], models["onnx"]["metrics"]
+    assert onnx_m["agreement"] == pytest.approx(torch_m["agreement"], abs=1e-4)
+    assert onnx_m["probe_accuracy"] == pytest.approx(torch_m["probe_accuracy"], abs=0.07)
