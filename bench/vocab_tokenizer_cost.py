@@ -111,9 +111,7 @@ def main() -> None:
         "examples": len(texts),
         "examples_with_a_dropped_token": with_dropped,
         "own_tokenizer": task_metric(model, own, task, args.split, cfg),
-        "remapped_original": task_metric(
-            Remapped(model, remap), original, task, args.split, cfg
-        ),
+        "remapped_original": task_metric(Remapped(model, remap), original, task, args.split, cfg),
     }
     outside = packaged_texts()
     for path in args.outside:
