@@ -253,6 +253,11 @@ def run(
                 "evaluate sentence embedders and task models in separate runs: "
                 f"{model_dirs[embedders.index(False)]} is not a sentence embedder"
             )
+        if not data:  # the run's own data is its raw training text, which has no labels
+            raise DistillError(
+                "pass --data to evaluate a sentence embedder: labelled texts (--data "
+                "rotten_tomatoes), scored sentence pairs, or any texts with --teacher"
+            )
         result = _evaluate_embedders(names, model_dirs, cfg, split, teacher)
         return _write(result, output_dir)
     reports, loaded, task = {}, {}, None

@@ -245,3 +245,9 @@ def test_evaluate_reads_an_onnx_embedder_export(st_student, st_teacher, tiny_dat
     torch_m, onnx_m = models["student"]["metrics"], models["onnx"]["metrics"]
     assert onnx_m["agreement"] == pytest.approx(torch_m["agreement"], abs=1e-4)
     assert onnx_m["probe_accuracy"] == pytest.approx(torch_m["probe_accuracy"], abs=0.07)
+
+
+def test_evaluating_an_embedder_without_data_is_one_line(st_student, st_teacher):
+    result = invoke("evaluate", st_student, "--teacher", st_teacher)
+    assert result.exit_code == 2
+    assert "pass --data" in result.output and "Traceback" not in result.output
