@@ -195,10 +195,11 @@ def _reader(path: Path) -> Callable[[], pd.DataFrame]:
     return lambda: _read_file(path)
 
 
-def _folder_source(folder: Path) -> _Source:
+def split_files(folder: Path, suffixes: tuple[str, ...], example: str) -> dict[str, Path]:
+    """A folder's files named by split (train, validation or dev, test, ...), one per split."""
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if path.is_file() and path.suffix.lower() in SUFFIXES and not path.name.startswith("."):
+        if path.is_file() and path.suffix.lower() in suffixes and not path.name.startswith("."):
             if path.stem in found:
                 raise DistillError(
                     f"{folder} has both {found[path.stem].name} and {path.name}; keep one per split"
@@ -206,11 +207,16 @@ def _folder_source(folder: Path) -> _Source:
             found[path.stem] = path
     if not found:
         raise DistillError(
-            f"{folder} holds no split files; add e.g. train.csv and validation.csv "
-            f"({', '.join(SUFFIXES)})"
+            f"{folder} holds no split files; add e.g. train{example} and validation{example} "
+            f"({', '.join(suffixes)})"
         )
     if "dev" in found and "validation" not in found:
         found["validation"] = found.pop("dev")
+    return found
+
+
+def _folder_source(folder: Path) -> _Source:
+    found = split_files(folder, SUFFIXES, ".csv")
     return _Source(str(folder), {split: _reader(path) for split, path in found.items()})
 
 

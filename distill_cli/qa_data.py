@@ -34,7 +34,7 @@ import pandas as pd
 import pyarrow as pa
 
 from distill_cli import squad_archive
-from distill_cli.data import TaskData, _load_hub, _Source, looks_like_path
+from distill_cli.data import TaskData, _load_hub, _Source, looks_like_path, split_files
 from distill_cli.errors import DistillError
 from distill_cli.recipe import DataConfig
 from distill_cli.reporting import log
@@ -183,22 +183,7 @@ def _file_reader(path: Path) -> Callable[[], Rows]:
 
 
 def _split_files(folder: Path) -> dict[str, Path]:
-    found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and path.suffix.lower() in SUFFIXES and not path.name.startswith("."):
-            if path.stem in found:
-                raise DistillError(
-                    f"{folder} has both {found[path.stem].name} and {path.name}; keep one per split"
-                )
-            found[path.stem] = path
-    if not found:
-        raise DistillError(
-            f"{folder} holds no split files; add e.g. train.json and validation.json "
-            f"({', '.join(SUFFIXES)})"
-        )
-    if "dev" in found and "validation" not in found:
-        found["validation"] = found.pop("dev")
-    return found
+    return split_files(folder, SUFFIXES, ".json")
 
 
 def _hub(dd: datasets.DatasetDict, name: str, v2: bool = False) -> _Source:

@@ -190,22 +190,7 @@ def _conll_source(name: str, readers: dict, **kwargs) -> data._Source:
 
 
 def _folder_source(folder: Path) -> data._Source:
-    found: dict[str, Path] = {}
-    suffixes = CONLL_SUFFIXES + TABLE_SUFFIXES
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and path.suffix.lower() in suffixes and not path.name.startswith("."):
-            if path.stem in found:
-                raise DistillError(
-                    f"{folder} has both {found[path.stem].name} and {path.name}; keep one per split"
-                )
-            found[path.stem] = path
-    if not found:
-        raise DistillError(
-            f"{folder} holds no split files; add e.g. train.conll and validation.conll "
-            f"({', '.join(suffixes)})"
-        )
-    if "dev" in found and "validation" not in found:
-        found["validation"] = found.pop("dev")
+    found = data.split_files(folder, CONLL_SUFFIXES + TABLE_SUFFIXES, ".conll")
     readers = {split: _reader(p) for split, p in found.items()}
     if all(p.suffix.lower() in CONLL_SUFFIXES for p in found.values()):
         return _conll_source(str(folder), readers)
