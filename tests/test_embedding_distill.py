@@ -37,7 +37,7 @@ def embed(teacher, corpus, out, *extra):
 
 def _losses(out):
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [line for line in lines if "loss/embedding_mse" in line]
+    return [line for line in lines if "loss/embedding_cosine" in line]
 
 
 def test_truncated_student_is_a_sentence_transformers_folder(st_teacher, corpus_file, tmp_path):

@@ -171,7 +171,7 @@ def test_hf_export_of_a_distill_run_shows_its_recipe(embedders, corpus_file, tmp
     assert result.exit_code == 0, result.output
     export(run, tmp_path / "hf", "hf")
     card = (tmp_path / "hf" / "README.md").read_text()
-    assert "embedding_mse ×" in card and "embedding_kl ×" in card
+    assert "embedding_cosine ×" in card and "embedding_kl ×" in card
     assert (tmp_path / "hf" / "resolved_recipe.yaml").is_file()
     onnx = export(run, tmp_path / "onnx", "onnx")
     assert onnx["outputs"] == ["sentence_embedding"] and onnx["embedding"]["embedding_dim"] == 24
