@@ -86,8 +86,8 @@ GLMD_V50_TASK_ROWS ?= 3000
 # smaller embedders: its 3-layer truncation, and a 2-layer hidden-256 student (init: config,
 # 4 heads, FFN 1024) that gets a Dense projection to 384. Both are compared with the teacher on
 # the rotten_tomatoes test split (agreement, neighbour recall@10, linear-probe accuracy, size,
-# latency), and the smaller is exported to ONNX int8. Budgets (steps, learning rate) are cut with
-# --set, aiming at about 20 min on 2 CPU cores (not yet timed end to end on an idle machine).
+# latency), and the smaller is exported to ONNX int8. Budgets (epochs, learning rate) are cut with
+# --set to about 20 min on 2 CPU cores (docs/results.md).
 EMBED_RUNS ?= runs/demo-embed
 EMBED_TEXTS ?= rotten_tomatoes
 EMBED_DATA := --data $(EMBED_TEXTS) --set data.max_length=64 --set train.batch_size=64 \
@@ -117,7 +117,7 @@ EMBED_LR ?= 5e-4
 
 # Token classification: the packaged MiniLM fine-tuned into a tagger on the built-in wnut16
 # tweets (BIO, 10 entity types), then a TKD and a GLMD (task stage on the truncated student)
-# 3-layer student; one table of entity F1 on the test split.
+# 3-layer student; one table of entity F1 on the test split. About 16 min on 2 CPU cores.
 NER_RUNS ?= runs/demo-ner
 NER_DATA := --data wnut16 --set data.max_length=64 --set train.batch_size=16 \
   --set train.logging_steps=40
@@ -142,10 +142,12 @@ demo-ner: install
 
 # Extractive QA on the built-in squad_dev (the SQuAD v1.1 dev set, split by article; the first
 # run downloads the 358 MB bigbench source archive it is read from). Its files ask that they not
-# train published models: the models this demo makes are for local use only.
+# train published models: the models this demo makes are for local use only. About 28 min on 2
+# CPU cores; QA_TRAIN_SAMPLES=2000 takes 24 min, with a weaker teacher (docs/results.md).
 QA_RUNS ?= runs/demo-qa
+QA_TRAIN_SAMPLES ?= 2500
 QA_DATA := --data squad_dev --set data.max_length=192 --set data.doc_stride=64 \
-  --set data.max_train_samples=2000 --set data.max_eval_samples=300 --set train.batch_size=16 \
+  --set data.max_train_samples=$(QA_TRAIN_SAMPLES) --set data.max_eval_samples=300 --set train.batch_size=16 \
   --set train.logging_steps=20
 demo-qa: install
 	@set -e; \
