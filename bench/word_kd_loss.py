@@ -27,6 +27,7 @@ import sys
 import time
 
 import torch
+from harness import sync
 
 from distill_cli.word_kd import word_kl, word_kl_naive
 
@@ -62,11 +63,6 @@ def step(fn, tensors, kwargs):
     for x in (tensors[0], tensors[1], kwargs["b_s"]):
         x.grad = None
     return loss.item()
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def child(args) -> dict:

@@ -108,7 +108,7 @@ def claims(cfg: DataConfig) -> bool:
     try:
         path = Path(name).expanduser()
         if path.is_dir():
-            files = _split_files(path)
+            files = split_files(path, SUFFIXES, ".json")
             path = files.get("train") or next(iter(files.values()))
         return path.is_file() and _peek_file(path, _columns(cfg))
     except Exception:  # not readable as QA data: the classification loader reports it
@@ -182,10 +182,6 @@ def _file_reader(path: Path) -> Callable[[], Rows]:
     return lambda: _read_parquet(path) if path.suffix.lower() == ".parquet" else _read_json(path)
 
 
-def _split_files(folder: Path) -> dict[str, Path]:
-    return split_files(folder, SUFFIXES, ".json")
-
-
 def _hub(dd: datasets.DatasetDict, name: str, v2: bool = False) -> _Source:
     def reader(ds: datasets.Dataset) -> Callable[[], Rows]:
         return lambda: (ds.to_list(), v2 or "is_impossible" in ds.column_names)
@@ -216,7 +212,7 @@ def _open(name: str) -> _Source:
         return _hub(_load_hub(name), name, v2=name == PRESETS["squad_v2"])
     path = Path(name).expanduser()
     if path.is_dir():
-        files = _split_files(path)
+        files = split_files(path, SUFFIXES, ".json")
         return _Source(str(path), {split: _file_reader(p) for split, p in files.items()})
     if path.is_file():
         if path.suffix.lower() not in SUFFIXES:
