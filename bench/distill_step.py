@@ -46,10 +46,10 @@ import torch
 from harness import forever, packaged_recipe, project_step, sync
 from torch.utils.data import DataLoader
 
-from distill_cli import text_data
-from distill_cli.allocator import keep_freed_memory
-from distill_cli.train import optimizer_groups, setup
-from distill_cli.word_kd import word_kl_naive
+from distill_cli.data import text as text_data
+from distill_cli.training.allocator import keep_freed_memory
+from distill_cli.training.train import optimizer_groups, setup
+from distill_cli.training.word_kd import word_kl_naive
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "glmd-pretrain.yaml"
 PEAK = {"cpu": (torch.float32, 2048), "cuda": (torch.bfloat16, 8192)}  # matmul dtype and size

@@ -40,9 +40,9 @@ from pathlib import Path
 import torch
 from harness import packaged_recipe, project_step, sync
 
-from distill_cli import text_data
-from distill_cli.embedder import save_embedder, with_model
-from distill_cli.train import setup
+from distill_cli.data import text as text_data
+from distill_cli.models.embedder import save_embedder, with_model
+from distill_cli.training.train import setup
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "embedding.yaml"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from distill_cli.recipe import load_recipe
-from distill_cli.train import train_step
+from distill_cli.training.train import train_step
 
 
 def packaged_recipe(path: Path, batch_size: int, max_length: int, precision: str, *sets: str):

@@ -26,11 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distill_cli import evaluate, text_data, vocab
-from distill_cli.data import load_task_data
-from distill_cli.models import label_names, load_classifier, load_tokenizer
+from distill_cli.data import text as text_data
+from distill_cli.evaluation import evaluate
+from distill_cli.models.load import label_names, load_classifier, load_tokenizer
 from distill_cli.recipe import DataConfig
-from distill_cli.stages import compressed_vocab
+from distill_cli.tasks import load_task_data
+from distill_cli.training.stages import compressed_vocab
+from distill_cli.vocabulary import surgery as vocab
 
 
 class Remapped(torch.nn.Module):

@@ -29,7 +29,7 @@ import time
 import torch
 from harness import sync
 
-from distill_cli.word_kd import word_kl, word_kl_naive
+from distill_cli.training.word_kd import word_kl, word_kl_naive
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 VARIANTS = {"naive": word_kl_naive, "fused": word_kl}

@@ -18,10 +18,10 @@ import json
 
 import torch
 
-from distill_cli import stages
-from distill_cli import word_signal as ws
+from distill_cli.data.text import TokenMasker
 from distill_cli.recipe import load_recipe
-from distill_cli.text_data import TokenMasker
+from distill_cli.training import stages
+from distill_cli.training import word_signal as ws
 
 
 def main() -> None:

@@ -17,9 +17,10 @@ from typing import Any
 
 import yaml
 
-from distill_cli import losses
+from distill_cli import tasks
 from distill_cli.errors import DistillError
 from distill_cli.reporting import log
+from distill_cli.training import losses
 from distill_cli.user_files import read_yaml, safe_load
 
 
@@ -420,7 +421,6 @@ PACKINGS = ("pack", "bucket", "none")
 WORD_LOGITS = ("auto", "embeddings", "lm_head")
 WORD_SIGNAL = ("warn", "error")
 POOLINGS = ("auto", "mean", "cls", "max", "lasttoken")
-TASK_TYPES = ("classification", "regression", "token_classification", "question_answering")
 METRICS = ("accuracy", "f1", "mcc", "pearson", "seqeval", "squad", "squad_v2")
 SCHEDULERS = (
     "linear",
@@ -465,8 +465,8 @@ def validate(recipe: Recipe, needs_data: bool = True) -> None:
         problems.append("no data: pass --data NAME_OR_PATH")
     if d.text_columns is not None and len(d.text_columns) not in (1, 2):
         problems.append("data.text_columns must name one or two columns")
-    if d.task_type is not None and d.task_type not in TASK_TYPES:
-        problems.append(f"data.task_type must be one of {', '.join(TASK_TYPES)}")
+    if d.task_type is not None and d.task_type not in tasks.DATA_TASKS:
+        problems.append(f"data.task_type must be one of {', '.join(tasks.DATA_TASKS)}")
     if d.metric is not None and d.metric not in METRICS:
         problems.append(f"data.metric must be one of {', '.join(METRICS)}")
     if d.packing not in PACKINGS:

@@ -2,7 +2,7 @@
 
 import platform
 
-from distill_cli.allocator import keep_freed_memory
+from distill_cli.training.allocator import keep_freed_memory
 
 
 def test_glibc_takes_the_thresholds_and_other_libcs_are_left_alone():

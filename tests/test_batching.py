@@ -1,8 +1,8 @@
 import datasets
 import torch
 
-from distill_cli.batching import TEACHER_PREFIX, PadCollator, split_inputs, tokenize
-from distill_cli.models import load_tokenizer
+from distill_cli.data.batching import TEACHER_PREFIX, PadCollator, split_inputs, tokenize
+from distill_cli.models.load import load_tokenizer
 
 
 def test_batches_pad_to_their_longest_row_not_max_length(tiny_tokenizer_dir):

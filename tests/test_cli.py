@@ -7,8 +7,8 @@ import pytest
 import torch
 from helpers import ROOT, invoke, run_module
 
-from distill_cli import evaluate
 from distill_cli.cli import COMMANDS, main
+from distill_cli.evaluation import evaluate
 
 
 def test_registered_commands_match_readme():

@@ -5,8 +5,13 @@ import pandas as pd
 import pytest
 from conftest import LABELS, sentences, write_csv
 
-from distill_cli import data
-from distill_cli.data import TaskData, load_rotten_tomatoes, load_task_data, rotten_tomatoes_texts
+from distill_cli.data import tables as data
+from distill_cli.data.tables import (
+    TaskData,
+    load_rotten_tomatoes,
+    load_task_data,
+    rotten_tomatoes_texts,
+)
 from distill_cli.errors import DistillError
 from distill_cli.recipe import DataConfig
 

@@ -16,7 +16,8 @@ from safetensors.torch import save_file
 from transformers import AutoModel, AutoTokenizer, BertModel
 
 import distill_cli
-from distill_cli.embedder import (
+from distill_cli.errors import DistillError
+from distill_cli.models.embedder import (
     IDENTITY,
     POOLING_FLAGS,
     POOLING_MODES,
@@ -27,7 +28,6 @@ from distill_cli.embedder import (
     pool_tokens,
     save_embedder,
 )
-from distill_cli.errors import DistillError
 from tests.conftest import make_tokenizer, tiny_bert_config
 from tests.helpers import run_without_distill_cli
 

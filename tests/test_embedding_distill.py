@@ -9,7 +9,7 @@ from conftest import make_tokenizer, tiny_bert_config
 from helpers import RECIPES, invoke
 from transformers import BertModel
 
-from distill_cli.embedder import Embedder, add_projection, load_embedder, save_embedder
+from distill_cli.models.embedder import Embedder, add_projection, load_embedder, save_embedder
 
 
 @pytest.fixture(scope="module")

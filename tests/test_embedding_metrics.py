@@ -3,7 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from distill_cli.embedding_metrics import (
+from distill_cli.errors import DistillError
+from distill_cli.evaluation.embedding_metrics import (
     agreement,
     embedding_report,
     neighbour_recall,
@@ -11,7 +12,6 @@ from distill_cli.embedding_metrics import (
     sts_scores,
     sts_spearman,
 )
-from distill_cli.errors import DistillError
 
 
 def unit(*degrees: float) -> np.ndarray:

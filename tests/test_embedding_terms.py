@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from distill_cli import losses
 from distill_cli.errors import DistillError
-from distill_cli.heads import Outputs
+from distill_cli.models.forward import Outputs
 from distill_cli.recipe import Recipe, from_dict, validate
+from distill_cli.training import losses
 
 
 def _parts(terms, s, t):

@@ -263,7 +263,7 @@ def test_onnx_uses_the_inputs_the_graph_declares(tiny_deberta, tiny_data_dir, tm
 
 
 def test_onnx_model_fills_declared_inputs_the_tokenizer_does_not_give(tiny_teacher, tmp_path):
-    from distill_cli.onnx_model import OnnxClassifier
+    from distill_cli.models.onnx_model import OnnxClassifier
 
     pytest.importorskip("onnxruntime")
     out = tmp_path / "onnx"

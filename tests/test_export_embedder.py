@@ -11,8 +11,8 @@ import pytest
 import torch
 from transformers import BertModel, DistilBertConfig, DistilBertModel, GPT2Config, GPT2Model
 
-from distill_cli.embedder import Embedder, add_projection, load_embedder, save_embedder
 from distill_cli.errors import DistillError
+from distill_cli.models.embedder import Embedder, add_projection, load_embedder, save_embedder
 from tests.conftest import make_bpe_tokenizer, make_tokenizer, tiny_bert_config
 from tests.helpers import RECIPES, invoke, run_without_distill_cli
 
@@ -183,7 +183,7 @@ def test_hf_export_of_a_distill_run_shows_its_recipe(embedders, corpus_file, tmp
 @pytest.mark.parametrize("name", list(EMBEDDERS))
 def test_onnx_export_is_the_whole_embedder(embedders, tmp_path, name):
     ort = pytest.importorskip("onnxruntime")
-    from distill_cli.onnx_model import OnnxClassifier, OnnxEmbedder, is_onnx_embedder
+    from distill_cli.models.onnx_model import OnnxClassifier, OnnxEmbedder, is_onnx_embedder
 
     arch, pooling, dense, normalize = EMBEDDERS[name]
     out = tmp_path / "onnx"
@@ -226,7 +226,7 @@ def test_onnx_export_is_the_whole_embedder(embedders, tmp_path, name):
 def test_onnx_int8_reports_the_cosine_to_fp32(embedders, tmp_path):
     pytest.importorskip("onnxruntime")
     from distill_cli.export.int8 import AGREEMENT
-    from distill_cli.onnx_model import OnnxEmbedder
+    from distill_cli.models.onnx_model import OnnxEmbedder
 
     out = tmp_path / "int8"
     result = invoke(
@@ -305,7 +305,7 @@ def test_a_broken_sentence_transformers_folder_is_one_line(embedders, tmp_path, 
 
 def test_onnx_embedder_of_a_classifier_export_is_one_line(tiny_teacher, tmp_path):
     pytest.importorskip("onnxruntime")
-    from distill_cli.onnx_model import OnnxEmbedder, is_onnx_embedder
+    from distill_cli.models.onnx_model import OnnxEmbedder, is_onnx_embedder
 
     out = tmp_path / "onnx"
     export(tiny_teacher, out, "onnx")

@@ -135,7 +135,7 @@ def _reference(src, auto, enc):
 @pytest.mark.parametrize("task", list(HEADS))
 def test_onnx_export_keeps_the_heads_outputs(request, task, fmt, tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    from distill_cli.onnx_model import OnnxClassifier
+    from distill_cli.models.onnx_model import OnnxClassifier
 
     fixture, auto, names, _ = HEADS[task]
     src = request.getfixturevalue(fixture)

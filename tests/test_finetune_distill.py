@@ -7,7 +7,7 @@ from helpers import RECIPES, invoke, run_without_distill_cli, tkd_args
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, BertConfig, BertModel
 
-from distill_cli.models import truncate
+from distill_cli.models.load import truncate
 
 
 def changed_parameters(before: dict, out_dir) -> tuple[list, list]:

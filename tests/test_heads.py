@@ -7,8 +7,8 @@ import torch
 import transformers as T
 
 from distill_cli.errors import UnsupportedModel
-from distill_cli.heads import Needs, embedding_projection, forward, vocabulary, word_mode
-from distill_cli.word_kd import word_kl, word_kl_naive
+from distill_cli.models.forward import Needs, embedding_projection, forward, vocabulary, word_mode
+from distill_cli.training.word_kd import word_kl, word_kl_naive
 
 V = 60
 SIZES = dict(vocab_size=V, hidden_size=32, num_attention_heads=2, intermediate_size=64)

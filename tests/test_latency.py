@@ -1,7 +1,7 @@
 """latency.median_ms: warm-up calls untimed, then every batch timed per repeat; median in ms."""
 
-from distill_cli import latency
-from distill_cli.latency import median_ms
+from distill_cli.evaluation import latency
+from distill_cli.evaluation.latency import median_ms
 
 
 def test_median_ms_times_each_batch_after_warmup(monkeypatch):

@@ -5,13 +5,13 @@ import torch
 from transformers import BertConfig
 
 from distill_cli.errors import DistillError
-from distill_cli.heads import Outputs
-from distill_cli.losses import (
+from distill_cli.models.forward import Outputs
+from distill_cli.tasks.sequence import hard_label_loss
+from distill_cli.training.losses import (
     KD_LOSSES,
     Step,
     attention_kl,
     check_models,
-    hard_label_loss,
     hidden_mse,
     layer_pairs,
     loss_parts,

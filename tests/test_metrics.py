@@ -3,7 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from distill_cli.metrics import PRIMARY, compute_metrics, predictions_from_logits
+from distill_cli.evaluation.metrics import PRIMARY, compute_metrics
+from distill_cli.tasks.sequence import predictions_from_logits
 
 
 def test_predictions_from_logits():

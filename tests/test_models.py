@@ -1,4 +1,4 @@
-"""Unit tests of distill_cli.models: teacher loading, layer truncation, student building."""
+"""Unit tests of distill_cli.models.load: teacher loading, layer truncation, student building."""
 
 import re
 
@@ -20,7 +20,7 @@ from transformers import (
 )
 
 from distill_cli.errors import DistillError, UnsupportedModel
-from distill_cli.models import (
+from distill_cli.models.load import (
     build_student,
     label_names,
     load_teacher,
@@ -452,7 +452,7 @@ def test_truncate_cuts_layer_types(make, teacher_layers, num_layers, types, tmp_
 
 
 def test_layers_config_cuts_every_per_layer_field_and_nothing_else():
-    from distill_cli.models import layers_config
+    from distill_cli.models.load import layers_config
 
     teacher = _qwen2(4)
     config = teacher.config

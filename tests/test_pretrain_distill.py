@@ -8,7 +8,7 @@ from helpers import RECIPES, invoke, run_without_distill_cli
 from safetensors.torch import load_file
 from transformers import AutoModel
 
-from distill_cli.models import load_lm, truncate
+from distill_cli.models.load import load_lm, truncate
 
 
 def pretrain_args(teacher, data, out, *extra):

@@ -13,13 +13,15 @@ import pandas as pd
 import pytest
 from transformers import AutoTokenizer
 
-from distill_cli import qa_data, squad_archive
-from distill_cli.data import load_task_data
+from distill_cli.data import squad as qa_data
+from distill_cli.data import squad_archive
+from distill_cli.data.qa_windows import postprocess, qa_eval_features, qa_train_features, references
+from distill_cli.data.squad import load_qa_data
 from distill_cli.errors import DistillError
-from distill_cli.metrics import PRIMARY, squad_metrics
-from distill_cli.qa_data import claims, load_qa_data
-from distill_cli.qa_windows import postprocess, qa_eval_features, qa_train_features, references
+from distill_cli.evaluation.metrics import PRIMARY, squad_metrics
 from distill_cli.recipe import DataConfig
+from distill_cli.tasks import load_task_data
+from distill_cli.tasks.question_answering import claims
 
 CONTEXTS = [
     "the movie was good and the plot was great",

@@ -12,8 +12,8 @@ from helpers import RECIPES, invoke
 from test_token_classification import letters_tokenizer
 from transformers import BertForQuestionAnswering
 
-from distill_cli import losses
-from distill_cli.heads import Outputs
+from distill_cli.models.forward import Outputs
+from distill_cli.training import losses
 
 NAMES = ["anna", "bob", "carl", "dora", "emil"]
 WINDOW = ["--set", "data.max_length=32", "--set", "data.doc_stride=8"]

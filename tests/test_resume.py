@@ -18,7 +18,7 @@ import torch
 from helpers import OFFLINE_ENV, RECIPES, invoke
 from safetensors.torch import load_file
 
-from distill_cli import checkpoints, train
+from distill_cli.training import checkpoints, train
 
 STEPS = 24
 
@@ -275,7 +275,7 @@ def test_a_half_written_checkpoint_is_never_resumed(tmp_path):
 # Runs the CLI in a subprocess whose train.<name> SIGKILLs the process: a kill at that instant.
 KILL_AT = """
 import os, signal, sys
-from distill_cli import train
+from distill_cli.training import train
 setattr(train, {name!r}, lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL))
 from distill_cli.cli import main
 main(sys.argv[1:])

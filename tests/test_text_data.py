@@ -9,10 +9,11 @@ import pytest
 import torch
 from conftest import FILLER, NEGATIVE, POSITIVE, make_bpe_tokenizer, make_tokenizer
 
-from distill_cli import data, text_data
+from distill_cli.data import tables as data
+from distill_cli.data import text as text_data
+from distill_cli.data.text import MaskingCollator, bucket_batches, load_texts, tokenize_texts
 from distill_cli.errors import DistillError
 from distill_cli.recipe import DataConfig
-from distill_cli.text_data import MaskingCollator, bucket_batches, load_texts, tokenize_texts
 
 WORDS = FILLER + POSITIVE + NEGATIVE
 DOCS = [

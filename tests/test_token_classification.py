@@ -12,8 +12,8 @@ from helpers import RECIPES, invoke
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import BertForTokenClassification, BertTokenizerFast
 
-from distill_cli import losses
-from distill_cli.heads import Outputs
+from distill_cli.models.forward import Outputs
+from distill_cli.training import losses
 
 TAGS = ["O", "B-PER", "I-PER"]
 NAMES = ["anna", "bob", "carl", "dora", "emil"]

@@ -6,18 +6,18 @@ import pandas as pd
 import pytest
 from conftest import make_tokenizer, sentences, write_csv
 
-from distill_cli import data
-from distill_cli.data import load_task_data
-from distill_cli.errors import DistillError
-from distill_cli.metrics import PRIMARY, entity_metrics
-from distill_cli.recipe import DataConfig
-from distill_cli.token_data import (
-    claims,
+from distill_cli.data import tables as data
+from distill_cli.data.tokens import (
     gold_words,
     load_token_data,
     tokenize_tokens,
     word_tags,
 )
+from distill_cli.errors import DistillError
+from distill_cli.evaluation.metrics import PRIMARY, entity_metrics
+from distill_cli.recipe import DataConfig
+from distill_cli.tasks import load_task_data
+from distill_cli.tasks.token_classification import claims
 
 CONLL = """-DOCSTART- -X- -X- O
 

@@ -9,9 +9,9 @@ from collections import Counter
 import pytest
 from helpers import RECIPES, invoke, tkd_args
 
-from distill_cli import losses, train
 from distill_cli.recipe import load_recipe
-from distill_cli.train import plan_phases, steps_per_epoch
+from distill_cli.training import losses, train
+from distill_cli.training.train import plan_phases, steps_per_epoch
 
 
 def test_phases_are_planned_in_optimizer_steps():

@@ -7,7 +7,7 @@ import json
 from helpers import invoke, tkd_args
 from PIL import Image
 
-from distill_cli import training_plot
+from distill_cli.training import plot as training_plot
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -1,4 +1,4 @@
-"""Unit tests of distill_cli.vocab: GLMD vocabulary compression on a WordPiece and a BPE model."""
+"""Unit tests of distill_cli.vocabulary.surgery: GLMD vocabulary compression on a WordPiece and a BPE model."""
 
 import json
 import os
@@ -17,9 +17,9 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from distill_cli import vocab
 from distill_cli.errors import DistillError
-from distill_cli.stages import compressed_vocab
+from distill_cli.training.stages import compressed_vocab
+from distill_cli.vocabulary import surgery as vocab
 
 KEPT_TEXT = "the movie was good and the film was bad"
 DROPPED = ("quite", "cast", "story")  # left out of the corpus, so their tokens drop

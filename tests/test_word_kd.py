@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from distill_cli.errors import DistillError
-from distill_cli.word_kd import word_kl, word_kl_naive
+from distill_cli.training.word_kd import word_kl, word_kl_naive
 
 B, L, D_S, D_T, V_T, V_S = 2, 5, 6, 8, 40, 30
 TOL = dict(rtol=1e-5, atol=1e-5)

@@ -11,7 +11,7 @@ import yaml
 from helpers import RECIPES, invoke
 from test_resume import finish, start, wait_for_step
 
-from distill_cli import word_signal as ws
+from distill_cli.training import word_signal as ws
 
 
 def out_of(z: torch.Tensor):

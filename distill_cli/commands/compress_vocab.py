@@ -7,9 +7,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from distill_cli import compress
 from distill_cli.commands import options as o
 from distill_cli.reporting import out_console
+from distill_cli.vocabulary import compress
 
 
 def command(

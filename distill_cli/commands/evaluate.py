@@ -7,9 +7,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from distill_cli import evaluate
 from distill_cli.commands import options as o
 from distill_cli.errors import DistillError
+from distill_cli.evaluation import evaluate
 from distill_cli.reporting import out_console
 
 

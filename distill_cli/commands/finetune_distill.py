@@ -4,11 +4,11 @@ import json
 
 from rich.table import Table
 
-from distill_cli import train
 from distill_cli.commands import options as o
 from distill_cli.outputs import check_not_input
 from distill_cli.recipe import load_recipe
 from distill_cli.reporting import out_console
+from distill_cli.training import train
 
 
 def command(

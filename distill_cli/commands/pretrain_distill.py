@@ -1,10 +1,10 @@
 """distill pretrain-distill: the task-agnostic GLMD stage on raw text."""
 
-from distill_cli import train
 from distill_cli.commands import options as o
 from distill_cli.commands.finetune_distill import print_summary
 from distill_cli.outputs import check_not_input
 from distill_cli.recipe import load_recipe
+from distill_cli.training import train
 
 
 def command(

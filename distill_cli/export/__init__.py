@@ -18,14 +18,14 @@ import shutil
 from pathlib import Path
 
 from distill_cli import outputs
-from distill_cli.embedder import is_sentence_transformers_folder, load_embedder
 from distill_cli.errors import DistillError
 from distill_cli.export.hf import DTYPES, export_embedder_hf, export_hf
 from distill_cli.export.int8 import export_int8
 from distill_cli.export.onnx import export_onnx
 from distill_cli.export.sentence import SentenceEmbedding, embedding_facts
 from distill_cli.export.verify import MB
-from distill_cli.models import check_model_source, load_as_saved
+from distill_cli.models.embedder import is_sentence_transformers_folder, load_embedder
+from distill_cli.models.load import check_model_source, load_as_saved
 from distill_cli.outputs import check_free_space, weights_bytes
 
 FORMATS = ("hf", "onnx", "onnx-int8")

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import yaml
 
-from distill_cli.embedder import Embedder
+from distill_cli import tasks
 from distill_cli.errors import DistillError
 from distill_cli.export.sentence import TAG as EMBEDDING_TAG
 from distill_cli.export.sentence import SentenceEmbedding, dense_activation_code
-from distill_cli.heads import is_causal
+from distill_cli.models.embedder import Embedder
+from distill_cli.models.forward import is_causal
 from distill_cli.recipe import Recipe, from_dict, load_recipe
 from distill_cli.user_files import read_json
 
@@ -133,14 +134,11 @@ def pipeline_tag(model_or_config) -> str:
     if isinstance(model_or_config, (Embedder, SentenceEmbedding)):
         return EMBEDDING_TAG
     config = getattr(model_or_config, "config", model_or_config)
+    task = tasks.with_head(config)
+    if task is not None:
+        return task.pipeline
     archs = getattr(config, "architectures", None) or []
     arch = archs[0] if archs else ""
-    if arch.endswith("ForSequenceClassification"):
-        return "text-classification"
-    if arch.endswith("ForTokenClassification"):
-        return "token-classification"
-    if arch.endswith("ForQuestionAnswering"):
-        return "question-answering"
     if arch.endswith(("ForMaskedLM", "ForPreTraining")):
         return "fill-mask"
     if is_causal(config):

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 
-from distill_cli.embedder import load_embedder, save_embedder
 from distill_cli.errors import DistillError
 from distill_cli.export.card import model_card, pipeline_tag
 from distill_cli.export.sentence import SentenceEmbedding
@@ -21,6 +20,7 @@ from distill_cli.export.verify import (
     samples,
     torch_outputs,
 )
+from distill_cli.models.embedder import load_embedder, save_embedder
 from distill_cli.reporting import log
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from distill_cli.errors import DistillError, UnsupportedModel
+from distill_cli.evaluation.latency import median_ms
 from distill_cli.export.verify import (
     INPUTS,
     check_fp32,
@@ -23,7 +24,6 @@ from distill_cli.export.verify import (
     torch_outputs,
     worst,
 )
-from distill_cli.latency import median_ms
 from distill_cli.reporting import log
 
 OPSET = 17

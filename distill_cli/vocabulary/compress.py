@@ -1,12 +1,12 @@
-"""compress-vocab's core: load, compress (distill_cli.vocab), write a plain HF folder."""
+"""compress-vocab's core: load, compress (vocabulary.surgery), write a plain HF folder."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from distill_cli import text_data, vocab
+from distill_cli.data import text as text_data
 from distill_cli.errors import DistillError
-from distill_cli.models import load_as_saved
+from distill_cli.models.load import load_as_saved
 from distill_cli.outputs import (
     check_free_space,
     claim,
@@ -17,6 +17,7 @@ from distill_cli.outputs import (
 )
 from distill_cli.recipe import DataConfig
 from distill_cli.reporting import log
+from distill_cli.vocabulary import surgery as vocab
 
 
 def run(

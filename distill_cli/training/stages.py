@@ -12,9 +12,12 @@ from pathlib import Path
 
 import torch
 
-from distill_cli import batching, losses, task_features, task_heads, text_data
-from distill_cli.data import TaskData, load_task_data
-from distill_cli.embedder import (
+from distill_cli import tasks
+from distill_cli.data import batching
+from distill_cli.data import text as text_data
+from distill_cli.data.tables import TaskData
+from distill_cli.errors import DistillError, UnsupportedModel
+from distill_cli.models.embedder import (
     Embedder,
     add_projection,
     head_of,
@@ -22,9 +25,8 @@ from distill_cli.embedder import (
     load_embedder,
     with_model,
 )
-from distill_cli.errors import DistillError, UnsupportedModel
-from distill_cli.heads import is_causal, word_mode
-from distill_cli.models import (
+from distill_cli.models.forward import is_causal, word_mode
+from distill_cli.models.load import (
     build_student,
     give_pad_token,
     load_lm,
@@ -34,6 +36,7 @@ from distill_cli.models import (
 )
 from distill_cli.recipe import Recipe
 from distill_cli.reporting import log
+from distill_cli.training import losses
 from distill_cli.user_files import read_json
 
 
@@ -46,7 +49,7 @@ class Built:
     collate: object
     causal: bool = False
     task: TaskData | None = None
-    eval_ds: task_features.EvalFeatures | None = None
+    eval_ds: tasks.EvalFeatures | None = None
     batch_sampler: list[list[int]] | None = None
     student_mode: str = "embeddings"
     teacher_mode: str = "embeddings"
@@ -138,12 +141,12 @@ def _check_aligned(recipe: Recipe, separate: bool) -> None:
         raise DistillError("masking needs teacher and student to share a tokenizer")
 
 
-def _check_span_tokenizers(recipe: Recipe, separate: bool) -> None:
-    """QA distillation compares start and end distributions over positions."""
+def _check_positions_tokenizers(recipe: Recipe, separate: bool, kind: tasks.TaskType) -> None:
+    """A task whose KD terms compare distributions over positions (QA start and end)."""
     teacher_terms = sorted(n for n in term_names(recipe) if losses.KD_LOSSES[n].needs_teacher)
     if separate and teacher_terms:
         raise DistillError(
-            f"{', '.join(teacher_terms)} on question answering compare answer positions, so "
+            f"{', '.join(teacher_terms)} on {kind.description} compare answer positions, so "
             "teacher and student must share a tokenizer; use a student built from the teacher "
             "(student.init: truncate or config), or drop the teacher's terms"
         )
@@ -155,7 +158,10 @@ def build_task(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built:
     names = None
     if _needs_teacher(recipe):
         names = saved_label_names(recipe.teacher, "teacher", trust_remote_code)
-    task = load_task_data(d, splits=[d.train_split], label_names=names, optional=(d.eval_split,))
+    task = tasks.load_task_data(
+        d, splits=[d.train_split], label_names=names, optional=(d.eval_split,)
+    )
+    kind = tasks.of(task)
     has_eval = d.eval_split != d.train_split and d.eval_split in task.splits
     if main and not has_eval:
         log(f"no '{d.eval_split}' split in the data: skipping evaluation after training")
@@ -165,7 +171,7 @@ def build_task(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built:
             "pretrain-distill (recipes/embedding.yaml), not finetune-distill"
         )
     class_terms = sorted(n for n in term_names(recipe) if losses.KD_LOSSES[n].class_logits)
-    if task.task_type == "regression" and class_terms:
+    if class_terms and not kind.class_logits:
         usable = [n for n, t in losses.KD_LOSSES.items() if t.task_only and not t.class_logits]
         raise DistillError(
             f"{', '.join(class_terms)} need class logits, and this task is regression; "
@@ -188,17 +194,15 @@ def build_task(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built:
     )
     separate = teacher_tok is not None and not compressed
     separate = separate and not same_vocab(student_tok, teacher_tok)
-    if task.task_type == task_heads.SPAN:
-        _check_span_tokenizers(recipe, separate)
+    if kind.compares_positions:
+        _check_positions_tokenizers(recipe, separate, kind)
     _check_aligned(recipe, separate)
     input_tok = teacher_tok if compressed else student_tok
     t_tok = teacher_tok if separate else None
-    train_ds = task_features.train_features(task.splits[d.train_split], task, input_tok, d, t_tok)
+    train_ds = kind.train_features(task.splits[d.train_split], task, input_tok, d, t_tok)
     eval_ds = None
     if has_eval:
-        eval_ds = task_features.eval_features(
-            task.splits[d.eval_split], task, student_tok, d, d.eval_split
-        )
+        eval_ds = kind.eval_features(task.splits[d.eval_split], task, student_tok, d, d.eval_split)
     collate = batching.PadCollator(_pad_id(student_tok), _pad_id(teacher_tok) if separate else None)
     return Built(
         student=student,

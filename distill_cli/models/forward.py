@@ -12,7 +12,7 @@ from transformers.models.auto.modeling_auto import (
 )
 
 from distill_cli.errors import UnsupportedModel
-from distill_cli.task_heads import head_logits
+from distill_cli.tasks import head_logits
 
 
 def is_causal(config) -> bool:
@@ -98,7 +98,7 @@ class Needs:
 
 @dataclass
 class Outputs:
-    logits: torch.Tensor | None = None  # task_heads.head_logits: QA start/end as [batch, 2, L]
+    logits: torch.Tensor | None = None  # tasks.head_logits: QA start/end as [batch, 2, L]
     hidden: tuple[torch.Tensor, ...] = ()  # embeddings output, then every layer
     attentions: tuple[torch.Tensor, ...] = ()
     word_features: torch.Tensor | None = None  # H, H·P, or the LM head's transform of H

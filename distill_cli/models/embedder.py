@@ -18,10 +18,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from distill_cli.data import looks_like_path
+from distill_cli.data.tables import looks_like_path
 from distill_cli.errors import DistillError, UnsupportedModel
-from distill_cli.models import load_encoder
+from distill_cli.models.load import load_encoder
 from distill_cli.outputs import write_json_atomic, write_text_atomic
+from distill_cli.tasks.sentence_embedding import OUTPUT as SENTENCE_EMBEDDING
 from distill_cli.user_files import check_shape, first_line, read_json, read_text, reading
 
 POOLING_MODES = ("mean", "cls", "max", "lasttoken")
@@ -292,7 +293,7 @@ def read_dense(folder: Path, role: str) -> tuple[torch.nn.Linear, str]:
     if config.get("use_residual"):
         raise DistillError(f"{path} sets use_residual, which distill does not read; {READS}")
     for key in ("module_input_name", "module_output_name"):
-        if config.get(key, "sentence_embedding") != "sentence_embedding":
+        if config.get(key, SENTENCE_EMBEDDING) != SENTENCE_EMBEDDING:
             raise DistillError(
                 f"{path}: {key} is '{config[key]}'; distill reads a Dense layer on the sentence "
                 "embedding only"

@@ -17,11 +17,11 @@ from transformers import (
     AutoTokenizer,
 )
 
-from distill_cli.data import looks_like_path
+from distill_cli import tasks
+from distill_cli.data.tables import looks_like_path
 from distill_cli.errors import DistillError, UnsupportedModel
-from distill_cli.heads import is_causal
+from distill_cli.models.forward import is_causal
 from distill_cli.recipe import StudentConfig
-from distill_cli.task_heads import SPAN, is_head_key, model_class, task_type_of
 from distill_cli.user_files import first_line, read_json, read_text
 
 # Matches the index of a transformer block in a state-dict key: encoder.layer.3., h.3., layers.3.
@@ -180,20 +180,15 @@ def load_tokenizer(name: str, role: str, trust_remote_code: bool = False):
         raise _load_error(role, name, e) from None
 
 
-def _label_kwargs(labels: list[str] | None, task_type: str) -> dict:
-    if task_type == "regression":
-        return {"num_labels": 1, "problem_type": "regression"}
-    if task_type == SPAN:
-        return {"num_labels": 2}  # start and end
-    problem = (
-        {"problem_type": "single_label_classification"} if task_type == "classification" else {}
-    )
-    return {
-        "num_labels": len(labels),
-        "id2label": dict(enumerate(labels)),
-        "label2id": {name: i for i, name in enumerate(labels)},
-        **problem,
-    }
+# the first module name of each task head's weights, across architectures
+HEAD_MODULES = ("classifier", "score", "qa_outputs")
+
+
+def is_head_key(key: str, pooler: bool = True) -> bool:
+    """A weight of the task head (or, with ``pooler``, of the pooler a head may read)."""
+    first = key.split(".")[0]
+    head = first in HEAD_MODULES or "classifier" in first  # DistilBERT's pre_classifier too
+    return head or (pooler and (first == "pooler" or ".pooler." in key))
 
 
 def _default_names(config) -> bool:
@@ -202,9 +197,9 @@ def _default_names(config) -> bool:
 
 def check_label_sets(config, labels: list[str] | None, task_type: str, role: str) -> None:
     """A model's classifier must match the task's label set (count, and names when it has any)."""
-    if task_type == SPAN:
+    expected = tasks.get(task_type).num_outputs(labels)
+    if expected is None:
         return
-    expected = 1 if task_type == "regression" else len(labels)
     if config.num_labels != expected:
         raise DistillError(
             f"{role} has {config.num_labels} output labels but the data has {expected}; "
@@ -224,7 +219,7 @@ def load_teacher(name: str, labels, task_type: str, trust_remote_code: bool = Fa
     set matches the data."""
     check_model_source(name, "teacher")
     model, info = from_pretrained(
-        model_class(task_type),
+        tasks.get(task_type).auto_class,
         name,
         "teacher",
         dtype=torch.float32,
@@ -233,7 +228,7 @@ def load_teacher(name: str, labels, task_type: str, trust_remote_code: bool = Fa
     )
     missing = [k for k in info.get("missing_keys", ()) if is_head_key(k, pooler=False)]
     if missing:
-        what = task_type.replace("_", " ")
+        what = tasks.get(task_type).description
         raise DistillError(
             f"teacher '{name}' has no trained {what} head ({', '.join(sorted(missing))} "
             "missing); fine-tune it first with recipes/finetune.yaml"
@@ -478,13 +473,13 @@ def build_student(
     With a ``task_type`` (task stage) the student is a classifier with the task's label set;
     without one (pre-training stage) it has the teacher's architecture class.
     """
-    label_kwargs = _label_kwargs(labels, task_type) if task_type else {}
+    label_kwargs = tasks.get(task_type).label_kwargs(labels) if task_type else {}
     if spec.init == "checkpoint":
         if not task_type:
             return load_lm(spec.path, "student", trust_remote_code)
         check_model_source(spec.path, "student")
         model, info = from_pretrained(
-            model_class(task_type),
+            tasks.get(task_type).auto_class,
             spec.path,
             "student",
             dtype=torch.float32,
@@ -545,20 +540,20 @@ def build_student(
 def load_classifier(path: str, role: str = "model", trust_remote_code: bool = False):
     """A trained task model (classifier, tagger or QA reader, as saved) and its tokenizer, for
     evaluation (ONNX exports run in onnxruntime)."""
-    from distill_cli.onnx_model import OnnxClassifier, is_onnx_folder
+    from distill_cli.models.onnx_model import OnnxClassifier, is_onnx_folder
 
     if is_onnx_folder(path):
         check_model_source(path, role)
         return OnnxClassifier(path), load_tokenizer(path, role)
     model, tokenizer = _load_by_config(
-        path, role, trust_remote_code, lambda config: model_class(task_type_of(config))
+        path, role, trust_remote_code, lambda config: tasks.of_config(config).auto_class
     )
     return model.eval(), tokenizer
 
 
 def label_names(config) -> list[str] | None:
     """A model's label names, or None when they are transformers' LABEL_i defaults."""
-    if getattr(config, "problem_type", None) == "regression" or _default_names(config):
+    if not tasks.of_config(config).class_logits or _default_names(config):
         return None
     return [config.id2label[i] for i in range(config.num_labels)]
 

@@ -1,6 +1,6 @@
 """An ONNX export as evaluate sees a model: called with tokenizer tensors, returns its graph's
 outputs by name (.logits; .start_logits and .end_logits for a QA head; .sentence_embedding for
-a sentence embedder, which OnnxEmbedder runs like distill_cli.embedder.Embedder)."""
+a sentence embedder, which OnnxEmbedder runs like distill_cli.models.embedder.Embedder)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from transformers import AutoConfig
 
 from distill_cli.errors import DistillError, UnsupportedModel
-from distill_cli.export.sentence import SENTENCE_EMBEDDING
+from distill_cli.tasks.sentence_embedding import OUTPUT as SENTENCE_EMBEDDING
 from distill_cli.user_files import reading
 
 FILL = {
@@ -87,7 +87,7 @@ class OnnxClassifier:
 
 
 class OnnxEmbedder:
-    """An ONNX sentence-embedder export called like distill_cli.embedder.Embedder:
+    """An ONNX sentence-embedder export called like distill_cli.models.embedder.Embedder:
     ``embedder(input_ids, attention_mask, token_type_ids=None)`` → [batch, embedding_dim]."""
 
     def __init__(self, folder: str | Path):

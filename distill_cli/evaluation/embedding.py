@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distill_cli import embedding_metrics as em
-from distill_cli.data import load_task_data
-from distill_cli.embedder import is_sentence_transformers_folder, load_embedder
+from distill_cli import tasks
 from distill_cli.errors import DistillError
-from distill_cli.models import load_tokenizer
+from distill_cli.evaluation import embedding_metrics as em
+from distill_cli.models.embedder import is_sentence_transformers_folder, load_embedder
+from distill_cli.models.load import load_tokenizer
 from distill_cli.recipe import DataConfig
 from distill_cli.reporting import log
 
@@ -41,19 +41,20 @@ def load_data(cfg: DataConfig, split: str) -> EmbeddingData:
     """The split's texts; scored pairs (regression on two text columns) for STS; labels and the
     train split for the probe (classification)."""
     train = cfg.train_split
-    task = load_task_data(cfg, splits=[split], optional=(train,) if train != split else ())
-    if task.task_type not in ("classification", "regression"):
+    task = tasks.load_task_data(cfg, splits=[split], optional=(train,) if train != split else ())
+    kind = tasks.of(task)
+    if not kind.one_label_per_text:
         raise DistillError(
             f"an embedding model is evaluated on sentences (labelled, scored pairs, or with "
-            f"--teacher any), not {task.task_type.replace('_', ' ')} data; pass other --data"
+            f"--teacher any), not {kind.description} data; pass other --data"
         )
     rows = task.splits[split]
     first = task.text_columns[0]
     data = EmbeddingData(texts=list(rows[first]))
-    if task.task_type == "regression" and len(task.text_columns) == 2:
+    if not kind.class_logits and len(task.text_columns) == 2:
         data.pairs = (list(rows[first]), list(rows[task.text_columns[1]]))
         data.scores = em.sts_scores(rows["label"])
-    elif task.task_type == "classification" and train in task.splits and train != split:
+    elif kind.class_logits and train in task.splits and train != split:
         data.probe_texts = list(task.splits[train][first])
         data.probe_labels = np.array(task.splits[train]["label"])
         data.labels = np.array(rows["label"])
@@ -99,14 +100,14 @@ def against_teacher(student: np.ndarray, teacher: np.ndarray) -> dict:
 
 def is_embedder(path) -> bool:
     """A sentence-transformers folder, or the ONNX export of one."""
-    from distill_cli.onnx_model import is_onnx_embedder
+    from distill_cli.models.onnx_model import is_onnx_embedder
 
     return is_sentence_transformers_folder(path) or is_onnx_embedder(path)
 
 
 def load(path: str, role: str):
     """An embedder (PyTorch, or its ONNX export run by onnxruntime) and its tokenizer."""
-    from distill_cli.onnx_model import OnnxEmbedder, is_onnx_embedder
+    from distill_cli.models.onnx_model import OnnxEmbedder, is_onnx_embedder
 
     if is_onnx_embedder(path):
         return OnnxEmbedder(path), load_tokenizer(path, role)

@@ -9,26 +9,23 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from distill_cli import (
-    batching,
-    embedding_eval,
-    task_features,
-    task_heads,
-    task_scoring,
-    word_signal,
-)
-from distill_cli import embedding_metrics as em
-from distill_cli.data import TaskData, load_task_data
+from distill_cli import tasks
+from distill_cli.data import batching
+from distill_cli.data.tables import TaskData
+from distill_cli.data.text import TokenMasker
 from distill_cli.errors import DistillError, UnsupportedModel
-from distill_cli.heads import is_causal, word_mode
-from distill_cli.latency import median_ms
-from distill_cli.metrics import PRIMARY
-from distill_cli.models import give_pad_token, label_names, load_classifier, same_vocab
+from distill_cli.evaluation import embedding as embedding_eval
+from distill_cli.evaluation import embedding_metrics as em
+from distill_cli.evaluation import scoring
+from distill_cli.evaluation.latency import median_ms
+from distill_cli.evaluation.metrics import PRIMARY
+from distill_cli.models.forward import is_causal, word_mode
+from distill_cli.models.load import give_pad_token, label_names, load_classifier, same_vocab
 from distill_cli.outputs import check_not_input, record_written, write_json_atomic
 from distill_cli.recipe import DataConfig, from_dict, parse_set
 from distill_cli.reporting import log
-from distill_cli.stages import compressed_vocab
-from distill_cli.text_data import TokenMasker
+from distill_cli.training import word_signal
+from distill_cli.training.stages import compressed_vocab
 from distill_cli.user_files import read_yaml
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx")
@@ -81,26 +78,26 @@ QA_LATENCY_LENGTH = 384
 
 def score_split(model, tokenizer, task: TaskData, split: str, cfg: DataConfig, batch_size=64):
     """Task metrics of a model (PyTorch or ONNX) on a split, read with its own tokenizer."""
-    features = task_features.eval_features(task.splits[split], task, tokenizer, cfg, split)
+    features = tasks.of(task).eval_features(task.splits[split], task, tokenizer, cfg, split)
     collate = batching.PadCollator(tokenizer.pad_token_id or 0)
     loader = DataLoader(features.loader_ds, batch_size=batch_size, collate_fn=collate)
-    scorer = task_scoring.Scorer(task, task.splits[split], features, cfg)
-    return task_scoring.score(model, loader, scorer)
+    scorer = scoring.scorer(task, task.splits[split], features, cfg)
+    return scoring.score(model, loader, scorer)
 
 
 def _texts(task: TaskData, split: str, n: int) -> list[list[str]]:
     rows = task.splits[split].select(range(min(n, len(task.splits[split]))))
-    ds, columns = task_features.plain_text(task, rows)
+    ds, columns = tasks.of(task).plain_text(task, rows)
     return [ds[c] for c in columns]
 
 
 def check_task(config, task: TaskData, path: str) -> None:
     """The model's head must be the one the data's task needs."""
-    have = task_heads.task_type_of(config)
-    if task_heads.kind(have) != task_heads.kind(task.task_type):
+    have, need = tasks.of_config(config), tasks.of(task)
+    if not tasks.same_head(have, need):
         raise DistillError(
-            f"{path} is a {have.replace('_', ' ')} model but the data is a "
-            f"{task.task_type.replace('_', ' ')} task; pass data of its task (--data)"
+            f"{path} is a {have.description} model but the data is a "
+            f"{need.description} task; pass data of its task (--data)"
         )
 
 
@@ -139,10 +136,10 @@ def evaluate_model(path: str, role: str, cfg: DataConfig, split: str, task=None)
     model, tokenizer = load_classifier(path, role)
     give_pad_token(model, tokenizer)  # a decoder classifier saved without one
     if task is None:
-        task = load_task_data(cfg, splits=[split], label_names=label_names(model.config))
+        task = tasks.load_task_data(cfg, splits=[split], label_names=label_names(model.config))
     check_task(model.config, task, path)
     metrics = score_split(model, tokenizer, task, split, cfg)
-    span = task.task_type == task_heads.SPAN
+    span = tasks.of(task).fixed_length
     # a model with fewer positions is timed at its longest input
     positions = getattr(model.config, "max_position_embeddings", None) or QA_LATENCY_LENGTH
     length = min(QA_LATENCY_LENGTH, positions) if span else cfg.max_length
@@ -181,7 +178,7 @@ def word_agreement(student, teacher, task: TaskData, split: str, max_length: int
     if not causal and t_tok.mask_token_id is None:
         return None
     rows = task.splits[split].select(range(min(AGREEMENT_ROWS, len(task.splits[split]))))
-    rows, columns = task_features.plain_text(task, rows)
+    rows, columns = tasks.of(task).plain_text(task, rows)
     ds, _ = batching.tokenize(rows, t_tok, columns, max_length)
     ds = ds.select_columns([c for c in batching.model_columns(ds) if c != "label"])
     collate = batching.PadCollator(t_tok.pad_token_id or 0)

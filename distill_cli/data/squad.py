@@ -27,18 +27,21 @@ import json
 import numbers
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import datasets
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from distill_cli import squad_archive
-from distill_cli.data import TaskData, _load_hub, _Source, looks_like_path, split_files
+from distill_cli.data import squad_archive
+from distill_cli.data.tables import TaskData, _load_hub, _Source, looks_like_path, split_files
 from distill_cli.errors import DistillError
-from distill_cli.recipe import DataConfig
 from distill_cli.reporting import log
 from distill_cli.user_files import read_text, reading
+
+if TYPE_CHECKING:
+    from distill_cli.recipe import DataConfig
 
 TASK = "question_answering"
 SUFFIXES = (".json", ".jsonl", ".parquet")
@@ -93,11 +96,9 @@ def _peek_file(path: Path, columns: tuple[str, ...]) -> bool:
     return head.startswith("[") and all(f'"{c}"' in head for c in columns)
 
 
-def claims(cfg: DataConfig) -> bool:
+def looks_like(cfg: DataConfig) -> bool:
     """Whether ``cfg`` names question answering data: set in the recipe, a preset or built-in,
     or a local file / folder that looks like QA data (its first bytes only)."""
-    if cfg.task_type:
-        return cfg.task_type == TASK
     if cfg.metric in ("squad", "squad_v2"):
         return True
     name = cfg.name or ""

@@ -15,12 +15,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from distill_cli import tasks
 from distill_cli.errors import DistillError
-from distill_cli.heads import Needs, Outputs
-from distill_cli.word_kd import word_kl
-
-IGNORE = -100  # a label position no loss reads (special tokens, later sub-tokens, padding)
-MASKED = -1e9  # a logit that takes a position out of a softmax (padding, for QA positions)
+from distill_cli.models.forward import Needs, Outputs
+from distill_cli.tasks import MASKED
+from distill_cli.training.word_kd import word_kl
 
 
 def soft_label_kl(student_logits, teacher_logits, temperature: float = 1.0) -> torch.Tensor:
@@ -33,71 +32,6 @@ def soft_label_kl(student_logits, teacher_logits, temperature: float = 1.0) -> t
     log_p_t = F.log_softmax(teacher_logits.float() / t, dim=-1)
     kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
     return kl * t * t
-
-
-def hard_label_loss(student_logits, labels) -> torch.Tensor:
-    """Cross-entropy on hard labels, or MSE when the task is regression (one output)."""
-    if student_logits.shape[-1] == 1:
-        return F.mse_loss(student_logits.float().squeeze(-1), labels.float())
-    return F.cross_entropy(student_logits.float(), labels)
-
-
-def span_rows(logits, mask) -> torch.Tensor:
-    """QA logits [batch, 2, L] as [2·batch, L] start and end rows, padding out of the softmax."""
-    pad = ~mask.bool()[:, None, :]
-    return logits.float().masked_fill(pad, MASKED).flatten(0, 1)
-
-
-def word_rows(logits, starts, keep) -> torch.Tensor:
-    """Token logits [batch, L, C] at each kept word's first sub-token: [words, C]."""
-    rows = torch.arange(len(starts), device=starts.device)[:, None].expand_as(starts)
-    return logits[rows[keep], starts[keep]]
-
-
-def class_rows(step: Step) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Student and teacher logits as rows of one distribution each, paired: examples; labelled
-    tokens (words, aligned by their first sub-tokens, when the models tokenize differently);
-    or QA start and end distributions over the non-pad positions."""
-    s = step.student.logits
-    t = step.teacher.logits if step.teacher is not None else None
-    if step.task == "span":
-        return span_rows(s, step.mask), None if t is None else span_rows(t, step.mask)
-    if step.task == "token":
-        if step.word_starts is not None and t is not None:
-            s_starts, t_starts = step.word_starts
-            keep = (s_starts >= 0) & (t_starts >= 0)
-            return word_rows(s, s_starts, keep), word_rows(t, t_starts, keep)
-        keep = step.labels != IGNORE
-        return s[keep], None if t is None else t[keep]
-    return s, t
-
-
-def task_hard_loss(step: Step) -> torch.Tensor:
-    """Hard labels: CE per example (MSE for regression), per labelled token, or on the QA start
-    and end positions (averaged)."""
-    logits, labels = step.student.logits, step.labels
-    if step.task == "span":
-        return F.cross_entropy(span_rows(logits, step.mask), labels.flatten())
-    if step.task == "token":
-        keep = labels != IGNORE
-        if not keep.any():
-            return logits.float().sum() * 0.0
-        return F.cross_entropy(logits[keep].float(), labels[keep])
-    return hard_label_loss(logits, labels)
-
-
-def task_logit_mse(step: Step) -> torch.Tensor:
-    """MSE between the paired logits (QA: the start and end logits at non-pad positions)."""
-    if step.task == "span":
-        keep = step.mask.bool()[:, None, :].expand_as(step.student.logits)
-        return logit_mse(step.student.logits[keep], step.teacher.logits[keep])
-    s, t = class_rows(step)
-    return logit_mse(s, t)
-
-
-def logit_mse(student_logits, teacher_logits) -> torch.Tensor:
-    """MSE between student and teacher outputs: soft targets for regression tasks."""
-    return F.mse_loss(student_logits.float(), teacher_logits.float())
 
 
 def layer_pairs(student_layers: int, teacher_layers: int, layer_map: list[int] | None):
@@ -178,8 +112,17 @@ class Step:
     mask: torch.Tensor | None = None  # attention mask of the (shared) inputs
     vocab_index: torch.Tensor | None = None  # teacher rows of a compressed student vocabulary
     word_scale: float = 1.0  # multiplies both models' word logits (the run's word_logit_scale)
-    task: str = "sequence"  # task_heads.kind: sequence | token | span
+    task: str = "sequence"  # the task's logits layout (tasks.LAYOUTS): sequence | token | span
     word_starts: tuple[torch.Tensor, torch.Tensor] | None = None  # (student, teacher) [batch, W]
+
+    @property
+    def layout(self) -> tasks.Layout:
+        return tasks.LAYOUTS[self.task]
+
+    def rows(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Student and teacher logits as rows of one distribution each, paired (the task's
+        layout: examples, labelled tokens or words, QA start and end distributions)."""
+        return self.layout.rows(self)
 
 
 # ---------------------------------------------------------------- the parameters terms take
@@ -305,7 +248,7 @@ def _projections(teacher_config, student_config) -> torch.nn.ModuleList | None:
 
 KD_LOSSES: dict[str, LossTerm] = {
     "soft_label_kl": LossTerm(
-        lambda st, p, _: soft_label_kl(*class_rows(st), p.temperature),
+        lambda st, p, _: soft_label_kl(*st.rows(), p.temperature),
         params=Tempered,
         help="T²·KL(teacher ‖ student) on the task logits (per token; QA start and end)",
         needs_teacher=True,
@@ -313,14 +256,14 @@ KD_LOSSES: dict[str, LossTerm] = {
         class_logits=True,
     ),
     "ce": LossTerm(
-        lambda st, p, _: task_hard_loss(st),
+        lambda st, p, _: st.layout.hard_loss(st),
         params=Weighted,
         help="hard-label cross-entropy (MSE for regression; per token; QA start and end)",
         needs_teacher=False,
         needs=Needs(logits=True),
     ),
     "logit_mse": LossTerm(
-        lambda st, p, _: task_logit_mse(st),
+        lambda st, p, _: st.layout.logit_mse(st),
         params=Weighted,
         help="MSE between student and teacher logits",
         needs_teacher=True,

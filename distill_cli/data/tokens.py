@@ -19,16 +19,19 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import datasets
 import numpy as np
 import pandas as pd
 
-from distill_cli import data
+from distill_cli.data import tables as data
 from distill_cli.errors import DistillError
-from distill_cli.recipe import DataConfig
 from distill_cli.reporting import log
 from distill_cli.user_files import reading
+
+if TYPE_CHECKING:
+    from distill_cli.recipe import DataConfig
 
 TASK_TYPE = "token_classification"
 METRIC = "seqeval"
@@ -107,10 +110,8 @@ def _is_token_file(path: Path, cfg: DataConfig) -> bool:
     return suffix in CONLL_SUFFIXES or (suffix in TABLE_SUFFIXES and _has_lists(path, cfg))
 
 
-def claims(cfg: DataConfig) -> bool:
-    """Whether ``cfg`` names token classification data (cheap; never raises)."""
-    if cfg.task_type:
-        return cfg.task_type == TASK_TYPE
+def looks_like(cfg: DataConfig) -> bool:
+    """Whether ``cfg.name`` names token classification data (cheap; never raises)."""
     if not cfg.name:
         return False
     if cfg.name.lower() in BUILTINS or cfg.name.lower() in PRESETS:

@@ -12,14 +12,6 @@ from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 PRIMARY = {"accuracy": "accuracy", "f1": "f1", "mcc": "mcc", "pearson": "pearson"}
 
 
-def predictions_from_logits(logits: np.ndarray, task_type: str) -> np.ndarray:
-    """Class ids (argmax) for classification, the single output for regression."""
-    logits = np.asarray(logits)
-    if task_type == "regression":
-        return logits.reshape(len(logits), -1)[:, 0] if logits.ndim > 1 else logits
-    return logits.argmax(axis=-1)
-
-
 def _correlation(fn, predictions: np.ndarray, references: np.ndarray) -> float:
     # Constant input has no defined correlation: report 0.0, as sklearn does for MCC.
     with warnings.catch_warnings():

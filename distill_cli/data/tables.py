@@ -15,15 +15,18 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import datasets
 import numpy as np
 import pandas as pd
 
 from distill_cli.errors import DistillError
-from distill_cli.recipe import DataConfig
 from distill_cli.reporting import log
 from distill_cli.user_files import reading
+
+if TYPE_CHECKING:
+    from distill_cli.recipe import DataConfig
 
 SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 TEXT_COLUMNS = ("text", "sentence", "content", "review")
@@ -31,6 +34,7 @@ RT_SPLIT_SEED = 42
 RT_LABELS = ["rotten", "fresh"]
 RT_FILE = "rotten_tomatoes_corpus_full.csv.bz2"
 GLUE_PATH = "nyu-mll/glue"
+CLASSIFICATION, REGRESSION = "classification", "regression"  # the task types a table holds
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,7 @@ class _Source:
     aliases: dict[str, str] = field(default_factory=dict)
     text_columns: list[str] | None = None
     labels: list[str] | None = None
-    task_type: str | None = None
+    regression: bool | None = None  # None: the labels tell
     metric: str | None = None
     minus_one: bool = False  # label -1 marks a row without a label (GLUE test splits)
     class_labels: dict[str, list[str]] = field(default_factory=dict)  # ClassLabel names by column
@@ -135,7 +139,7 @@ def _rt_splits() -> dict[str, pd.DataFrame]:
 def load_rotten_tomatoes() -> datasets.DatasetDict:
     """Labelled snippets (rotten=0, fresh=1), split 80/10/10 by a hash of the text."""
     return datasets.DatasetDict(
-        {s: _to_dataset(df, ["text"], "classification") for s, df in _rt_splits().items()}
+        {s: _to_dataset(df, ["text"], regression=False) for s, df in _rt_splits().items()}
     )
 
 
@@ -256,16 +260,16 @@ def _open(name: str) -> _Source:
         frames = _rt_splits()
         readers = {s: (lambda df=df: df) for s, df in frames.items()}
         return _Source(name, readers, text_columns=["text"], labels=RT_LABELS, metric="accuracy")
-    task = name.lower().removeprefix("glue/")
-    if task in GLUE:
-        preset = GLUE[task]
+    glue_task = name.lower().removeprefix("glue/")
+    if glue_task in GLUE:
+        preset = GLUE[glue_task]
         return _hub_source(
-            f"GLUE {task}",
-            _load_hub(GLUE_PATH, task),
-            aliases=MNLI_SPLITS if task == "mnli" else {},
+            f"GLUE {glue_task}",
+            _load_hub(GLUE_PATH, glue_task),
+            aliases=MNLI_SPLITS if glue_task == "mnli" else {},
             text_columns=list(preset.text_columns),
             labels=list(preset.labels) if preset.labels else None,
-            task_type="classification" if preset.labels else "regression",
+            regression=preset.labels is None,
             metric=preset.metric,
             minus_one=True,
         )
@@ -353,8 +357,8 @@ def _encode(labels: pd.Series, names: list[str] | None, split: str) -> pd.Series
     return ids.astype("int64")
 
 
-def _to_dataset(df: pd.DataFrame, text_columns: list[str], task_type: str) -> datasets.Dataset:
-    label = "float32" if task_type == "regression" else "int64"
+def _to_dataset(df: pd.DataFrame, text_columns: list[str], regression: bool) -> datasets.Dataset:
+    label = "float32" if regression else "int64"
     features = {c: datasets.Value("string") for c in text_columns}
     features["label"] = datasets.Value(label)
     return datasets.Dataset.from_pandas(
@@ -380,6 +384,7 @@ def load_task_data(
     splits: list[str] | None = None,
     label_names: list[str] | None = None,
     optional: tuple[str, ...] = (),
+    regression: bool | None = None,
 ) -> TaskData:
     """Load ``splits`` (default: all labelled ones) of ``cfg.name`` as a :class:`TaskData`.
 
@@ -387,14 +392,9 @@ def load_task_data(
     a preset nor the dataset's ClassLabel does. ``max_train_samples`` keeps the first rows of
     ``cfg.train_split``, ``max_eval_samples`` the first rows of other splits. ``optional``
     splits are added when the source has them under that name (never from a single file).
+    ``regression`` forces scores (True) or classes (False); None: the preset or labels tell.
+    Token and QA data have readers of their own: ``tasks.load_task_data`` picks one.
     """
-    # token classification and QA data have loaders of their own (they import this module)
-    from distill_cli import qa_data, token_data
-
-    if token_data.claims(cfg):
-        return token_data.load_token_data(cfg, splits, label_names, optional)
-    if qa_data.claims(cfg):
-        return qa_data.load_qa_data(cfg, splits, optional)
     if not cfg.name:
         raise DistillError("no data: pass --data NAME_OR_PATH")
     source = _open(cfg.name)
@@ -429,11 +429,12 @@ def load_task_data(
     minus_one = source.minus_one or label_column in source.class_labels
     ref_labels = ref_labels[~_missing(ref_labels, minus_one)]
 
-    task_type = cfg.task_type or source.task_type
-    if task_type is None:
-        task_type = "regression" if _is_float(ref_labels) else "classification"
+    if regression is None:
+        regression = source.regression
+    if regression is None:
+        regression = _is_float(ref_labels)
     names = None
-    if task_type == "classification":
+    if not regression:
         names = (
             cfg.labels
             or source.labels
@@ -448,9 +449,10 @@ def load_task_data(
                 "classification needs two or more: set data.labels"
             )
 
-    metric = cfg.metric or source.metric or ("pearson" if task_type == "regression" else "accuracy")
-    if (metric == "pearson") != (task_type == "regression"):
-        fits = "pearson" if task_type == "regression" else "accuracy, f1 or mcc"
+    task_type = REGRESSION if regression else CLASSIFICATION
+    metric = cfg.metric or source.metric or ("pearson" if regression else "accuracy")
+    if (metric == "pearson") != regression:
+        fits = "pearson" if regression else "accuracy, f1 or mcc"
         raise DistillError(f"metric '{metric}' does not fit a {task_type} task; use {fits}")
 
     out = {}
@@ -473,7 +475,7 @@ def load_task_data(
         if limit is not None:
             df = df.head(limit)
         df = df.assign(label=_encode(df["label"], names, split))
-        out[split] = _to_dataset(df, text_columns, task_type)
+        out[split] = _to_dataset(df, text_columns, regression)
     if not out:
         raise DistillError(f"{source.name} has no labelled splits")
     for split in out:

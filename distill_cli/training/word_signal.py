@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-from distill_cli.batching import split_inputs
-from distill_cli.heads import Needs, forward
-from distill_cli.word_kd import standardized
+from distill_cli.data.batching import split_inputs
+from distill_cli.models.forward import Needs, forward
+from distill_cli.training.word_kd import standardized
 
 ROWS_PER_CHUNK = 2**22  # [chunk, V] fp32 logits of about this many elements
 FLAT_SHARE = 0.99  # above this share of log V the teacher's words carry no signal

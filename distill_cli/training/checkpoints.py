@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 
 from distill_cli import outputs
 from distill_cli.errors import DistillError, WriteFailed
-from distill_cli.models import read_config
+from distill_cli.models.load import read_config
 from distill_cli.outputs import weights_bytes, write_json_atomic, write_text_atomic
 from distill_cli.reporting import log
 from distill_cli.user_files import PARSE_ERRORS, read_json, read_text, reading

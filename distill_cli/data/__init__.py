@@ -1,0 +1,1 @@
+"""Data sources: task splits, raw text, batching."""

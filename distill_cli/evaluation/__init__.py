@@ -1,0 +1,1 @@
+"""Task metrics, retention against the teacher, size and latency."""

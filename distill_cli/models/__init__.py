@@ -1,0 +1,1 @@
+"""Loading models, building students, forward passes, embedders, ONNX models."""

@@ -1,0 +1,1 @@
+"""The training loop, its stages, checkpoints, loss terms and word signal."""
