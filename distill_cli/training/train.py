@@ -27,7 +27,7 @@ from distill_cli import tasks
 from distill_cli.data import batching
 from distill_cli.data.batching import EpochBatchSampler
 from distill_cli.data.text import TokenMasker
-from distill_cli.errors import DistillError, Interrupted, NonFiniteLoss, WriteFailed
+from distill_cli.errors import Interrupted, NonFiniteLoss, WriteFailed
 from distill_cli.evaluation import scoring
 from distill_cli.evaluation.metrics import PRIMARY
 from distill_cli.models import forward as heads
@@ -41,10 +41,9 @@ from distill_cli.outputs import (
 )
 from distill_cli.recipe import Recipe, TrainConfig, to_yaml, validate
 from distill_cli.reporting import MetricsWriter, TrainProgress, log
-from distill_cli.training import checkpoints, losses, stages, word_signal
+from distill_cli.training import checkpoints, losses, stages, word_checks
 from distill_cli.training import plot as training_plot
 from distill_cli.training.allocator import keep_freed_memory
-from distill_cli.user_files import read_yaml
 
 
 @dataclass
@@ -271,7 +270,7 @@ def setup(
         resume_from=resume_from,
         writer=MetricsWriter(out / "metrics.jsonl") if main else None,
     )
-    _check_word_signal(state)  # fits word_logit_scale first: the resolved recipe holds it
+    word_checks.check_teacher(state)  # fits word_logit_scale: the resolved recipe holds it
     if main and resume_from is None:
         write_text_atomic(out / "resolved_recipe.yaml", to_yaml(recipe))
     if resume_from is not None:
@@ -279,82 +278,6 @@ def setup(
     if cfg.report_to:
         accelerator.init_trackers(out.name, config=_flat(dataclasses.asdict(recipe)))
     return state
-
-
-def _word_probe(s: State, student: bool = False) -> tuple[word_signal.Probe, list]:
-    """What word_signal measures a run's models on: the first batches of its training data."""
-    b = s.built
-    probe = word_signal.Probe(
-        teacher=b.teacher,
-        teacher_mode=b.teacher_mode,
-        masker=TokenMasker(b.input_tokenizer or b.tokenizer, seed=0),
-        causal=b.causal,
-        student=s.accelerator.unwrap_model(s.student).model if student else None,
-        student_mode=b.student_mode,
-        vocab_index=s.vocab_index,
-        id_remap=b.id_remap,
-    )
-    cfg = s.recipe.train
-    batches = word_signal.probe_batches(b.train_ds, b.collate, cfg.batch_size, s.accelerator.device)
-    return probe, batches
-
-
-def _word_phases(s: State) -> list[tuple[PhasePlan, dict]]:
-    word = [(plan, losses.word_terms(plan.terms)) for plan in s.plans]
-    return [(plan, terms) for plan, terms in word if terms]
-
-
-def _check_word_signal(s: State) -> None:
-    """Before step 1: fit word_logit_scale (or reuse the resumed run's), then measure the
-    teacher's word distributions for every phase with a word term. Logged, written to
-    metrics.jsonl, and a warning (recipe word_signal: error makes it exit 2) when near uniform."""
-    phases = _word_phases(s)
-    if not phases:
-        return
-    probe, batches = _word_probe(s)
-    s.word_scale = _word_scale(s, probe, batches, phases)
-    s.recipe.word_logit_scale = s.word_scale
-    record = {"step": 0, "word_logit_scale": s.word_scale}
-    for plan, terms in phases:
-        for name, params in terms.items():
-            cal = word_signal.calibration(params, s.word_scale)
-            figures = word_signal.measure(probe, batches, cal, plan.mlm_probability)["teacher"]
-            s.word_figures.setdefault(plan.name, {})[name] = figures
-            record.update({f"signal/{plan.name}/{name}/{k}": v for k, v in figures.items()})
-            if s.main:
-                log(f"phase '{plan.name}' {name}: " + word_signal.describe("teacher", figures, cal))
-            problem = word_signal.flat_warning(plan.name, figures, cal)
-            if problem and s.recipe.word_signal == "error":
-                raise DistillError(f"{problem} (word_signal: error)")
-            if problem and s.main:
-                log(f"warning: {problem}")
-    if s.main and s.resume_from is None:
-        s.writer.write(record)
-
-
-def _word_scale(s: State, probe, batches, phases) -> float:
-    """recipe.word_logit_scale as a number: given, the resumed run's, or fitted (auto)."""
-    value, b = s.recipe.word_logit_scale, s.built
-    if value is None:
-        value = "auto" if b.teacher_mode == "embeddings" else 1.0
-    standardized = all(
-        getattr(p, "standardize", False) for _, terms in phases for p in terms.values()
-    )
-    if value != "auto" or standardized:  # z-scored logits ignore the scale
-        return float(value) if value != "auto" else 1.0
-    if s.resume_from is not None:
-        path = s.out / "resolved_recipe.yaml"
-        fix = "start again with --overwrite"
-        shape = {"word_logit_scale": (int, float)}
-        stored = read_yaml(path, "the run's resolved recipe", fix, required=shape)
-        return float(stored["word_logit_scale"])
-    scale, nll, nll_at_1 = word_signal.fit_teacher_scale(probe, batches)
-    if s.main:
-        log(
-            f"word_logit_scale: auto = {scale:.4g} (teacher NLL of its unmasked input tokens "
-            f"{nll:.3f}, against {nll_at_1:.3f} at scale 1)"
-        )
-    return scale
 
 
 def build(
@@ -477,7 +400,7 @@ def finish(s: State) -> dict:
     if s.resume_from is not None:
         summary["resumed_from"] = str(s.resume_from)
     if s.word_figures:
-        summary["word_signal"] = _student_word_signal(s)
+        summary["word_signal"] = word_checks.check_student(s)
     if s.eval_loader is not None:
         summary.update(_evaluate(s))
     if main:
@@ -525,28 +448,6 @@ def _evaluate(s: State) -> dict:
         "eval_split": s.recipe.data.eval_split,
         "eval": metrics,
         "primary_metric": PRIMARY[task.metric],
-    }
-
-
-def _student_word_signal(s: State) -> dict:
-    """The student's word predictions at the last word phase's calibration, with its top-1
-    agreement with the teacher, on the batches the teacher was measured on; logged, written to
-    metrics.jsonl. Returns the summary's word_signal: the scale, the teacher's figures by phase,
-    and the student's."""
-    plan, terms = _word_phases(s)[-1]
-    name, params = next(iter(terms.items()))
-    cal = word_signal.calibration(params, s.word_scale)
-    probe, batches = _word_probe(s, student=True)
-    probe.student.eval()
-    figures = word_signal.measure(probe, batches, cal, plan.mlm_probability)["student"]
-    probe.student.train()
-    if s.main:
-        log(f"final {name}: " + word_signal.describe("student", figures, cal))
-        s.writer.write({"step": s.pos.step, **{f"eval/word_{k}": v for k, v in figures.items()}})
-    return {
-        "word_logit_scale": s.word_scale,
-        "teacher": s.word_figures,
-        "student": {"phase": plan.name, "term": name, **figures},
     }
 
 
