@@ -13,6 +13,7 @@ import traceback
 import click
 import torch
 import typer
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
 try:  # recent typer vendors its own click; its exceptions are not click's
     from typer._click import exceptions as _typer_click
@@ -44,8 +45,34 @@ COMMANDS = {
     "export": export.command,
 }
 
+
+class _Flag(TyperOption):
+    """A flag takes no value: no type beside it in the help (typer's rich help shows <bool>)."""
+
+    def display_type_rich(self, ctx) -> str | None:
+        return None
+
+
+def _untyped_flags(params: list) -> list:
+    for param in params:
+        if type(param) is TyperOption and param.is_flag:
+            param.__class__ = _Flag
+    return params
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx):
+        return _untyped_flags(super().get_params(ctx))
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx):
+        return _untyped_flags(super().get_params(ctx))
+
+
 app = typer.Typer(
     name="distill",
+    cls=_Group,
     help="Distil Hugging Face checkpoints: task KD, GLMD, vocabulary compression, eval, export.",
     no_args_is_help=True,
     add_completion=False,
@@ -102,7 +129,7 @@ def _report_bug() -> None:
 
 
 for _name, _fn in COMMANDS.items():
-    app.command(name=_name)(_one_line_errors(_fn))
+    app.command(name=_name, cls=_Command)(_one_line_errors(_fn))
 
 
 def _quiet_libraries() -> None:

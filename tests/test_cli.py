@@ -32,6 +32,22 @@ def test_top_level_help_lists_all_commands():
         assert name in result.output
 
 
+@pytest.mark.parametrize("name", [None, *COMMANDS])
+def test_help_shows_no_type_for_flags(name):
+    result = invoke(*([name] if name else []), "--help")
+    assert result.exit_code == 0
+    assert "<bool>" not in result.output
+    help_line = next(line for line in result.output.splitlines() if "--help" in line)
+    assert "<" not in help_line
+    if name:  # an option that takes a value keeps its type
+        line = next(
+            line
+            for line in result.output.splitlines()
+            if "--data " in line or "--output-dir " in line
+        )
+        assert re.search(r"--(data|output-dir) +<(str|path)>", line), line
+
+
 def test_flag_errors_are_one_line():
     proc = run_module("evaluate", "--no-such-flag")
     assert proc.returncode == 2

@@ -53,7 +53,8 @@ FAMILIES = (
            (("dim", HIDDEN), ("n_layers", LAYERS), ("n_heads", HEADS), ("hidden_dim", 2 * HIDDEN))),
     Family("ALBERT", "AlbertConfig", "encoder", (("embedding_size", 16),)),  # factorised
     Family("ELECTRA", "ElectraConfig", "encoder", (("embedding_size", 16),)),
-    Family("DeBERTa-v2", "DebertaV2Config", "encoder"),  # no token types in its graph
+    Family("DeBERTa-v2", "DebertaV2Config", "encoder",  # no token types in its graph
+           (("relative_attention", True), ("pos_att_type", "p2c|c2p"))),  # 2 entries, not per layer
     Family("MPNet", "MPNetConfig", "encoder"),
     Family("XLM-RoBERTa", "XLMRobertaConfig", "encoder"),
     Family("ModernBERT", "ModernBertConfig", "encoder"),  # layer_types: global every 3rd

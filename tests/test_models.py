@@ -468,6 +468,25 @@ def test_layers_config_cuts_every_per_layer_field_and_nothing_else():
     assert config.heads_per_layer == [4, 4, 2, 2] and config.num_hidden_layers == 4
 
 
+def test_truncate_keeps_lists_whose_length_only_happens_to_match_the_depth():
+    """DeBERTa-v2's pos_att_type names attention kinds: in a 2-layer model it has 2 entries."""
+    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
+
+    from distill_cli.models.load import per_layer_fields
+
+    config = DebertaV2Config(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, relative_attention=True, pos_att_type=["p2c", "c2p"],
+    )  # fmt: skip
+    assert per_layer_fields(config) == {}
+    teacher = DebertaV2ForSequenceClassification(config).eval()
+    student = truncate(teacher, 1)
+    assert student.config.pos_att_type == ["p2c", "c2p"]
+    assert_truncation(teacher, student, "deberta.encoder.layer", 1)
+    with torch.no_grad():
+        assert student(input_ids=torch.tensor([[1, 5, 7, 2]])).logits.shape == (1, 2)
+
+
 def test_build_student_from_config_cuts_layer_types():
     teacher = _qwen2(4)
     model, _ = build_student(StudentConfig(init="config", num_layers=2), teacher, None)

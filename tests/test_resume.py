@@ -209,6 +209,39 @@ def test_bad_steps_can_be_skipped(tiny_teacher, tiny_data_dir, tmp_path, monkeyp
     assert all(torch.isfinite(w).all() for w in weights.values())
 
 
+class _Touch:
+    """A pickle payload: unpickling it creates ``marker``."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+def test_resume_refuses_a_random_states_file_that_would_run_code(
+    tiny_teacher, tiny_data_dir, tmp_path, monkeypatch
+):
+    _nan_at(monkeypatch, {5})
+    out = tmp_path / "out"
+    assert invoke(*tkd(tiny_teacher, tiny_data_dir, out)).exit_code == 3
+    states = checkpoints.latest(out) / "random_states_0.pkl"
+    marker = tmp_path / "payload-ran"
+    saved = torch.load(states, weights_only=False)
+    torch.save({**saved, "random_state": _Touch(marker)}, states)
+
+    proc = finish(tkd(tiny_teacher, tiny_data_dir, out, "--resume"))
+    assert proc.returncode == 2, proc.stderr
+    assert not marker.exists(), "the checkpoint's pickle ran code"
+    assert "Traceback" not in proc.stderr
+    assert sum(x.startswith("error") for x in proc.stderr.splitlines()) == 1, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: refused {states}: "), proc.stderr
+    assert "delete " in line and "--overwrite" in line
+    torch.load(states, weights_only=False)  # the payload is real: a plain load runs it
+    assert marker.exists()
+
+
 def test_a_write_failure_mid_run_is_one_line_and_keeps_the_last_checkpoint(
     tiny_teacher, tiny_data_dir, tmp_path, monkeypatch
 ):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import functools
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -261,19 +262,52 @@ def _by_layer_index(value: dict, n: int) -> bool:
     return len(value) == n and {str(k) for k in value} == {str(i) for i in range(n)}
 
 
+def _one_per_layer(value, n: int) -> bool:
+    if isinstance(value, dict):
+        return _by_layer_index(value, n)
+    return isinstance(value, (list, tuple)) and len(value) == n
+
+
 def per_layer_fields(config) -> dict:
     """The config's per-layer fields: a list with one entry per layer, or a mapping keyed by
     layer index (layer types, sliding-window flags, per-layer head counts or sizes, ...); never
-    labels, architectures or token ids, whatever their length."""
+    labels, architectures or token ids, whatever their length.
+
+    A list is per layer because the config class makes it follow the depth, not because its
+    length happens to equal it (DeBERTa-v2's pos_att_type ['p2c', 'c2p'] in a 2-layer model):
+    built again at two other depths without it, the class must give it one entry per layer.
+    A field the class never sets (added by hand) is judged by its length."""
     n = config.num_hidden_layers
     fields = {}
     for key, value in vars(config).items():
         if key.startswith("_") or key in _generic_fields() or "token_id" in key:
             continue
-        listed = isinstance(value, (list, tuple)) and len(value) == n
-        if listed or (isinstance(value, dict) and _by_layer_index(value, n)):
+        if _one_per_layer(value, n):
             fields[key] = value
-    return fields
+    if not fields:
+        return fields
+    probes = {depth: _built_at(config, depth, without=fields) for depth in (n + 1, n + 2)}
+    if None in probes.values():  # the class cannot be built from its own values: lengths decide
+        return fields
+    return {
+        key: value
+        for key, value in fields.items()
+        if all(key not in vars(c) or _one_per_layer(getattr(c, key), d) for d, c in probes.items())
+    }
+
+
+def _built_at(config, depth: int, without: dict):
+    """A config of the same class and values at ``depth`` layers, ``without`` those fields
+    (left to the class's defaults); None where the class refuses that."""
+    layers_key = type(config).attribute_map.get("num_hidden_layers", "num_hidden_layers")
+    values = {k: v for k, v in config.to_dict().items() if k not in without}
+    values[layers_key] = depth
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return type(config)(**values)
+    except Exception:  # noqa: BLE001 - config validators raise many types
+        return None
 
 
 def _kept(value, layer_ids: list[int]):

@@ -4,6 +4,7 @@ A checkpoint is accelerate's ``save_state`` (model, optimizer, RNG states; safet
 weights) plus one ``trainer_state_<rank>.json`` per process (step, data position, scheduler,
 masking RNG, the unlogged loss window). It is written into ``checkpoints/.tmp-checkpoint-N`` and
 renamed to ``checkpoints/checkpoint-N`` when complete, so a folder with that name is always whole.
+Resume never unpickles code: the RNG states are read with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
+import random
 import re
 import shutil
 import signal
@@ -118,9 +121,54 @@ def load(accelerator, path: Path) -> dict:
         fix,
         required={"position": dict, "scheduler": dict, "masker_rng": list, "window": dict},
     )
+    rng = _rng_states(path / f"random_states_{accelerator.process_index}.pkl", fix)
     with reading(path, "checkpoint", fix, (*PARSE_ERRORS, SafetensorError)):
-        accelerator.load_state(str(path))
+        accelerator.load_state(str(path), load_kwargs={"weights_only": True})
+    _set_rng_states(rng)  # accelerate skips RNG states it cannot read without a word
     return state
+
+
+_RNG_KEYS = ("random_state", "numpy_random_seed", "torch_manual_seed")
+
+
+def _rng_states(file: Path, fix: str) -> dict:
+    """accelerate's RNG states file, read as data only: a file that holds anything else (a
+    pickle that would run code when loaded) is refused."""
+    import numpy as np
+    import torch
+
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    allowed = [_reconstruct, np.ndarray, np.dtype]
+    if hasattr(np, "dtypes"):  # numpy >= 1.25 pickles the dtype's class
+        allowed.append(np.dtypes.UInt32DType)
+    try:
+        with (
+            reading(file, "checkpoint RNG states", fix, (*PARSE_ERRORS, EOFError)),
+            torch.serialization.safe_globals(allowed),
+        ):
+            states = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise DistillError(
+            f"refused {file}: it is not plain random number generator states (loading it could "
+            f"run code); {fix}"
+        ) from None
+    if not isinstance(states, dict) or any(k not in states for k in _RNG_KEYS):
+        raise DistillError(f"{file} holds no random number generator states; {fix}")
+    return states
+
+
+def _set_rng_states(states: dict) -> None:
+    import numpy as np
+    import torch
+
+    random.setstate(states["random_state"])
+    np.random.set_state(states["numpy_random_seed"])
+    torch.set_rng_state(states["torch_manual_seed"])
+    if "torch_cuda_manual_seed" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["torch_cuda_manual_seed"])
 
 
 def trim_metrics(metrics: Path, step: int) -> None:
