@@ -1,6 +1,7 @@
 """Helpers for driving the real CLI in tests."""
 
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -57,3 +58,11 @@ def run_without_distill_cli(code: str, cwd) -> subprocess.CompletedProcess:
         [sys.executable, "-c", code + check],
         capture_output=True, text=True, env=OFFLINE_ENV, cwd=cwd, timeout=120,
     )  # fmt: skip
+
+
+def assert_grid_png(path):
+    """evaluation.png: a PNG of panels in a grid, not a one-row strip; pixels are not checked."""
+    head = Path(path).read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", head[16:24])  # the IHDR chunk
+    assert 1000 <= width <= 1800 and width / height < 2.5

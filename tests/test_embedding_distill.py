@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 from conftest import make_tokenizer, tiny_bert_config
-from helpers import RECIPES, invoke
+from helpers import RECIPES, assert_grid_png, invoke
 from transformers import BertModel
 
 from distill_cli.models.embedder import Embedder, add_projection, load_embedder, save_embedder
@@ -139,7 +139,7 @@ def test_evaluate_reports_agreement_recall_and_probe(
     )
     assert student["retention_by_metric"]["retention/agreement"] == m["agreement"]
     assert student["parameters"] < teacher["parameters"] and student["latency_ms_b1"] > 0
-    assert (report / "evaluation.png").is_file()
+    assert_grid_png(report / "evaluation.png")
     assert "agreement" in result.output and "neighbour_recall" in result.output
 
 

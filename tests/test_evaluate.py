@@ -1,7 +1,7 @@
 import json
 
 import pytest
-from helpers import invoke, tkd_args
+from helpers import assert_grid_png, invoke, tkd_args
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,12 @@ def test_evaluate_with_teacher(trained_student, tiny_teacher, tiny_data_dir, tmp
         teacher["latency_ms_b1"] / student["latency_ms_b1"]
     )
     assert student["size_ratio"] == pytest.approx(student["size_mb"] / teacher["size_mb"])
-    assert (tmp_path / "evaluation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # timed together: 5 interleaved rounds at a fixed thread count, with the spread over them
+    assert report["latency"]["interleaved"] and report["latency"]["rounds"] == 5
+    assert report["latency"]["threads"] == report["machine"]["torch_threads"] >= 1
+    for m in (student, teacher):
+        assert len(m["latency_b1_rounds_ms"]) == 5 and m["latency_b1_spread"] >= 0
+    assert_grid_png(tmp_path / "evaluation.png")
 
 
 def test_evaluate_reads_data_settings_from_the_run_and_prints_json(trained_student, tmp_path):

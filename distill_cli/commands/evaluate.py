@@ -57,6 +57,16 @@ def _number(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+# the table shows a latency's spread over the timing rounds only when it is wider than this
+WIDE_SPREAD = 0.10
+
+
+def _latency(m: dict) -> str:
+    spread = m.get("latency_b1_spread")
+    wide = f" ±{100 * spread:.0f}%" if spread is not None and spread > WIDE_SPREAD else ""
+    return f"{m['latency_ms_b1']:.2f}{wide}"
+
+
 def print_table(result: dict) -> None:
     keys = result.get("metrics_shown", [result["primary_metric"]])
     models = result["models"]
@@ -76,7 +86,7 @@ def print_table(result: dict) -> None:
             *(_number(m["metrics"].get(k)) for k in keys),
             f"{m['parameters'] / 1e6:.2f}",
             f"{m['size_mb']:.1f}",
-            f"{m['latency_ms_b1']:.2f}",
+            _latency(m),
             f"{m['throughput_b32']:.1f}",
         ]
         if has_teacher and name == "teacher":

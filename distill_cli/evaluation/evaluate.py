@@ -16,8 +16,8 @@ from distill_cli.data.text import TokenMasker
 from distill_cli.errors import DistillError, UnsupportedModel
 from distill_cli.evaluation import embedding as embedding_eval
 from distill_cli.evaluation import embedding_metrics as em
+from distill_cli.evaluation import latency as timing
 from distill_cli.evaluation import scoring
-from distill_cli.evaluation.latency import median_ms
 from distill_cli.evaluation.metrics import PRIMARY
 from distill_cli.models.forward import is_causal, word_mode
 from distill_cli.models.load import give_pad_token, label_names, load_classifier, same_vocab
@@ -101,18 +101,9 @@ def check_task(config, task: TaskData, path: str) -> None:
         )
 
 
-def latency(
-    model,
-    tokenizer,
-    texts,
-    max_length: int,
-    warmup: int = 5,
-    runs: int = 30,
-    batch_runs: int = 5,
-    full: bool = False,
-) -> dict:
-    """Median forward time at batch 1 (ms) and samples/s at batch 32, after warm-up; ``full``
-    pads every input to ``max_length``."""
+def timing_job(model, tokenizer, texts, max_length: int, runs: int = 30, full=False):
+    """What ``latency.time_interleaved`` times for a model: ``runs`` batch-1 inputs and one
+    batch of 32; ``full`` pads every input to ``max_length``."""
 
     def encode(lo, hi):
         cols = [c[lo:hi] for c in texts]
@@ -126,10 +117,18 @@ def latency(
 
     n = len(texts[0])
     singles = [encode(i % n, i % n + 1) for i in range(runs)]
-    big = encode(0, 32)
-    b1_ms = median_ms(forward, singles, warmup=warmup)
-    b32_ms = median_ms(forward, [big], warmup=2, repeats=batch_runs)
-    return {"latency_ms_b1": b1_ms, "throughput_b32": 1000 * len(big["input_ids"]) / b32_ms}
+    return timing.Job(forward, singles, encode(0, 32))
+
+
+def time_models(jobs: dict[str, timing.Job], reports: dict[str, dict]) -> dict:
+    """Time the models together, interleaved (timing.time_interleaved), and add the latency keys
+    to their reports; returns how they were timed, for evaluation.json."""
+    threads = timing.timing_threads()
+    log(f"timing {len(jobs)} models interleaved: {timing.ROUNDS} rounds at {threads} threads")
+    timed = timing.time_interleaved(jobs, threads=threads)
+    for name, job in jobs.items():
+        reports[name].update(timing.figures(timed[name], len(job.big["input_ids"])))
+    return {"threads": threads, "rounds": timing.ROUNDS, "interleaved": True}
 
 
 def evaluate_model(path: str, role: str, cfg: DataConfig, split: str, task=None):
@@ -149,10 +148,10 @@ def evaluate_model(path: str, role: str, cfg: DataConfig, split: str, task=None)
         "parameters": model.num_parameters(),
         "size_mb": round(size_on_disk_mb(Path(path)), 3),
         "latency_length": length if span else None,
-        **latency(model, tokenizer, _texts(task, split, 32), length, full=span),
     }
+    job = timing_job(model, tokenizer, _texts(task, split, 32), length, full=span)
     log(f"{role}: {', '.join(f'{k} {v:.4f}' for k, v in metrics.items())}")
-    return report, task, (model, tokenizer)
+    return report, task, (model, tokenizer), job
 
 
 AGREEMENT_ROWS = 256
@@ -257,9 +256,9 @@ def run(
             )
         result = _evaluate_embedders(names, model_dirs, cfg, split, teacher)
         return _write(result, output_dir)
-    reports, loaded, task = {}, {}, None
+    reports, loaded, jobs, task = {}, {}, {}, None
     for name, path in zip(names, model_dirs, strict=True):
-        reports[name], task, loaded[name] = evaluate_model(path, name, cfg, split, task=task)
+        reports[name], task, loaded[name], jobs[name] = evaluate_model(path, name, cfg, split, task)
     result = {
         "data": cfg.name,
         "split": split,
@@ -271,7 +270,13 @@ def run(
     }
     if teacher:
         # The teacher reads the same rows; labels map through the first model's label names.
-        t_report, _, t_loaded = evaluate_model(teacher, "teacher", cfg, split, task=task)
+        t_report, _, t_loaded, jobs["teacher"] = evaluate_model(
+            teacher, "teacher", cfg, split, task
+        )
+    # every model, the teacher too, in one interleaved timing
+    result["latency"] = time_models(jobs, {"teacher": t_report, **reports} if teacher else reports)
+    result["machine"]["torch_threads"] = result["latency"]["threads"]
+    if teacher:
         for name, path in zip(names, model_dirs, strict=True):
             reports[name].update(_compare(reports[name], t_report, result["primary_metric"]))
             student = (*loaded[name], path)
@@ -297,7 +302,7 @@ def _write(result: dict, output_dir) -> dict:
     return result
 
 
-def _embedder_report(path: str, role: str, cfg: DataConfig, data) -> tuple[dict, object]:
+def _embedder_report(path: str, role: str, cfg: DataConfig, data):
     model, tokenizer = embedding_eval.load(path, role)
     vectors, metrics = embedding_eval.own_metrics(model, tokenizer, data, cfg.max_length)
     report = {
@@ -306,9 +311,8 @@ def _embedder_report(path: str, role: str, cfg: DataConfig, data) -> tuple[dict,
         "embedding_dim": int(vectors.shape[1]),
         "parameters": embedding_eval.parameters(model),
         "size_mb": round(embedding_eval.size_mb(Path(path)), 3),
-        **latency(model, tokenizer, [data.texts[:32]], cfg.max_length),
     }
-    return report, vectors
+    return report, vectors, timing_job(model, tokenizer, [data.texts[:32]], cfg.max_length)
 
 
 def _evaluate_embedders(names, model_dirs, cfg: DataConfig, split: str, teacher) -> dict:
@@ -320,12 +324,14 @@ def _evaluate_embedders(names, model_dirs, cfg: DataConfig, split: str, teacher)
             "these texts have no labels or scores, so embedders are compared with a teacher: "
             "pass --teacher, or labelled data (--data rotten_tomatoes)"
         )
-    reports, vectors = {}, {}
+    reports, vectors, jobs = {}, {}, {}
     for name, path in zip(names, model_dirs, strict=True):
-        reports[name], vectors[name] = _embedder_report(path, name, cfg, data)
+        reports[name], vectors[name], jobs[name] = _embedder_report(path, name, cfg, data)
     key = data.primary
     if teacher:
-        t_report, t_vectors = _embedder_report(teacher, "teacher", cfg, data)
+        t_report, t_vectors, jobs["teacher"] = _embedder_report(teacher, "teacher", cfg, data)
+    timed = time_models(jobs, {"teacher": t_report, **reports} if teacher else reports)
+    if teacher:
         t_report["metrics"].update({em.AGREEMENT: 1.0, em.NEIGHBOUR_RECALL: 1.0})
         for name in names:
             m = reports[name]["metrics"]
@@ -344,14 +350,48 @@ def _evaluate_embedders(names, model_dirs, cfg: DataConfig, split: str, teacher)
         "primary_metric": key,
         "metrics_shown": [key, *(k for k in metric_keys if k != key)],
         "neighbours": embedding_eval.NEIGHBOURS,
-        "machine": machine(),
+        "machine": {**machine(), "torch_threads": timed["threads"]},
+        "latency": timed,
         "students": names,
         "models": reports,
     }
 
 
+PLOT_COLUMNS = 3
+
+
+def _tradeoff(ax, result: dict, names: list[str]) -> None:
+    """The primary metric against batch-1 latency (log scale), one labelled point per model;
+    the teacher a black star."""
+    models, key = result["models"], result["primary_metric"]
+    for i, name in enumerate(names):
+        x, y = models[name]["latency_ms_b1"], models[name]["metrics"].get(key)
+        if y is None:
+            continue
+        teacher = name == "teacher"
+        style = {"marker": "*", "s": 220, "color": "black"} if teacher else {"color": f"C{i}"}
+        ax.scatter([x], [y], zorder=3, **style)
+        # alternate above and below, so close points keep legible labels
+        offset = (6, 6) if i % 2 == 0 else (6, -14)
+        ax.annotate(name, (x, y), xytext=offset, textcoords="offset points", fontsize=9)
+    ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    lows, highs = ax.get_xlim()
+    ax.set_xlim(lows / 1.25, highs * 1.6)  # room for the labels
+    ax.set_xlabel("latency ms (batch 1, log scale)")
+    ax.set_ylabel(key)
+    ax.set_title(f"{key} vs latency")
+    ax.grid(True, which="both", alpha=0.3)
+
+
 def plot(result: dict, path: Path) -> None:
-    """Bar charts comparing the models on metric, latency, throughput and size."""
+    """A grid of panels: the primary metric against batch-1 latency, then bars comparing the
+    models on each metric, latency (the whiskers: the quartiles of the timing rounds),
+    throughput and size."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -367,14 +407,25 @@ def plot(result: dict, path: Path) -> None:
         ("samples/s (batch 32)", [models[n]["throughput_b32"] for n in names]),
         ("size MB", [models[n]["size_mb"] for n in names]),
     ]
-    width = max(3.2, 1.1 * len(names) + 1)
-    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 3.6))
-    for ax, (title, values) in zip(axes, panels, strict=True):
-        bars = ax.bar(names, values, color=[f"C{i}" for i in range(len(names))])
+    cols = PLOT_COLUMNS
+    rows = -(-(len(panels) + 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(14, 4.2 * rows), squeeze=False)
+    axes = list(axes.flat)
+    _tradeoff(axes[0], result, names)
+    for ax, (title, values) in zip(axes[1:], panels, strict=False):
+        low, high = [0] * len(names), [0] * len(names)
+        if title.startswith("latency") and all("latency_b1_rounds_ms" in models[n] for n in names):
+            rounds = [timing.quartiles(models[n]["latency_b1_rounds_ms"]) for n in names]
+            low = [v - q[0] for v, q in zip(values, rounds, strict=True)]
+            high = [q[1] - v for v, q in zip(values, rounds, strict=True)]
+        colors = [f"C{i}" for i in range(len(names))]
+        bars = ax.bar(names, values, yerr=[low, high], capsize=4 if any(high) else 0, color=colors)
         ax.tick_params(axis="x", labelrotation=20 if len(names) > 2 else 0)
-        ax.bar_label(bars, fmt="%.3g")
-        ax.set_ylim(0, max(values) * 1.15 or 1)
+        ax.bar_label(bars, fmt=lambda v: f"{v:.3g}" if v < 1000 else f"{v:,.0f}", padding=2)
+        ax.set_ylim(0, max(v + h for v, h in zip(values, high, strict=True)) * 1.15 or 1)
         ax.set_title(title)
+    for ax in axes[len(panels) + 1 :]:
+        ax.set_visible(False)
     fig.suptitle(f"{result['data']} ({result['split']}, {result['num_examples']} examples)")
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")

@@ -11,6 +11,7 @@ import torch
 from transformers import AutoConfig
 
 from distill_cli.errors import DistillError, UnsupportedModel
+from distill_cli.evaluation.latency import timing_threads
 from distill_cli.tasks.sentence_embedding import OUTPUT as SENTENCE_EMBEDDING
 from distill_cli.user_files import reading
 
@@ -55,7 +56,11 @@ class OnnxClassifier:
         path = Path(folder) / "model.onnx"
         fix = "export the model again with distill export --format onnx"
         with reading(path, "ONNX model", fix, errors=(Exception,)):  # onnxruntime's own types
-            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = timing_threads()  # the threads evaluate times torch at
+            self.session = ort.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"]
+            )
             graph = onnx.load(str(path), load_external_data=False).graph
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
