@@ -1,6 +1,6 @@
 """The ``distill`` command: five subcommands, one-line errors, meaningful exit codes.
 
-Exit codes are listed in distill_cli/errors.py and the README.
+Exit codes are listed in distill_cli/errors.py and docs/reliability.md.
 """
 
 from __future__ import annotations
