@@ -15,6 +15,7 @@ from transformers import AutoModelForQuestionAnswering
 from distill_cli.data import batching, qa_windows, squad
 from distill_cli.errors import DistillError
 from distill_cli.evaluation.metrics import squad_metrics
+from distill_cli.tasks import sequence
 from distill_cli.tasks.base import MASKED, SENTENCES, EvalFeatures, Layout, Scoring, TaskType
 
 NAME = squad.TASK
@@ -72,10 +73,6 @@ def eval_features(ds, task, tokenizer, d, name: str) -> EvalFeatures:
     return EvalFeatures(loader_ds.select_columns(batching.model_columns(loader_ds)), features)
 
 
-def plain_text(task, ds):
-    return ds.select_columns(task.text_columns), list(task.text_columns)
-
-
 def records(out, batch: dict) -> list:
     """Each window's row index with its start and end logits at its real positions."""
     mask = batch["attention_mask"].bool()
@@ -120,7 +117,7 @@ QUESTION_ANSWERING = TaskType(
     load=load,
     train_features=train_features,
     eval_features=eval_features,
-    plain_text=plain_text,
+    plain_text=sequence.plain_text,  # question and context
     label_kwargs=lambda labels: {"num_labels": 2},  # start and end
     num_outputs=lambda labels: None,
     records=records,

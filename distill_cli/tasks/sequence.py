@@ -109,13 +109,17 @@ def load(cfg, splits=None, label_names=None, optional=()):
     return tables.load_task_data(cfg, splits, label_names, optional, regression=forced)
 
 
-def _class_kwargs(labels) -> dict:
+def label_maps(labels) -> dict:
+    """Config arguments for a head over ``labels``: its size and both name maps."""
     return {
         "num_labels": len(labels),
         "id2label": dict(enumerate(labels)),
         "label2id": {name: i for i, name in enumerate(labels)},
-        "problem_type": "single_label_classification",
     }
+
+
+def _class_kwargs(labels) -> dict:
+    return {**label_maps(labels), "problem_type": "single_label_classification"}
 
 
 _SHARED = dict(

@@ -15,7 +15,7 @@ from transformers import AutoModelForTokenClassification
 from distill_cli.data import tokens
 from distill_cli.evaluation.metrics import entity_metrics
 from distill_cli.tasks.base import IGNORE, EvalFeatures, Layout, Scoring, TaskType
-from distill_cli.tasks.sequence import encoded_eval_features, encoded_features
+from distill_cli.tasks.sequence import encoded_eval_features, encoded_features, label_maps
 
 NAME = tokens.TASK_TYPE
 
@@ -99,14 +99,6 @@ def load(cfg, splits=None, label_names=None, optional=()):
     return tokens.load_token_data(cfg, splits, label_names, optional)
 
 
-def _label_kwargs(labels) -> dict:
-    return {
-        "num_labels": len(labels),
-        "id2label": dict(enumerate(labels)),
-        "label2id": {name: i for i, name in enumerate(labels)},
-    }
-
-
 TOKEN_CLASSIFICATION = TaskType(
     name=NAME,
     layout=LAYOUT,
@@ -118,7 +110,7 @@ TOKEN_CLASSIFICATION = TaskType(
     train_features=train_features,
     eval_features=eval_features,
     plain_text=plain_text,
-    label_kwargs=_label_kwargs,
+    label_kwargs=label_maps,
     num_outputs=len,
     records=records,
     metrics=metrics,
