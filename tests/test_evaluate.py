@@ -162,3 +162,19 @@ def test_decoder_classifier_saved_without_a_pad_token(tiny_data_dir, tmp_path):
     result = invoke("evaluate", path, "--data", tiny_data_dir, "--output-dir", tmp_path / "e")
     assert result.exit_code == 0, result.output
     assert json.loads((path / "config.json").read_text()).get("pad_token_id") is None
+
+
+def test_the_chart_draws_a_median_rounded_a_hair_past_its_quartile(tmp_path):
+    """The rounds are stored rounded, the median is not: a whisker must never go negative."""
+    from distill_cli.evaluation.evaluate import plot
+
+    model = {
+        "metrics": {"accuracy": 0.5}, "throughput_b32": 100.0, "size_mb": 1.0,
+        "latency_ms_b1": 2.00004, "latency_b1_rounds_ms": [2.0, 2.0, 2.0, 2.0, 2.0],
+    }  # fmt: skip
+    result = {
+        "models": {"teacher": model, "student": dict(model)}, "primary_metric": "accuracy",
+        "data": "rotten_tomatoes", "split": "test", "num_examples": 4,
+    }  # fmt: skip
+    plot(result, tmp_path / "evaluation.png")
+    assert_grid_png(tmp_path / "evaluation.png")
