@@ -94,6 +94,12 @@ class DataConfig:
         "(below data.max_length).",
     )
     max_answer_length: int = _opt(30, "Question answering: longest predicted answer, in tokens.")
+    train_on: str = _opt(
+        "assistant", "Chat: the tokens the loss reads: assistant (the replies) | all."
+    )
+    chat_template: str | None = _opt(
+        None, "Chat: a Jinja file to render conversations with, instead of the model's template."
+    )
     max_train_samples: int | None = _opt(None, "Use at most this many training rows.")
     max_eval_samples: int | None = _opt(None, "Use at most this many evaluation rows.")
 
@@ -500,6 +506,8 @@ def validate(recipe: Recipe, needs_data: bool = True) -> None:
         problems.append("data.doc_stride must be >= 1")
     if d.max_answer_length < 1:
         problems.append("data.max_answer_length must be >= 1")
+    if d.train_on not in ("assistant", "all"):
+        problems.append("data.train_on must be assistant or all")
     if t.epochs <= 0 and t.max_steps is None:
         problems.append("train.epochs must be > 0 (or set train.max_steps)")
     if t.max_steps is not None and t.max_steps < 1:

@@ -95,6 +95,39 @@ def as_messages(row: dict, where: str) -> list[dict]:
 
 # ---------------------------------------------------------------- sources
 
+CONVERSATION_KEYS = ({"messages"}, {"prompt", "completion"}, {"instruction", "output"})
+
+
+def _holds_conversations(path: Path) -> bool:
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        columns = set(pq.read_schema(path).names)
+    elif path.suffix.lower() in (".json", ".jsonl"):
+        with open(path, encoding="utf-8") as f:
+            head = f.read(1 << 20).lstrip().removeprefix("[").lstrip()
+        row, _ = json.JSONDecoder().raw_decode(head)
+        columns = set(row) if isinstance(row, dict) else set()
+    else:
+        return False
+    return any(keys <= columns for keys in CONVERSATION_KEYS)
+
+
+def looks_like(cfg: DataConfig) -> bool:
+    """Whether ``cfg.name`` is the built-in chitchat or a file (or folder of split files) whose
+    rows hold conversations (cheap; never raises)."""
+    name = cfg.name or ""
+    if name == "chitchat":
+        return True
+    try:
+        path = Path(name).expanduser()
+        if path.is_dir():
+            files = tables.split_files(path, SUFFIXES, ".jsonl")
+            path = files.get("train") or next(iter(files.values()))
+        return path.is_file() and _holds_conversations(path)
+    except Exception:  # not readable as chat data: another reader reports it
+        return False
+
 
 def _chitchat_path() -> Path:
     spec = importlib.util.find_spec("chitchat_dataset")

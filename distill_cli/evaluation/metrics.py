@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -68,6 +69,17 @@ def entity_metrics(references: list[list[str]], predictions: list[list[str]]) ->
         "recall": float(recall),
         "accuracy": float(accuracy),
     }
+
+
+# ---------------------------------------------------------------- language modelling
+
+PRIMARY["nll"] = "nll"  # lower is better
+
+
+def token_nll(total: float, count: int) -> dict[str, float]:
+    """Mean negative log-likelihood per token and its perplexity."""
+    nll = total / count if count else float("nan")
+    return {"nll": nll, "perplexity": math.exp(nll) if count else float("nan"), "tokens": count}
 
 
 # ---------------------------------------------------------------- question answering

@@ -18,6 +18,7 @@ from distill_cli.tasks.base import (
     TaskType,
     outputs_logits,
 )
+from distill_cli.tasks.chat import CHAT
 from distill_cli.tasks.question_answering import QUESTION_ANSWERING
 from distill_cli.tasks.sentence_embedding import SENTENCE_EMBEDDING
 from distill_cli.tasks.sequence import CLASSIFICATION, REGRESSION
@@ -25,7 +26,7 @@ from distill_cli.tasks.token_classification import TOKEN_CLASSIFICATION
 
 # In the order data is offered to them: classification takes whatever the others do not claim.
 TASKS: dict[str, TaskType] = {
-    t.name: t for t in (TOKEN_CLASSIFICATION, QUESTION_ANSWERING, CLASSIFICATION, REGRESSION)
+    t.name: t for t in (CHAT, TOKEN_CLASSIFICATION, QUESTION_ANSWERING, CLASSIFICATION, REGRESSION)
 }
 TASKS[SENTENCE_EMBEDDING.name] = SENTENCE_EMBEDDING
 # the task types data can be read as (data.task_type)

@@ -89,6 +89,7 @@ class TaskType:
     compares_positions: bool = False  # its KD terms compare positions: one tokenizer for both
     fixed_length: bool = False  # timed padded to a fixed length (long inputs, as at serving)
     one_label_per_text: bool = False  # sentence labels: an embedder's probe can read them
+    generates: bool = False  # a causal LM writing text: no masking, word logits from its LM head
 
     @property
     def description(self) -> str:

@@ -210,6 +210,7 @@ def build_task(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built:
         teacher=teacher,
         train_ds=train_ds,
         collate=collate,
+        causal=kind.generates,
         task=task,
         eval_ds=eval_ds,
         student_mode=_word_mode(recipe, student),

@@ -557,7 +557,8 @@ def compute_loss(s: State, batch: dict, plan: PhasePlan) -> tuple[torch.Tensor, 
     step = losses.Step(
         student=s.student(s_inputs, needs, b.student_mode),
         labels=batch.get("labels"),
-        mask=s_inputs["attention_mask"],
+        # the positions the loss reads: every real token, or those a chat task predicts
+        mask=batch["loss_mask"] if "loss_mask" in batch else s_inputs["attention_mask"],
         vocab_index=s.vocab_index,
         word_scale=s.word_scale,
         task=tasks.of(b.task).layout.name if b.task is not None else losses.Step.task,
