@@ -38,7 +38,8 @@ def command(
 ) -> None:
     """Evaluate models on a split; with --teacher, compare each with it side by side."""
     for model_dir in model_dirs:
-        if not Path(model_dir).expanduser().is_dir():
+        path = Path(model_dir).expanduser()
+        if not (path.is_dir() or path.is_file() and path.suffix == ".gguf"):
             raise DistillError(
                 f"model folder not found: {model_dir}; pass a folder written by distill"
             )

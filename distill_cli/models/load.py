@@ -53,6 +53,86 @@ MODEL_JSON = (
     "generation_config.json",
 )
 MODEL_FIX = "restore it from the original model, or save the model again with save_pretrained"
+GGUF_INSTALL = "pip install 'distill-cli[gguf]' (or pip install gguf)"
+
+
+def gguf_source(name: str, role: str) -> tuple[str, str | None]:
+    """(folder or name, GGUF file name or None): a .gguf file, or a folder without config.json
+    holding exactly one, is read with transformers' GGUF support; anything else is as given."""
+    path = Path(name).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return str(path.parent), path.name
+    if path.is_dir() and not (path / "config.json").is_file():
+        found = sorted(p.name for p in path.glob("*.gguf") if p.is_file())
+        if len(found) > 1:
+            raise DistillError(
+                f"{role} folder '{name}' holds {len(found)} .gguf files ({', '.join(found)}); "
+                "pass the path of the one to load"
+            )
+        if found:
+            return str(path), found[0]
+    return name, None
+
+
+def _check_gguf(name: str, role: str) -> None:
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise DistillError(
+            f"{role} '{name}' is a GGUF file, and reading one needs the gguf package; "
+            f"install it with {GGUF_INSTALL}"
+        ) from None
+
+
+def _gguf_architectures() -> list[str]:
+    """The GGUF architectures the installed transformers reads."""
+    names: set[str] = set()
+    try:
+        from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+        names |= set(GGUF_SUPPORTED_ARCHITECTURES) - {"general", "tokenizer"}
+        from transformers.integrations.gguf import GGUF_CONFIG_ARCHS
+
+        names |= set(GGUF_CONFIG_ARCHS)
+    except ImportError:
+        pass
+    return sorted(names)
+
+
+def _gguf_error(name: str, role: str, err: Exception) -> DistillError | None:
+    """One line for a GGUF whose architecture transformers cannot read; None for other errors."""
+    found = re.search(r"architecture (\S+) is not supported", str(err))
+    if not found:
+        return None
+    known = _gguf_architectures()
+    reads = f"it reads {', '.join(known)}" if known else "its architecture is unsupported"
+    return DistillError(
+        f"{role} '{name}' is a GGUF of architecture '{found[1]}', which transformers cannot read "
+        f"from GGUF ({reads}); convert the model to a safetensors folder instead"
+    )
+
+
+def _gguf_kwargs(gguf_file: str | None, model: bool = False) -> dict:
+    """from_pretrained's arguments for a GGUF file: named, and for a model dequantised."""
+    if gguf_file is None:
+        return {}
+    kwargs = {"gguf_file": gguf_file}
+    if model:
+        try:
+            from transformers import GgufConfig
+
+            kwargs["quantization_config"] = GgufConfig(dequantize=True)
+        except ImportError:  # older transformers: always dequantised
+            pass
+    return kwargs
+
+
+def _plain_model(model):
+    """A model loaded from GGUF, dequantised, as a plain model save_pretrained writes."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
+    return model
 
 
 def _load_error(role: str, name: str, err: Exception) -> DistillError:
@@ -76,6 +156,9 @@ def _load_error(role: str, name: str, err: Exception) -> DistillError:
 
 def check_model_source(name: str, role: str) -> None:
     """Fail early on a local folder that is not an HF model, or whose config.json is bad."""
+    if gguf_source(name, role)[1]:
+        _check_gguf(name, role)
+        return
     path = Path(name).expanduser()
     if path.exists() and not (path / "config.json").is_file():
         raise DistillError(
@@ -103,11 +186,19 @@ def from_pretrained(auto, name: str, role: str, **kwargs):
     transformers loads safetensors first and a ``.bin`` only with ``torch.load(weights_only=True)``;
     a pickle that needs more than tensors is refused, never run.
     """
+    folder, gguf_file = gguf_source(name, role)
+    if gguf_file:
+        _check_gguf(name, role)
     try:
-        return auto.from_pretrained(name, **kwargs)
+        loaded = auto.from_pretrained(folder, **kwargs, **_gguf_kwargs(gguf_file, model=True))
+        if gguf_file:
+            _plain_model(loaded[0] if isinstance(loaded, tuple) else loaded)
+        return loaded
     except DistillError:
         raise
     except Exception as e:
+        if gguf_file and (unread := _gguf_error(name, role, e)):
+            raise unread from None
         text = str(e)
         if type(e).__name__ == "SafetensorError" or "deserializ" in text.lower():
             raise DistillError(
@@ -127,9 +218,14 @@ def from_pretrained(auto, name: str, role: str, **kwargs):
 
 
 def _config(name: str, role: str, trust_remote_code: bool):
+    folder, gguf_file = gguf_source(name, role)
     try:
-        return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+        return AutoConfig.from_pretrained(
+            folder, trust_remote_code=trust_remote_code, **_gguf_kwargs(gguf_file)
+        )
     except Exception as e:
+        if gguf_file and (unread := _gguf_error(name, role, e)):
+            raise unread from None
         raise _load_error(role, name, e) from None
 
 
@@ -161,6 +257,20 @@ def _check_tokenizer_files(folder: Path, role: str) -> None:
 
 
 def load_tokenizer(name: str, role: str, trust_remote_code: bool = False):
+    source, gguf_file = gguf_source(name, role)
+    if gguf_file:  # the tokenizer and chat template are in the file's metadata
+        _check_gguf(name, role)
+        try:
+            return AutoTokenizer.from_pretrained(
+                source, trust_remote_code=trust_remote_code, gguf_file=gguf_file
+            )
+        except Exception as e:
+            if unread := _gguf_error(name, role, e):
+                raise unread from None
+            raise DistillError(
+                f"{role} '{name}': the tokenizer in its GGUF metadata could not be read "
+                f"({first_line(e)}); use a GGUF written by llama.cpp's converter"
+            ) from None
     folder = Path(name).expanduser()
     # transformers 5 builds an all-[UNK] tokenizer from config.json alone: refuse that.
     if folder.is_dir() and not any((folder / f).is_file() for f in TOKENIZER_FILES):
@@ -576,6 +686,11 @@ def load_classifier(path: str, role: str = "model", trust_remote_code: bool = Fa
     evaluation (ONNX exports run in onnxruntime)."""
     from distill_cli.models.onnx_model import OnnxClassifier, is_onnx_folder
 
+    if gguf_source(path, role)[1]:
+        raise DistillError(
+            f"{role} '{path}' is a GGUF language model, with no task head to evaluate; "
+            "distil it into a task model first (finetune-distill --teacher or --student)"
+        )
     if is_onnx_folder(path):
         check_model_source(path, role)
         return OnnxClassifier(path), load_tokenizer(path, role)
@@ -617,7 +732,9 @@ def load_as_saved(name: str, role: str, trust_remote_code: bool = False):
 
     def saved_class(config):
         archs = getattr(config, "architectures", None) or []
-        return (getattr(transformers, archs[0], None) if archs else None) or AutoModel
+        if not archs:  # a GGUF names none: its LM head, for a causal LM
+            return _lm_class(config)
+        return getattr(transformers, archs[0], None) or AutoModel
 
     model, tokenizer = _load_by_config(name, role, trust_remote_code, saved_class)
     return model.eval(), tokenizer

@@ -88,8 +88,12 @@ def check_free_space(out: Path, need: int, what: str = "model and checkpoints") 
 
 
 def weights_bytes(name: str | Path | None) -> int:
-    """Size of a local model folder's weight files; 0 for a Hub name (unknown until fetched)."""
+    """Size of a local model folder's weight files (or of a .gguf file); 0 for a Hub name
+    (unknown until fetched). A GGUF's dequantised fp32 weights are larger than its file."""
     folder = Path(name or "").expanduser()
+    if name and folder.is_file() and folder.suffix == ".gguf":
+        return folder.stat().st_size
     if not name or not folder.is_dir():
         return 0
-    return sum(f.stat().st_size for f in folder.iterdir() if f.suffix in (".safetensors", ".bin"))
+    suffixes = (".safetensors", ".bin", ".gguf")
+    return sum(f.stat().st_size for f in folder.iterdir() if f.suffix in suffixes)
