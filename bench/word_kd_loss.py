@@ -4,6 +4,7 @@
     python bench/word_kd_loss.py --device cuda --dtype bf16
     python bench/word_kd_loss.py --chunk-size 274  # tune: fused chunk instead of word_kl's default
     python bench/word_kd_loss.py --standardize     # both variants with z-scored logits
+    python bench/word_kd_loss.py --divergence jsd  # another divergence (default forward_kl)
 
 With CUDA available, the default run also reports cuda bf16 after the CPU rows; the final line is
 for the first (--device, --dtype) and its no-padding case.
@@ -29,7 +30,7 @@ import time
 import torch
 from harness import sync
 
-from distill_cli.training.word_kd import word_kl, word_kl_naive
+from distill_cli.training.word_kd import DIVERGENCES, word_kl, word_kl_naive
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 VARIANTS = {"naive": word_kl_naive, "fused": word_kl}
@@ -54,6 +55,7 @@ def make_inputs(args, pad: float, device, dtype):
     mask = None if lengths is None else torch.arange(n)[None] < lengths[:, None]
     mask = None if mask is None else mask.to(device)
     kwargs = dict(mask=mask, temperature=15.0, b_s=b_s, b_t=b_t, standardize=args.standardize)
+    kwargs["divergence"] = args.divergence
     return (h_s, w_s, h_t, w_t), kwargs
 
 
@@ -68,7 +70,9 @@ def step(fn, tensors, kwargs):
 def child(args) -> dict:
     """Run in a fresh process: the peak memory of one variant's step, or both variants' times."""
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
-    small = argparse.Namespace(batch=1, length=4, vocab=64, hidden=8, standardize=args.standardize)
+    small = argparse.Namespace(
+        batch=1, length=4, vocab=64, hidden=8, standardize=args.standardize, divergence="forward_kl"
+    )
     if args.chunk_size:
         VARIANTS["fused"] = functools.partial(word_kl, chunk_size=args.chunk_size)
     for fn in VARIANTS.values():  # start thread pools / kernels before measuring
@@ -105,6 +109,7 @@ def run_child(args, variant: str, pad: float) -> dict:
     for name in ("device", "dtype", "repeats", "batch", "length", "vocab", "hidden", "chunk_size"):
         cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name) or 0)]
     cmd += ["--standardize"] if args.standardize else []
+    cmd += ["--divergence", args.divergence]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -120,6 +125,7 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=384)
     p.add_argument("--chunk-size", type=int, default=0, help="fused chunk (0: word_kl's default)")
     p.add_argument("--standardize", action="store_true", help="z-score the logits (both variants)")
+    p.add_argument("--divergence", default="forward_kl", choices=DIVERGENCES)
     p.add_argument("--variant", choices=[*VARIANTS, "time"], help=argparse.SUPPRESS)
     p.add_argument("--pad", type=float, default=0.0, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -143,7 +149,8 @@ def report(args) -> tuple[dict, dict]:
     print(
         f"word_kl fwd+bwd on {args.device} {args.dtype}: B={args.batch} L={args.length} "
         f"V={args.vocab} H={args.hidden}, chunk {args.chunk_size or 'default'}, T=15"
-        f"{', standardized' if args.standardize else ''}, median of {args.repeats} after a warm-up"
+        f"{', standardized' if args.standardize else ''}, {args.divergence}, "
+        f"median of {args.repeats} after a warm-up"
     )
     for pad, label in ((0.2, "~20% padding"), (0.0, "no padding")):
         naive, fused = run_child(args, "naive", pad), run_child(args, "fused", pad)

@@ -17,9 +17,11 @@ from distill_cli.training.losses import (
     loss_parts,
     make_extras,
     needs_of,
+    param_problems,
     soft_label_kl,
     weighted_sum,
 )
+from distill_cli.training.word_kd import word_kl_naive
 
 
 def params(name, **values):
@@ -179,3 +181,57 @@ def test_every_term_declares_what_a_recipe_needs():
             assert entry.needs.attentions, name
         if entry.token_level:
             assert not entry.task_only, name
+
+
+def word_step(scale=1.0):
+    g = torch.Generator().manual_seed(3)
+    student = Outputs(
+        word_features=torch.randn(2, 4, 6, generator=g, requires_grad=True),
+        word_weight=torch.randn(20, 6, generator=g, requires_grad=True),
+    )
+    teacher = Outputs(
+        word_features=torch.randn(2, 4, 8, generator=g), word_weight=torch.randn(20, 8, generator=g)
+    )
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    return Step(student=student, teacher=teacher, mask=mask, word_scale=scale)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [{}, dict(divergence="reverse_kl"), dict(divergence="jsd", beta=0.3),
+     dict(divergence="tvd"), dict(divergence="skew_kl", alpha=0.2)],
+)  # fmt: skip
+def test_word_kl_term_passes_its_divergence_on(values):
+    step = word_step(scale=2.0)
+    p = params("word_kl", temperature=3.0, **values)
+    assert param_problems(p) == []
+    got = loss_parts({"word_kl": p}, step)["word_kl"]
+    s, t = step.student, step.teacher
+    want = word_kl_naive(s.word_features, s.word_weight, t.word_features, t.word_weight,
+                         mask=step.mask, temperature=3.0, scale=2.0, **values)  # fmt: skip
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_word_kl_divergence_defaults_to_forward_kl_with_no_beta_or_alpha():
+    p = params("word_kl")
+    assert (p.divergence, p.beta, p.alpha) == ("forward_kl", None, None)
+    for key in ("divergence", "beta", "alpha"):
+        assert KD_LOSSES["word_kl"].params.__dataclass_fields__[key].metadata["help"]
+
+
+@pytest.mark.parametrize(
+    ("values", "problem"),
+    [
+        (dict(divergence="kl"), "divergence must be one of forward_kl, reverse_kl, jsd, tvd, "
+                                "skew_kl, got 'kl'"),
+        (dict(divergence="reverse_kl", beta=0.5), "beta must be left out: only jsd takes it"),
+        (dict(beta=0.5), "beta must be left out: only jsd takes it, not forward_kl"),
+        (dict(divergence="jsd", alpha=0.5), "alpha must be left out: only skew_kl takes it"),
+        (dict(divergence="tvd", alpha=0.5), "alpha must be left out: only skew_kl takes it"),
+        (dict(divergence="jsd", beta=1.0), "beta must be in (0, 1) for divergence jsd, got 1.0"),
+        (dict(divergence="skew_kl", alpha=1.5), "alpha must be in [0, 1] for divergence skew_kl"),
+    ],
+)  # fmt: skip
+def test_word_kl_divergence_problems(values, problem):
+    problems = param_problems(params("word_kl", **values))
+    assert len(problems) == 1 and problems[0].startswith(problem), problems

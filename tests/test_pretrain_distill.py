@@ -179,3 +179,39 @@ def test_encoder_decoder_teacher_is_one_line(corpus_file, tmp_path):
         "model; this stage distils encoder-only and decoder-only LMs"
     ]
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [("divergence=jsd",), ("divergence=skew_kl", "alpha=0.2")],
+    ids=["jsd", "skew_kl"],
+)
+def test_word_kl_divergences_train(tiny_encoder, corpus_file, tmp_path, sets):
+    out = tmp_path / "student"
+    extra = [x for s in sets for x in ("--set", f"phases.0.terms.word_kl.{s}")]
+    result = invoke(*pretrain_args(tiny_encoder, corpus_file, out, *extra))
+    assert result.exit_code == 0, result.output
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    training = [r for r in records if "phase" in r]
+    assert [r["step"] for r in training] == [1, 2]
+    assert all(r["loss/word_kl"] > 0 for r in training)
+    names, same = changed(tiny_encoder, out, skip=("pooler.",))
+    assert names and same == []
+
+
+@pytest.mark.parametrize(
+    ("sets", "problem"),
+    [
+        (("divergence=bogus",), "divergence must be one of forward_kl, reverse_kl, jsd, tvd"),
+        (("divergence=reverse_kl", "beta=0.5"), "beta must be left out: only jsd takes it"),
+        (("divergence=jsd", "alpha=0.5"), "alpha must be left out: only skew_kl takes it"),
+        (("divergence=skew_kl", "alpha=2"), "alpha must be in [0, 1]"),
+    ],
+)
+def test_bad_word_kl_divergence_is_one_line(tiny_encoder, corpus_file, tmp_path, sets, problem):
+    extra = [x for s in sets for x in ("--set", f"phases.0.terms.word_kl.{s}")]
+    result = invoke(*pretrain_args(tiny_encoder, corpus_file, tmp_path / "s", *extra))
+    assert result.exit_code == 2, result.output
+    lines = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+    assert len(lines) == 1 and f"phases.0.terms.word_kl.{problem}" in lines[0], result.stderr
+    assert not (tmp_path / "s").exists()

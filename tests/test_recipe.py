@@ -194,3 +194,37 @@ def test_set_checks_parameters_of_present_terms():
         load_recipe(TKD, sets=["phases.0.terms.ce.temperature=2"])
     r = load_recipe(TKD, sets=["phases.0.terms.soft_label_kl.temperature=2"])
     assert r.phases[0].terms["soft_label_kl"].temperature == 2.0
+
+
+GLMD = RECIPES_DIR / "glmd-pretrain.yaml"
+WORD = "phases.0.terms.word_kl"
+
+
+def test_word_kl_divergence_and_its_parameter_load_from_set():
+    r = load_recipe(GLMD, sets=[f"{WORD}.divergence=jsd", f"{WORD}.beta=0.25"])
+    validate(r, needs_data=False)
+    p = r.phases[0].terms["word_kl"]
+    assert (p.divergence, p.beta, p.alpha) == ("jsd", 0.25, None)
+    again = yaml.safe_load(to_yaml(r))["phases"][0]["terms"]["word_kl"]
+    assert again["divergence"] == "jsd" and again["beta"] == 0.25 and again["alpha"] is None
+    p = load_recipe(GLMD).phases[0].terms["word_kl"]
+    assert (p.divergence, p.beta, p.alpha) == ("forward_kl", None, None)
+
+
+@pytest.mark.parametrize(
+    ("sets", "problem"),
+    [
+        (["divergence=bogus"], "divergence must be one of forward_kl, reverse_kl, jsd, tvd"),
+        (["divergence=reverse_kl", "beta=0.5"], "beta must be left out: only jsd takes it"),
+        (["divergence=jsd", "alpha=0.5"], "alpha must be left out: only skew_kl takes it"),
+        (["divergence=jsd", "beta=1.5"], "beta must be in (0, 1)"),
+        (["divergence=skew_kl", "alpha=-1"], "alpha must be in [0, 1]"),
+    ],
+)
+def test_bad_word_kl_divergence_is_one_problem(sets, problem):
+    r = load_recipe(GLMD, sets=[f"{WORD}.{s}" for s in sets])
+    with pytest.raises(DistillError) as e:
+        validate(r, needs_data=False)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.count(f"{WORD}.") == 1
+    assert f"{WORD}.{problem}" in msg

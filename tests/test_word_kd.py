@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from distill_cli.errors import DistillError
-from distill_cli.training.word_kd import word_kl, word_kl_naive
+from distill_cli.training.word_kd import DIVERGENCES, word_kl, word_kl_naive
 
 B, L, D_S, D_T, V_T, V_S = 2, 5, 6, 8, 40, 30
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -322,3 +322,204 @@ def test_standardized_bf16_inputs_give_fp32_loss_close_to_fp32():
     for g, r in zip(grads, ref_grads):
         assert g.dtype == torch.bfloat16
         torch.testing.assert_close(g.float(), r, rtol=0.1, atol=2e-2)
+
+
+# the divergence menu: forward_kl (the default), reverse_kl, jsd (beta), tvd, skew_kl (alpha)
+
+DIVS = [
+    dict(divergence="forward_kl"),
+    dict(divergence="reverse_kl"),
+    dict(divergence="jsd"),
+    dict(divergence="jsd", beta=0.9),
+    dict(divergence="tvd"),
+    dict(divergence="skew_kl"),
+    dict(divergence="skew_kl", alpha=0.0),
+    dict(divergence="skew_kl", alpha=1.0),
+]
+DIV_IDS = ["-".join(str(v) for v in d.values()) for d in DIVS]
+
+
+@pytest.mark.parametrize("div", DIVS, ids=DIV_IDS)
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("index", [True, False])
+@pytest.mark.parametrize("chunk_size", [1, 3, 7, None])
+def test_divergences_match_naive(div, temperature, bias, index, chunk_size):
+    s, t, kw = make(bias=bias, index=index)
+    kw.update(temperature=temperature, **div)
+    ref, ref_grads = loss_and_grads(word_kl_naive, s, t, **kw)
+    out, grads = loss_and_grads(word_kl, s, t, chunk_size=chunk_size, **kw)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, **TOL)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, **TOL)
+
+
+@pytest.mark.parametrize("div", DIVS, ids=DIV_IDS)
+@pytest.mark.parametrize("logit_kw", [dict(scale=10.0), dict(standardize=True)])
+@pytest.mark.parametrize("chunk_size", [2, None])
+def test_divergences_with_scale_and_standardize_match_naive(div, logit_kw, chunk_size):
+    s, t, kw = make()
+    kw.update(temperature=2.0, **div, **logit_kw)
+    ref, ref_grads = loss_and_grads(word_kl_naive, s, t, **kw)
+    out, grads = loss_and_grads(word_kl, s, t, chunk_size=chunk_size, **kw)
+    torch.testing.assert_close(out, ref, **TOL)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-4)
+
+
+def hand_divergence(p_t, p_s, divergence, beta=0.5, alpha=0.1):
+    """One token's divergence in plain float64 Python, from the textbook formulas."""
+    kl = lambda p, q: sum(a * math.log(a / b) for a, b in zip(p, q) if a > 0)  # noqa: E731
+    if divergence == "forward_kl":
+        return kl(p_t, p_s)
+    if divergence == "reverse_kl":
+        return kl(p_s, p_t)
+    if divergence == "jsd":
+        m = [beta * a + (1 - beta) * b for a, b in zip(p_t, p_s)]
+        return beta * kl(p_t, m) + (1 - beta) * kl(p_s, m)
+    if divergence == "tvd":
+        return 0.5 * sum(abs(a - b) for a, b in zip(p_t, p_s))
+    m = [alpha * a + (1 - alpha) * b for a, b in zip(p_t, p_s)]
+    return kl(p_t, m)
+
+
+@pytest.mark.parametrize("div", DIVS, ids=DIV_IDS)
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
+def test_divergences_against_a_loop(div, temperature):
+    """Padding ignored, T applied, ×T², defaults beta 0.5 and alpha 0.1, vocab_index applied."""
+    s, t, kw = make()
+    mask, index = kw["mask"], kw["vocab_index"]
+    total, count = 0.0, 0
+    for b in range(B):
+        for i in range(L):
+            if not mask[b, i]:
+                continue
+            z_s = s["w_s"].detach().double() @ s["h_s"][b, i].detach().double() + s["b_s"].detach()
+            z_t = (t["w_t"].double() @ t["h_t"][b, i].double() + t["b_t"])[index]
+            p_s = torch.softmax(z_s / temperature, 0).tolist()
+            p_t = torch.softmax(z_t / temperature, 0).tolist()
+            total += hand_divergence(p_t, p_s, **div)
+            count += 1
+    expected = temperature**2 * total / count
+    for fn in (word_kl, word_kl_naive):
+        loss = fn(**s, **t, temperature=temperature, **kw, **div)
+        assert loss.item() == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("div", DIVS, ids=DIV_IDS)
+@pytest.mark.parametrize("fn", [word_kl, word_kl_naive])
+@pytest.mark.parametrize("logit_kw", [{}, dict(scale=10.0), dict(standardize=True)])
+def test_identical_inputs_give_zero_for_every_divergence(div, fn, logit_kw):
+    s, _, kw = make(index=False)
+    same = dict(h_t=s["h_s"].detach(), w_t=s["w_s"].detach(), b_t=s["b_s"].detach())
+    for temperature in (1.0, 15.0):
+        loss, grads = loss_and_grads(
+            fn, s, same, mask=kw["mask"], temperature=temperature, **logit_kw, **div
+        )
+        assert loss.abs().item() < 1e-5
+        assert all(g.abs().max() < 1e-5 for g in grads)
+
+
+def test_every_divergence_is_in_the_tests():
+    assert {d["divergence"] for d in DIVS} == set(DIVERGENCES)
+
+
+@pytest.mark.parametrize("div", DIVS[1:], ids=DIV_IDS[1:])
+def test_divergences_ignore_padding_and_empty_masks(div):
+    s, t, kw = make()
+    mask = kw["mask"]
+    loss, (g_h, g_w, g_b) = loss_and_grads(word_kl, s, t, chunk_size=3, **kw, **div)
+    assert (g_h[~mask] == 0).all()
+    assert (g_h[mask] != 0).any() or div.get("alpha") == 1.0  # skew_kl with alpha 1 is 0
+    s2 = {k: v.detach().clone() for k, v in s.items()}
+    t2 = {k: v.clone() for k, v in t.items()}
+    s2["h_s"][~mask] = 1e3
+    t2["h_t"][~mask] = float("nan")
+    for x in s2.values():
+        x.requires_grad_(True)
+    loss2, grads2 = loss_and_grads(word_kl, s2, t2, chunk_size=3, **kw, **div)
+    assert torch.equal(loss, loss2)
+    assert all(torch.equal(a, b) for a, b in zip((g_h, g_w, g_b), grads2))
+    kw["mask"] = torch.zeros(B, L, dtype=torch.bool)
+    for fn in (word_kl, word_kl_naive):
+        loss, grads = loss_and_grads(fn, s, t, **kw, **div)
+        assert loss.item() == 0.0 and all(torch.equal(g, torch.zeros_like(g)) for g in grads)
+
+
+def test_divergence_defaults_and_limits():
+    s, t, kw = make()
+    ref, ref_grads = loss_and_grads(word_kl, s, t, temperature=2.0, **kw)
+    out, grads = loss_and_grads(word_kl, s, t, temperature=2.0, divergence="forward_kl", **kw)
+    assert torch.equal(out, ref) and all(torch.equal(g, r) for g, r in zip(grads, ref_grads))
+    for div, explicit in (("jsd", dict(beta=0.5)), ("skew_kl", dict(alpha=0.1))):
+        a = word_kl(**s, **t, **kw, divergence=div)
+        assert torch.equal(a, word_kl(**s, **t, **kw, divergence=div, **explicit))
+    # skew_kl with alpha 0 is forward KL; jsd is symmetric at beta 0.5 and swaps sides at 1 − beta
+    skew0 = word_kl(**s, **t, **kw, temperature=2.0, divergence="skew_kl", alpha=0.0)
+    torch.testing.assert_close(skew0, ref, **TOL)
+    s0, t0 = dict(s, b_s=None), dict(t, b_t=None)
+    swapped = dict(h_s=t0["h_t"], w_s=t0["w_t"], h_t=s0["h_s"], w_t=s0["w_s"], b_s=None, b_t=None)
+    mask = kw["mask"]
+    s0["w_s"], t0["w_t"] = s0["w_s"], t0["w_t"][kw["vocab_index"]]
+    swapped["w_s"], swapped["h_t"] = t0["w_t"], s0["h_s"]
+    for beta in (0.5, 0.3):
+        fwd = word_kl_naive(**s0, **t0, mask=mask, divergence="jsd", beta=beta)
+        back = word_kl_naive(**swapped, mask=mask, divergence="jsd", beta=1 - beta)
+        torch.testing.assert_close(fwd, back, **TOL)
+    # reverse KL is forward KL with the models swapped
+    fwd = word_kl_naive(**s0, **t0, mask=mask, divergence="reverse_kl")
+    torch.testing.assert_close(fwd, word_kl_naive(**swapped, mask=mask), **TOL)
+
+
+@pytest.mark.parametrize("div", DIVS[1:], ids=DIV_IDS[1:])
+def test_gradcheck_float64_divergences(div):
+    s, t, kw = make(dtype=torch.float64)
+    t = {k: v.detach() for k, v in t.items()}
+
+    def fn(h_s, w_s, b_s):
+        return word_kl(h_s, w_s, temperature=2.0, b_s=b_s, chunk_size=3, **t, **kw, **div)
+
+    assert torch.autograd.gradcheck(fn, (s["h_s"], s["w_s"], s["b_s"]), fast_mode=True)
+
+
+@pytest.mark.parametrize(
+    ("div", "words"),
+    [
+        (dict(divergence="bogus"), ["divergence", "forward_kl, reverse_kl, jsd, tvd, skew_kl"]),
+        (dict(divergence="reverse_kl", beta=0.5), ["beta", "only jsd"]),
+        (dict(divergence="jsd", alpha=0.5), ["alpha", "only skew_kl"]),
+        (dict(divergence="jsd", beta=1.0), ["beta", "(0, 1)"]),
+        (dict(divergence="jsd", beta=0.0), ["beta", "(0, 1)"]),
+        (dict(divergence="skew_kl", alpha=-0.1), ["alpha", "[0, 1]"]),
+        (dict(divergence="skew_kl", alpha=float("nan")), ["alpha", "[0, 1]"]),
+        (dict(divergence="skew_kl", alpha=True), ["alpha", "[0, 1]"]),
+    ],
+)
+@pytest.mark.parametrize("fn", [word_kl, word_kl_naive])
+def test_bad_divergence_is_a_one_line_error(fn, div, words):
+    s, t, kw = make()
+    with pytest.raises(DistillError) as err:
+        fn(**s, **t, **kw, **div)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("word_kl: ")
+    assert all(w in message for w in words), message
+
+
+@pytest.mark.parametrize("div", DIVS[1:], ids=DIV_IDS[1:])
+def test_divergences_bf16_and_autocast_stay_fp32_and_close(div):
+    s, t, kw = make()
+    kw.update(temperature=2.0, **div)
+    ref, ref_grads = loss_and_grads(word_kl, s, t, **kw)
+    s16 = {k: v.detach().bfloat16().requires_grad_(True) for k, v in s.items()}
+    t16 = {k: v.bfloat16() for k, v in t.items()}
+    out, grads = loss_and_grads(word_kl, s16, t16, chunk_size=3, **kw)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, rtol=5e-2, atol=5e-2)
+    for g, r in zip(grads, ref_grads):
+        assert g.dtype == torch.bfloat16
+        torch.testing.assert_close(g.float(), r, rtol=0.1, atol=2e-2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = word_kl(**s, **t, **kw)
+    assert low.dtype == torch.float32
+    assert low.item() == pytest.approx(ref.item(), rel=5e-2, abs=5e-2)

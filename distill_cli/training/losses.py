@@ -19,7 +19,7 @@ from distill_cli import tasks
 from distill_cli.errors import DistillError
 from distill_cli.models.forward import Needs, Outputs
 from distill_cli.tasks import MASKED
-from distill_cli.training.word_kd import word_kl
+from distill_cli.training.word_kd import DIVERGENCES, divergence_problems, word_kl
 
 
 def soft_label_kl(student_logits, teacher_logits, temperature: float = 1.0) -> torch.Tensor:
@@ -152,6 +152,26 @@ class WordTempered(Tempered):
 
 
 @dataclass
+class WordDivergence(WordTempered):
+    """word_kl's parameters: the divergence (and its own parameter) between p_t and p_s."""
+
+    divergence: str = _param(
+        "forward_kl",
+        f"Divergence between the teacher's and the student's word distributions: "
+        f"{' | '.join(DIVERGENCES)} (×T² like the KL).",
+    )
+    beta: float | None = _param(
+        None, "jsd only: m = β·p_t + (1 − β)·p_s, β in (0, 1) weighting the teacher (default 0.5)."
+    )
+    alpha: float | None = _param(
+        None, "skew_kl only: KL(p_t ‖ α·p_t + (1 − α)·p_s), α in [0, 1] (default 0.1)."
+    )
+
+    def problems(self) -> list[str]:
+        return divergence_problems(self.divergence, self.beta, self.alpha)
+
+
+@dataclass
 class Relational(Weighted):
     temperature: float = _param(
         0.05, "Softmax temperature over the batch's cosine similarities (no T² scaling)."
@@ -176,6 +196,8 @@ def param_problems(params) -> list[str]:
         problems.append("weight must be >= 0")
     if getattr(params, "temperature", 1.0) <= 0:
         problems.append("temperature must be > 0")
+    if hasattr(params, "problems"):  # a term's own rules for its own parameters
+        problems += params.problems()
     return problems
 
 
@@ -206,12 +228,13 @@ class LossTerm:
         return self.needs.logits
 
 
-def _word_kl(step: Step, p: WordTempered, extra) -> torch.Tensor:
+def _word_kl(step: Step, p: WordDivergence, extra) -> torch.Tensor:
     s, t = step.student, step.teacher
     return word_kl(
         s.word_features, s.word_weight, t.word_features, t.word_weight,
         mask=step.mask, temperature=p.temperature, b_s=s.word_bias, b_t=t.word_bias,
         vocab_index=step.vocab_index, scale=step.word_scale, standardize=p.standardize,
+        divergence=p.divergence, beta=p.beta, alpha=p.alpha,
     )  # fmt: skip
 
 
@@ -271,8 +294,9 @@ KD_LOSSES: dict[str, LossTerm] = {
     ),
     "word_kl": LossTerm(
         _word_kl,
-        params=WordTempered,
-        help="GLMD word-prediction KL, T²·KL(softmax(Z_t/T) ‖ softmax(Z_s/T)) over non-pad tokens",
+        params=WordDivergence,
+        help="GLMD word-prediction KL, T²·KL(softmax(Z_t/T) ‖ softmax(Z_s/T)) over non-pad tokens "
+        "(or another divergence: reverse_kl, jsd, tvd, skew_kl)",
         needs_teacher=True,
         needs=Needs(word=True),
         token_level=True,
