@@ -68,13 +68,29 @@ def _latency(m: dict) -> str:
     return f"{m['latency_ms_b1']:.2f}{wide}"
 
 
+def _print_replies(console, models: dict) -> None:
+    """Chat models: each fixed prompt with every model's greedy reply."""
+    answered = {name: m["replies"] for name, m in models.items() if m.get("replies")}
+    if not answered:
+        return
+    for i, first in enumerate(next(iter(answered.values()))):
+        console.print(f"\n[bold]{first['prompt']}[/bold]")
+        for name, replies in answered.items():
+            console.print(f"  {name}: {replies[i]['reply'].strip()}", markup=False)
+
+
 def print_table(result: dict) -> None:
     keys = result.get("metrics_shown", [result["primary_metric"]])
     models = result["models"]
     has_teacher = "teacher" in models
     words = has_teacher and any("word_agreement" in m for m in models.values())
     table = Table(title=f"{result['data']} · {result['split']} · {result['num_examples']} examples")
-    cols = ["model", *keys, "params (M)", "size (MB)", "latency b1 (ms)", "samples/s b32"]
+    units = result.get("timing_units", {})
+    timing = [
+        units.get("latency_ms_b1", "latency b1 (ms)"),
+        units.get("throughput_b32", "samples/s b32"),
+    ]
+    cols = ["model", *keys, "params (M)", "size (MB)", *timing]
     if has_teacher:
         cols += ["retention", "speedup b1", "size vs teacher"]
     if words:
@@ -104,6 +120,7 @@ def print_table(result: dict) -> None:
         table.add_row(*row)
     console = out_console()
     console.print(table)
+    _print_replies(console, models)
     if "output_dir" in result:
         console.print(f"wrote {result['output_dir']}/evaluation.json and evaluation.png")
     else:

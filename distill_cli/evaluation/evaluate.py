@@ -14,11 +14,12 @@ from distill_cli.data import batching
 from distill_cli.data.tables import TaskData
 from distill_cli.data.text import TokenMasker
 from distill_cli.errors import DistillError, UnsupportedModel
+from distill_cli.evaluation import chat as chat_eval
 from distill_cli.evaluation import embedding as embedding_eval
 from distill_cli.evaluation import embedding_metrics as em
 from distill_cli.evaluation import latency as timing
 from distill_cli.evaluation import scoring
-from distill_cli.evaluation.metrics import PRIMARY
+from distill_cli.evaluation.metrics import LOWER_IS_BETTER, PRIMARY
 from distill_cli.models.forward import is_causal, word_mode
 from distill_cli.models.load import give_pad_token, label_names, load_classifier, same_vocab
 from distill_cli.outputs import check_not_input, record_written, write_json_atomic
@@ -149,7 +150,11 @@ def evaluate_model(path: str, role: str, cfg: DataConfig, split: str, task=None)
         "size_mb": round(size_on_disk_mb(Path(path)), 3),
         "latency_length": length if span else None,
     }
-    job = timing_job(model, tokenizer, _texts(task, split, 32), length, full=span)
+    if tasks.of(task).generates:
+        job = chat_eval.timing_job(model, tokenizer)
+        report["replies"] = chat_eval.replies(model, tokenizer)
+    else:
+        job = timing_job(model, tokenizer, _texts(task, split, 32), length, full=span)
     log(f"{role}: {', '.join(f'{k} {v:.4f}' for k, v in metrics.items())}")
     return report, task, (model, tokenizer), job
 
@@ -204,6 +209,8 @@ def word_agreement(student, teacher, task: TaskData, split: str, max_length: int
 def _compare(student: dict, teacher: dict, key: str) -> dict:
     """Retention, speedup and size of a student relative to its teacher."""
     t_metric, s_metric = teacher["metrics"][key], student["metrics"][key]
+    if key in LOWER_IS_BETTER and s_metric:  # e.g. NLL: the teacher's ÷ the student's
+        t_metric, s_metric = s_metric, t_metric
     return {
         "retention": s_metric / t_metric if t_metric and s_metric is not None else None,
         "speedup_b1": teacher["latency_ms_b1"] / student["latency_ms_b1"],
@@ -274,13 +281,35 @@ def run(
             teacher, "teacher", cfg, split, task
         )
     # every model, the teacher too, in one interleaved timing
-    result["latency"] = time_models(jobs, {"teacher": t_report, **reports} if teacher else reports)
+    everyone = {"teacher": t_report, **reports} if teacher else reports
+    result["latency"] = time_models(jobs, everyone)
     result["machine"]["torch_threads"] = result["latency"]["threads"]
+    generates = tasks.of(task).generates
+    if generates:
+        for report in everyone.values():
+            chat_eval.per_token(report)
+        result["timing_units"] = chat_eval.TIMING
+        result["metrics_shown"] = list(chat_eval.SHOWN)
+    if teacher and generates:
+        features = (
+            tasks.of(task)
+            .eval_features(task.splits[split], task, t_loaded[1], cfg, split)
+            .loader_ds
+        )
+        collate = batching.PadCollator(t_loaded[1].pad_token_id or 0)
+        for name in names:
+            if same_vocab(loaded[name][1], t_loaded[1]):
+                found = chat_eval.against_teacher(loaded[name][0], t_loaded[0], features, collate)
+                reports[name]["metrics"].update(found)
+                log(f"{name}: top-1 agreement with the teacher {found['agreement']:.1%}, "
+                    f"KL {found['kl']:.4f} on the assistant's tokens")  # fmt: skip
     if teacher:
         for name, path in zip(names, model_dirs, strict=True):
             reports[name].update(_compare(reports[name], t_report, result["primary_metric"]))
             student = (*loaded[name], path)
-            agreement = word_agreement(student, t_loaded, task, split, cfg.max_length)
+            agreement = None
+            if not generates:  # a chat model's agreement is per next token, above
+                agreement = word_agreement(student, t_loaded, task, split, cfg.max_length)
             reports[name]["word_agreement"] = agreement
             if agreement is not None:
                 log(

@@ -57,7 +57,7 @@ def with_head(config) -> TaskType | None:
     """The task a saved model's head was trained for, from its architecture (and problem type);
     None for a model without a task head."""
     archs = getattr(config, "architectures", None) or []
-    for task in (TOKEN_CLASSIFICATION, QUESTION_ANSWERING, CLASSIFICATION):
+    for task in (TOKEN_CLASSIFICATION, QUESTION_ANSWERING, CLASSIFICATION, CHAT):
         if any(a.endswith(task.architecture_suffix) for a in archs):
             regression = getattr(config, "problem_type", None) == "regression"
             return REGRESSION if task is CLASSIFICATION and regression else task

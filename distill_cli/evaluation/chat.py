@@ -1,0 +1,112 @@
+"""What `distill evaluate` adds for chat models: agreement with the teacher on the assistant's
+tokens, greedy replies to fixed prompts, and timing by generated token.
+
+- **Agreement and KL:** on the positions that predict an assistant token of the held-out
+  conversations, both models read the same tokens. ``agreement`` is how often the student's top
+  token is the teacher's. ``kl`` is the mean KL(teacher ‖ student) of their next-token
+  distributions.
+- **Timing:** one call generates ``NEW_TOKENS`` tokens greedily. Batch-1 latency is reported per
+  generated token, and throughput as generated tokens/s at batch ``BIG_BATCH``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from distill_cli.data import batching
+from distill_cli.evaluation import latency as timing
+from distill_cli.tasks.base import IGNORE
+
+PROMPTS = (
+    "What is the capital of France?",
+    "Give me one tip for sleeping better.",
+    "hey, how was your weekend?",
+)
+REPLY_TOKENS = 40  # the most new tokens of each sample reply
+NEW_TOKENS = 16  # tokens generated per timed call
+BIG_BATCH = 8
+
+
+def _prompt_ids(tokenizer, text: str) -> list[int]:
+    messages = [{"role": "user", "content": text}]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+
+
+def _ids(enc) -> list[int]:
+    """apply_chat_template's ids: a list, or a BatchEncoding in newer transformers."""
+    return list(enc["input_ids"] if hasattr(enc, "keys") else enc)
+
+
+def _batch(tokenizer, texts) -> dict[str, torch.Tensor]:
+    """Prompts left-padded into one batch, as generation needs."""
+    rows = [_ids(_prompt_ids(tokenizer, t)) for t in texts]
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = [[pad] * (width - len(r)) + r for r in rows]
+    mask = [[0] * (width - len(r)) + [1] * len(r) for r in rows]
+    return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask)}
+
+
+def _generate(model, batch: dict, new_tokens: int, exact: bool = False) -> torch.Tensor:
+    pad = model.generation_config.pad_token_id or model.generation_config.eos_token_id
+    return model.generate(
+        **batch,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens if exact else None,
+        do_sample=False,
+        pad_token_id=pad if isinstance(pad, int) else (pad or [0])[0],
+    )
+
+
+def replies(model, tokenizer) -> list[dict]:
+    """Each fixed prompt and the model's greedy reply."""
+    out = []
+    with torch.inference_mode():
+        for prompt in PROMPTS:
+            batch = _batch(tokenizer, [prompt])
+            ids = _generate(model, batch, REPLY_TOKENS)[0, batch["input_ids"].shape[1] :]
+            out.append({"prompt": prompt, "reply": tokenizer.decode(ids, skip_special_tokens=True)})
+    return out
+
+
+def timing_job(model, tokenizer) -> timing.Job:
+    """Batch-1 calls on each prompt and one batch of ``BIG_BATCH``, each generating exactly
+    ``NEW_TOKENS`` tokens."""
+    singles = [_batch(tokenizer, [p]) for p in PROMPTS]
+    big = _batch(tokenizer, [PROMPTS[i % len(PROMPTS)] for i in range(BIG_BATCH)])
+    return timing.Job(lambda batch: _generate(model, batch, NEW_TOKENS, exact=True), singles, big)
+
+
+def per_token(report: dict) -> None:
+    """Timing by generated token: ms per token at batch 1 (``latency_ms_b1``) and tokens/s at
+    batch ``BIG_BATCH`` (``throughput_b32``: the column every table reads)."""
+    report["latency_ms_b1"] /= NEW_TOKENS
+    report["latency_b1_rounds_ms"] = [ms / NEW_TOKENS for ms in report["latency_b1_rounds_ms"]]
+    report["throughput_b32"] *= NEW_TOKENS  # timing.figures counted prompts, not tokens
+
+
+SHOWN = ("nll", "perplexity", "agreement", "kl")  # the table's metric columns
+TIMING = {
+    "latency_ms_b1": "ms/token b1",  # per generated token, NEW_TOKENS a call
+    "throughput_b32": f"tokens/s b{BIG_BATCH}",
+}
+
+
+def against_teacher(student, teacher, features, collate, batch_size: int = 4) -> dict:
+    """Top-1 agreement and mean KL(teacher ‖ student) over the positions that predict an
+    assistant token."""
+    loader = DataLoader(features, batch_size=batch_size, collate_fn=collate)
+    agree, kl, count = 0, 0.0, 0
+    with torch.inference_mode():
+        for batch in loader:
+            inputs, _ = batching.split_inputs(batch)
+            keep = batch["labels"] != IGNORE
+            s = student(**inputs).logits[keep].float()
+            t = teacher(**inputs).logits[keep].float()
+            agree += int((s.argmax(-1) == t.argmax(-1)).sum())
+            log_t = F.log_softmax(t, -1)
+            kl += float((log_t.exp() * (log_t - F.log_softmax(s, -1))).sum())
+            count += int(keep.sum())
+    return {"agreement": agree / count if count else None, "kl": kl / count if count else None}
