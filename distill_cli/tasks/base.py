@@ -67,7 +67,7 @@ class TaskType:
     layout: Layout
     auto_class: type  # the transformers Auto class of its models
     pipeline: str  # transformers' pipeline() name, also the model card's pipeline_tag
-    architecture_suffix: str  # how a saved model's architecture names its head
+    architecture_suffix: str | tuple[str, ...]  # how a saved model's architecture ends
     # data: whether a data config names data of this type (cheap, never raises), and reading it
     # as (cfg, splits, label_names, optional) → TaskData
     claims: Callable[[DataConfig], bool]
