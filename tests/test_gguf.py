@@ -213,3 +213,23 @@ def test_packaged_smollm2_q4_1():
     with torch.no_grad():
         out = model.eval().generate(ids, max_new_tokens=4, do_sample=False)
     assert "Paris" in tok.decode(out[0, ids.shape[1] :])
+
+
+def test_a_gguf_teacher_has_a_size(gguf_file, capsys):
+    """evaluate sizes a .gguf file (or the folder holding it); a size ratio it cannot make is
+    n/a in the table, not a crash."""
+    from distill_cli.commands.evaluate import print_table
+    from distill_cli.evaluation.evaluate import size_on_disk_mb
+
+    mb = gguf_file.stat().st_size / 2**20
+    assert size_on_disk_mb(gguf_file) == size_on_disk_mb(gguf_file.parent) == pytest.approx(mb)
+    model = {
+        "metrics": {"nll": 2.0}, "parameters": 1000, "size_mb": 1.0, "latency_ms_b1": 1.0,
+        "throughput_b32": 1.0, "retention": 0.5, "speedup_b1": 2.0, "size_ratio": None,
+    }  # fmt: skip
+    result = {
+        "data": "chitchat", "split": "test", "num_examples": 2, "primary_metric": "nll",
+        "models": {"teacher": {**model, "size_mb": 0.0}, "student": model},
+    }  # fmt: skip
+    print_table(result)
+    assert "n/a" in capsys.readouterr().out

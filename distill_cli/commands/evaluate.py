@@ -113,7 +113,7 @@ def print_table(result: dict) -> None:
             row += [
                 "n/a" if retention is None else f"{100 * retention:.1f}%",
                 f"{m['speedup_b1']:.2f}x",
-                f"{100 * m['size_ratio']:.0f}%",
+                "n/a" if m["size_ratio"] is None else f"{100 * m['size_ratio']:.0f}%",
             ]
         if words:
             row += ["" if name == "teacher" else _agreement(m.get("word_agreement"))]

@@ -29,7 +29,7 @@ from distill_cli.training import word_signal
 from distill_cli.training.stages import compressed_vocab
 from distill_cli.user_files import read_yaml
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".gguf")
 
 
 def data_config(model_dir: Path, data: str | None, sets: list[str]) -> DataConfig:
@@ -69,6 +69,9 @@ def machine() -> dict:
 
 
 def size_on_disk_mb(model_dir: Path) -> float:
+    """The model's weight files (a .gguf file: itself), in MiB."""
+    if model_dir.is_file():
+        return model_dir.stat().st_size / 2**20
     files = [p for p in model_dir.iterdir() if p.suffix in WEIGHT_SUFFIXES]
     return sum(p.stat().st_size for p in files) / 2**20
 
