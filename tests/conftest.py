@@ -184,15 +184,20 @@ def tiny_gpt2(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory):
+    path = tmp_path_factory.mktemp("llama")
+    save_tiny_llama(path, make_bpe_tokenizer(path), tie_word_embeddings=False)
+    return path
+
+
+def save_tiny_llama(path, tok, **overrides):
+    """A 4-layer, hidden-48 Llama (2 KV heads) over ``tok``'s vocabulary, saved in ``path``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    path = tmp_path_factory.mktemp("llama")
-    tok = make_bpe_tokenizer(path)
-    config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=48, intermediate_size=96, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False,
-    )  # fmt: skip
+    config = LlamaConfig(**{
+        "vocab_size": len(tok), "hidden_size": 48, "intermediate_size": 96,
+        "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "max_position_embeddings": 128, "bos_token_id": tok.eos_token_id,
+        "eos_token_id": tok.eos_token_id, **overrides,
+    })  # fmt: skip
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(path)
-    return path

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_bpe_tokenizer
+from conftest import make_bpe_tokenizer, save_tiny_llama
 from helpers import RECIPES, invoke
 from test_chat_data import CHATML, TALK
 
@@ -19,20 +19,12 @@ SPECIAL = ["<|im_start|>", "<|im_end|>"]
 
 @pytest.fixture(scope="module")
 def chat_llama(tmp_path_factory):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     path = tmp_path_factory.mktemp("chat-llama")
     tok = make_bpe_tokenizer(path)
     tok.add_special_tokens({"additional_special_tokens": SPECIAL})
     tok.chat_template = CHATML
     tok.save_pretrained(path)
-    config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=48, intermediate_size=96, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(path)
+    save_tiny_llama(path, tok, max_position_embeddings=256)
     return path
 
 

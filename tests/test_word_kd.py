@@ -76,11 +76,9 @@ def test_identical_inputs_give_zero(fn, logit_kw):
         assert all(g.abs().max() < 1e-5 for g in grads)
 
 
-@pytest.mark.parametrize("temperature", [1.0, 2.0, 15.0])
-def test_temperature_squared_against_a_loop(temperature):
-    s, t, kw = make()
+def token_distributions(s, t, kw, temperature):
+    """(p_t, p_s) of each kept token, in plain float64 Python, vocab_index applied."""
     mask, index = kw["mask"], kw["vocab_index"]
-    total, count = 0.0, 0
     for b in range(B):
         for i in range(L):
             if not mask[b, i]:
@@ -89,11 +87,15 @@ def test_temperature_squared_against_a_loop(temperature):
             z_t = (t["w_t"].double() @ t["h_t"][b, i].double() + t["b_t"])[index]
             p_s = [math.exp(z / temperature) for z in z_s.tolist()]
             p_t = [math.exp(z / temperature) for z in z_t.tolist()]
-            p_s = [p / sum(p_s) for p in p_s]
-            p_t = [p / sum(p_t) for p in p_t]
-            total += sum(pt * math.log(pt / ps) for pt, ps in zip(p_t, p_s))
-            count += 1
-    expected = temperature**2 * total / count
+            yield [p / sum(p_t) for p in p_t], [p / sum(p_s) for p in p_s]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 15.0])
+def test_temperature_squared_against_a_loop(temperature):
+    s, t, kw = make()
+    pairs = list(token_distributions(s, t, kw, temperature))
+    total = sum(sum(pt * math.log(pt / ps) for pt, ps in zip(p_t, p_s)) for p_t, p_s in pairs)
+    expected = temperature**2 * total / len(pairs)
     loss = word_kl(**s, **t, temperature=temperature, **kw)
     assert loss.item() == pytest.approx(expected, rel=1e-5)
 
@@ -389,19 +391,9 @@ def hand_divergence(p_t, p_s, divergence, beta=0.5, alpha=0.1):
 def test_divergences_against_a_loop(div, temperature):
     """Padding ignored, T applied, ×T², defaults beta 0.5 and alpha 0.1, vocab_index applied."""
     s, t, kw = make()
-    mask, index = kw["mask"], kw["vocab_index"]
-    total, count = 0.0, 0
-    for b in range(B):
-        for i in range(L):
-            if not mask[b, i]:
-                continue
-            z_s = s["w_s"].detach().double() @ s["h_s"][b, i].detach().double() + s["b_s"].detach()
-            z_t = (t["w_t"].double() @ t["h_t"][b, i].double() + t["b_t"])[index]
-            p_s = torch.softmax(z_s / temperature, 0).tolist()
-            p_t = torch.softmax(z_t / temperature, 0).tolist()
-            total += hand_divergence(p_t, p_s, **div)
-            count += 1
-    expected = temperature**2 * total / count
+    pairs = list(token_distributions(s, t, kw, temperature))
+    total = sum(hand_divergence(p_t, p_s, **div) for p_t, p_s in pairs)
+    expected = temperature**2 * total / len(pairs)
     for fn in (word_kl, word_kl_naive):
         loss = fn(**s, **t, temperature=temperature, **kw, **div)
         assert loss.item() == pytest.approx(expected, rel=1e-5, abs=1e-6)

@@ -197,14 +197,18 @@ def _rows_by_split(name: str) -> dict[str, list[dict]]:
     return {split: ds.to_list() for split, ds in dd.items()}
 
 
-def load_conversations(cfg: DataConfig, splits: list[str] | None = None) -> dict[str, list]:
-    """The wanted splits (default: all) as checked message lists, first rows kept as
-    max_train_samples / max_eval_samples say."""
+def load_conversations(
+    cfg: DataConfig, splits: list[str] | None = None, optional: tuple[str, ...] = ()
+) -> dict[str, list]:
+    """The wanted splits (default: all), and the ``optional`` ones the source has, as checked
+    message lists, first rows kept as max_train_samples / max_eval_samples say."""
     if not cfg.name:
         raise DistillError("no data: pass --data NAME_OR_PATH")
     by_split = _rows_by_split(cfg.name)
+    wanted = list(splits or by_split)
+    wanted += [s for s in optional if s not in wanted and s in by_split]
     out = {}
-    for split in splits or list(by_split):
+    for split in wanted:
         if split not in by_split:
             raise DistillError(
                 f"split '{split}' not found in {cfg.name}; available splits: {', '.join(by_split)}"

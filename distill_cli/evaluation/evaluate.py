@@ -448,9 +448,8 @@ def plot(result: dict, path: Path) -> None:
         low, high = [0] * len(names), [0] * len(names)
         if title.startswith("latency") and all("latency_b1_rounds_ms" in models[n] for n in names):
             rounds = [timing.quartiles(models[n]["latency_b1_rounds_ms"]) for n in names]
-            # the figures are rounded apart, so a quartile can sit a hair past the median
-            low = [max(0.0, v - q[0]) for v, q in zip(values, rounds, strict=True)]
-            high = [max(0.0, q[1] - v) for v, q in zip(values, rounds, strict=True)]
+            low = [v - q[0] for v, q in zip(values, rounds, strict=True)]
+            high = [q[1] - v for v, q in zip(values, rounds, strict=True)]
         colors = [f"C{i}" for i in range(len(names))]
         bars = ax.bar(names, values, yerr=[low, high], capsize=4 if any(high) else 0, color=colors)
         ax.tick_params(axis="x", labelrotation=20 if len(names) > 2 else 0)

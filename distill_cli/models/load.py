@@ -699,9 +699,9 @@ def _task_class(config):
     """The Auto class of a saved model's task; a causal LM without a task head (or saved
     without its architecture, as GGUF configs are) is a chat model."""
     task = tasks.with_head(config)
-    if task is None and is_causal(config):
-        task = tasks.CHAT
-    return (task or tasks.of_config(config)).auto_class
+    if task is None:
+        task = tasks.CHAT if is_causal(config) else tasks.of_config(config)
+    return task.auto_class
 
 
 def label_names(config) -> list[str] | None:

@@ -17,7 +17,6 @@ from transformers import AutoModelForCausalLM
 
 from distill_cli.data import chat
 from distill_cli.data.tables import TaskData
-from distill_cli.errors import DistillError
 from distill_cli.evaluation.metrics import token_nll
 from distill_cli.reporting import log
 from distill_cli.tasks.base import IGNORE, EvalFeatures, Layout, Scoring, TaskType
@@ -42,14 +41,7 @@ def claims(cfg) -> bool:
 
 
 def load(cfg, splits=None, label_names=None, optional=()):
-    wanted = list(splits or [])
-    by_split = chat.load_conversations(cfg, wanted or None)
-    for split in optional:
-        if split not in by_split:
-            try:
-                by_split.update(chat.load_conversations(cfg, [split]))
-            except DistillError:
-                pass  # an optional split the source does not have
+    by_split = chat.load_conversations(cfg, splits, optional)
     out = {s: datasets.Dataset.from_dict({"messages": c}) for s, c in by_split.items()}
     return TaskData(
         splits=datasets.DatasetDict(out),
