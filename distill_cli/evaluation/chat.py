@@ -95,19 +95,28 @@ TIMING = {
 }
 
 
-def against_teacher(student, teacher, features, collate, batch_size: int = 4) -> dict:
+def against_teacher(student, teacher, features, collate, batch_size=4, compressed=None) -> dict:
     """Top-1 agreement and mean KL(teacher ‖ student) over the positions that predict an
-    assistant token."""
+    assistant token. ``compressed``: a compress-vocab student's (vocab_index, id_remap); it reads
+    the teacher's tokens remapped, its top token counts as the teacher id it stands for, and the
+    KL is taken over the kept vocabulary, with the teacher renormalised there."""
     loader = DataLoader(features, batch_size=batch_size, collate_fn=collate)
+    vocab_index, id_remap = compressed if compressed is not None else (None, None)
     agree, kl, count = 0, 0.0, 0
     with torch.inference_mode():
         for batch in loader:
             inputs, _ = batching.split_inputs(batch)
             keep = batch["labels"] != IGNORE
-            s = student(**inputs).logits[keep].float()
+            s_inputs = (
+                inputs
+                if id_remap is None
+                else {**inputs, "input_ids": id_remap[inputs["input_ids"]]}
+            )
+            s = student(**s_inputs).logits[keep].float()
             t = teacher(**inputs).logits[keep].float()
-            agree += int((s.argmax(-1) == t.argmax(-1)).sum())
-            log_t = F.log_softmax(t, -1)
+            top = s.argmax(-1) if vocab_index is None else vocab_index[s.argmax(-1)]
+            agree += int((top == t.argmax(-1)).sum())
+            log_t = F.log_softmax(t if vocab_index is None else t[:, vocab_index], -1)
             kl += float((log_t.exp() * (log_t - F.log_softmax(s, -1))).sum())
             count += int(keep.sum())
     return {"agreement": agree / count if count else None, "kl": kl / count if count else None}

@@ -300,19 +300,24 @@ def run(
             .loader_ds
         )
         collate = batching.PadCollator(t_loaded[1].pad_token_id or 0)
-        for name in names:
-            if same_vocab(loaded[name][1], t_loaded[1]):
-                found = chat_eval.against_teacher(loaded[name][0], t_loaded[0], features, collate)
+        rows = t_loaded[0].get_input_embeddings().weight.shape[0]
+        for name, path in zip(names, model_dirs, strict=True):
+            compressed = compressed_vocab(path, rows)
+            if compressed is not None or same_vocab(loaded[name][1], t_loaded[1]):
+                model = loaded[name][0]
+                found = chat_eval.against_teacher(
+                    model, t_loaded[0], features, collate, 4, compressed
+                )
                 reports[name]["metrics"].update(found)
                 log(f"{name}: top-1 agreement with the teacher {found['agreement']:.1%}, "
                     f"KL {found['kl']:.4f} on the assistant's tokens")  # fmt: skip
     if teacher:
         for name, path in zip(names, model_dirs, strict=True):
             reports[name].update(_compare(reports[name], t_report, result["primary_metric"]))
+            if generates:  # a chat model's agreement is per next token, above
+                continue
             student = (*loaded[name], path)
-            agreement = None
-            if not generates:  # a chat model's agreement is per next token, above
-                agreement = word_agreement(student, t_loaded, task, split, cfg.max_length)
+            agreement = word_agreement(student, t_loaded, task, split, cfg.max_length)
             reports[name]["word_agreement"] = agreement
             if agreement is not None:
                 log(

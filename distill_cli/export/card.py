@@ -111,6 +111,7 @@ class CardData:
     compression: Compression | None = None
     evaluation: Evaluation | None = None
     embedding: EmbeddingUsage | None = None  # a sentence embedder's
+    chat: bool = False  # a causal LM whose tokenizer carries a chat template
 
     @property
     def auto(self) -> str:
@@ -164,6 +165,7 @@ def card_data(
         dtype=dtype,
         tag=pipeline_tag(embedder if embedder is not None else config),
         embedding=EmbeddingUsage.of(embedder) if embedder is not None else None,
+        chat=is_causal(config) and has_chat_template(model_dir),
         recipe=load_recipe(recipe_path) if recipe_path.is_file() else None,
         train=read_report(TrainResults, model_dir / "train_results.json"),
         compression=read_report(Compression, model_dir / "compression.json"),
@@ -203,6 +205,15 @@ def _num(value) -> str:
     if value is None:
         return "?"
     return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def has_chat_template(model_dir: Path) -> bool:
+    """Whether the tokenizer saved in ``model_dir`` carries a chat template (its own file, as
+    transformers 5 saves it, or a key in tokenizer_config.json)."""
+    if (model_dir / "chat_template.jinja").is_file():
+        return True
+    config = model_dir / "tokenizer_config.json"
+    return config.is_file() and '"chat_template"' in config.read_text(encoding="utf-8")
 
 
 # ---------------------------------------------------------------- reports beside the model

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from distill_cli.data import chat
 from distill_cli.data import text as text_data
 from distill_cli.errors import DistillError
 from distill_cli.models.load import load_as_saved
@@ -48,8 +49,7 @@ def run(
     check_free_space(out, weights_bytes(model_dir), "the compressed model")
     model, tokenizer = load_as_saved(model_dir, "model", trust_remote_code)
     teacher_model, _ = load_as_saved(teacher, "teacher", trust_remote_code)
-    texts = text_data.load_texts(DataConfig(name=corpus))["text"]
-    log(f"counting tokens in {len(texts):,} texts")
+    texts = corpus_texts(corpus, tokenizer)
     model, new_tokenizer, vocab_map, report = vocab.compress(
         model, tokenizer, teacher_model, texts, ratio, similarity
     )
@@ -61,3 +61,21 @@ def run(
     mark_finished(out)
     result["output_dir"] = str(out)
     return result
+
+
+def corpus_texts(corpus: str, tokenizer) -> list[str]:
+    """The texts whose tokens are counted: raw text as ``--data`` reads it, or, for chat data, the
+    train split's conversations rendered with the model's chat template (so the template's own
+    tokens count as often as a chat run reads them)."""
+    cfg = DataConfig(name=corpus)
+    if not chat.looks_like(cfg):
+        texts = text_data.load_texts(cfg)["text"]
+        log(f"counting tokens in {len(texts):,} texts")
+        return texts
+    template = chat.chat_template(tokenizer)
+    conversations = chat.load_conversations(cfg, [cfg.train_split])[cfg.train_split]
+    log(f"counting tokens in {len(conversations):,} conversations rendered with the chat template")
+    return [
+        chat.render(tokenizer, template, messages, f"{cfg.train_split} row {i}")[0]
+        for i, messages in enumerate(conversations)
+    ]

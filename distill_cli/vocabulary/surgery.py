@@ -326,6 +326,10 @@ def _remap_processor(proc: dict | None, new_id: dict[int, int]) -> None:
         _remap_processor(inner, new_id)
 
 
+# what carries over as it is: no token ids in them (a chat template names tokens by text)
+KEPT_TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+
+
 def rewrite_tokenizer(tokenizer, spec: dict, kept: np.ndarray):
     """A tokenizer of the same class holding only the kept tokens, under their new ids."""
     spec, new_id = copy.deepcopy(spec), {int(o): n for n, o in enumerate(kept)}
@@ -346,7 +350,7 @@ def rewrite_tokenizer(tokenizer, spec: dict, kept: np.ndarray):
         # save and reload: the plain-load path, and no stale vocab.txt / merges.txt carried over
         tokenizer.save_pretrained(tmp)
         for f in Path(tmp).iterdir():
-            if f.name not in ("tokenizer_config.json", "special_tokens_map.json"):
+            if f.is_file() and f.name not in KEPT_TOKENIZER_FILES:
                 f.unlink()
         config_file = Path(tmp) / "tokenizer_config.json"
         config = json.loads(config_file.read_text())
