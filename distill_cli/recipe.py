@@ -47,6 +47,17 @@ class Phase:
     max_steps: int | None = _opt(
         None, "Length of this phase in optimizer steps (overrides epochs)."
     )
+    on_policy: float = _opt(
+        0.0,
+        "Chat: share of batches whose replies are sampled from the student and scored by the "
+        "teacher (GKD's lambda, TRL's lmbda); 0: every batch is the data's replies.",
+    )
+    sample_temperature: float = _opt(
+        0.9, "Chat, on-policy batches: the student's sampling temperature (TRL GKD's default)."
+    )
+    sample_max_new_tokens: int = _opt(
+        128, "Chat, on-policy batches: the longest sampled reply, in tokens."
+    )
 
 
 @dataclass
@@ -459,6 +470,12 @@ def validate(recipe: Recipe, needs_data: bool = True) -> None:
             problems.append(f"phases.{i}.epochs must be > 0")
         if phase.max_steps is not None and phase.max_steps < 1:
             problems.append(f"phases.{i}.max_steps must be >= 1")
+        if not 0 <= phase.on_policy <= 1:
+            problems.append(f"phases.{i}.on_policy must be in [0, 1] (a share of batches)")
+        if not (phase.sample_temperature > 0 and math.isfinite(phase.sample_temperature)):
+            problems.append(f"phases.{i}.sample_temperature must be a finite number > 0")
+        if phase.sample_max_new_tokens < 1:
+            problems.append(f"phases.{i}.sample_max_new_tokens must be >= 1")
     if s.init not in STUDENT_INITS:
         problems.append(f"student.init '{s.init}' is not one of {', '.join(STUDENT_INITS)}")
     if s.init == "checkpoint" and not s.path:

@@ -26,8 +26,18 @@ def tokenize(ds, tokenizer, text_columns: list[str], max_length: int, prefix: st
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # what the losses and metrics read beside the inputs: labels (a class id or value; per-token tags;
-# QA start and end positions), each word's first sub-token, and a row's index in its split
-TARGETS = ("label", "labels", "start_positions", "end_positions", "word_starts", "row", "loss_mask")
+# QA start and end positions), each word's first sub-token, a row's index in its split, the
+# positions a chat loss reads, and where a conversation's last reply starts (on-policy prompts)
+TARGETS = (
+    "label",
+    "labels",
+    "start_positions",
+    "end_positions",
+    "word_starts",
+    "row",
+    "loss_mask",
+    "reply_start",
+)
 # the value a padded position of a list column gets
 PAD_VALUES = {"labels": -100, "word_starts": -1}
 

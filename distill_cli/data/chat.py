@@ -18,6 +18,7 @@ conversation id (CHITCHAT_SPLIT_SEED 42): train 3,217, validation 411, test 389.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import importlib.util
 import json
@@ -266,8 +267,22 @@ def render(tokenizer, template: str, messages: list[dict], where: str = "convers
     return text, spans
 
 
+def _reply_start(offsets, spans, max_length: int) -> int:
+    """The first token of the last assistant reply that starts within ``max_length`` tokens: the
+    tokens before it are the conversation up to that reply with the generation prompt (the
+    assistant's header included), the prompt an on-policy batch samples a reply to. With no
+    reply starting in range, the kept length (every kept token is prompt)."""
+    starts = [s for s, _ in offsets]
+    for a, _ in reversed(spans):
+        i = bisect.bisect_left(starts, a)
+        if i < min(len(starts), max_length):
+            return i
+    return min(len(starts), max_length)
+
+
 def encode(tokenizer, template: str, messages, max_length: int, train_on: str, where: str):
-    """Token ids, attention mask and ``assistant_mask`` (1: a token the loss reads) of one
+    """Token ids, attention mask, ``assistant_mask`` (1: a token the loss reads) and
+    ``reply_start`` (where the last assistant reply begins, whatever ``train_on`` says) of one
     conversation, and whether it was truncated."""
     text, spans = render(tokenizer, template, messages, where)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -277,8 +292,27 @@ def encode(tokenizer, template: str, messages, max_length: int, train_on: str, w
     else:
         mask = [int(any(a <= s < b for a, b in spans)) for s, _ in offsets]
     truncated = len(ids) > max_length
+    reply_start = _reply_start(offsets, spans, max_length)
     ids, mask = ids[:max_length], mask[:max_length]
-    return {"input_ids": ids, "attention_mask": [1] * len(ids), "assistant_mask": mask}, truncated
+    row = {"input_ids": ids, "attention_mask": [1] * len(ids), "assistant_mask": mask}
+    return {**row, "reply_start": reply_start}, truncated
+
+
+def end_of_turn_ids(tokenizer, template: str) -> list[int]:
+    """The token the template closes an assistant turn with (``<|im_end|>``, ``<|eot_id|>``), when
+    that is one added (special) token; else none. Read from a rendered two-turn probe."""
+    probe = [{"role": "user", "content": "hi"}, {"role": ASSISTANT, "content": "ok"}]
+    try:
+        text = _render(tokenizer, template, probe, False, "probe")
+    except DistillError:
+        return []
+    closing = text.rstrip()
+    at = closing.rfind("ok")
+    if at < 0:
+        return []
+    ids = tokenizer(closing[at + 2 :].strip(), add_special_tokens=False)["input_ids"]
+    added = set(tokenizer.get_added_vocab().values())
+    return ids if len(ids) == 1 and ids[0] in added else []
 
 
 def encode_split(tokenizer, template, conversations, max_length, train_on, split: str):

@@ -25,6 +25,7 @@ from transformers import get_scheduler
 
 from distill_cli import tasks
 from distill_cli.data import batching
+from distill_cli.data import chat as chat_data
 from distill_cli.data.batching import EpochBatchSampler
 from distill_cli.data.text import TokenMasker
 from distill_cli.errors import Interrupted, NonFiniteLoss, WriteFailed
@@ -41,7 +42,7 @@ from distill_cli.outputs import (
 )
 from distill_cli.recipe import Recipe, TrainConfig, to_yaml, validate
 from distill_cli.reporting import MetricsWriter, TrainProgress, log
-from distill_cli.training import checkpoints, losses, stages, word_checks
+from distill_cli.training import checkpoints, losses, on_policy, stages, word_checks
 from distill_cli.training import plot as training_plot
 from distill_cli.training.allocator import keep_freed_memory
 
@@ -53,6 +54,7 @@ class PhasePlan:
     steps: int
     mlm_probability: float = 0.0
     needs: heads.Needs = field(default_factory=heads.Needs)  # what its loss terms read
+    sampling: on_policy.Sampling | None = None  # its on-policy batches (chat)
 
 
 def make_accelerator(cfg: TrainConfig, out: Path) -> Accelerator:
@@ -88,7 +90,16 @@ def plan_phases(recipe: Recipe, steps_per_epoch: int) -> list[PhasePlan]:
             left -= steps
         if steps > 0:
             needs = losses.needs_of(phase.terms)
-            plans.append(PhasePlan(phase.name, phase.terms, steps, phase.mlm_probability, needs))
+            plans.append(
+                PhasePlan(
+                    phase.name,
+                    phase.terms,
+                    steps,
+                    phase.mlm_probability,
+                    needs,
+                    on_policy.of_phase(phase),
+                )
+            )
     return plans
 
 
@@ -170,6 +181,7 @@ class State:
     bad: dict[str, float] = field(default_factory=dict)  # values of this step's non-finite loss
     word_scale: float = 1.0  # multiplies both models' word logits (recipe.word_logit_scale)
     word_figures: dict = field(default_factory=dict)  # the teacher's, by phase and word term
+    stop_ids: list[int] = field(default_factory=list)  # end sampled replies (on-policy batches)
 
     @property
     def main(self) -> bool:
@@ -219,6 +231,7 @@ def setup(
     main = accelerator.is_main_process
     set_seed(cfg.seed)
     b, extras = build(recipe, stage, main, trust_remote_code)
+    on_policy.check(recipe, b)
     student = StudentModule(b.student, extras)
     train_loader, sampler = make_train_loader(b, cfg)
     eval_loader = None
@@ -270,6 +283,9 @@ def setup(
         resume_from=resume_from,
         writer=MetricsWriter(out / "metrics.jsonl") if main else None,
     )
+    if any(p.sampling for p in plans):
+        template = chat_data.chat_template(b.tokenizer, recipe.data.chat_template)
+        state.stop_ids = on_policy.stop_ids(b.student, b.tokenizer, template)
     word_checks.check_teacher(state)  # fits word_logit_scale: the resolved recipe holds it
     if main and resume_from is None:
         write_text_atomic(out / "resolved_recipe.yaml", to_yaml(recipe))
@@ -309,7 +325,7 @@ def steps_per_epoch(batches: int, cfg: TrainConfig) -> int:
 def fit(s: State) -> None:
     """Train every phase from the state's position, with checkpoints as train.save_steps says,
     at each phase end and when a signal asks to stop."""
-    pos = s.pos
+    pos, cfg = s.pos, s.recipe.train
     _log_start(s)
     s.progress = TrainProgress(s.total_steps, enabled=s.main)
     s.started = time.perf_counter() - pos.runtime_s
@@ -322,6 +338,10 @@ def fit(s: State) -> None:
                 for batch in _rest_of_pass(s):
                     pos.batch += 1
                     pos.batches += 1
+                    sampling = plan.sampling
+                    if sampling and on_policy.chosen(cfg.seed, pos.batches, sampling.share):
+                        batch, lengths = on_policy.on_policy_batch(s, batch, sampling)
+                        s.window.sampled(lengths)
                     loss, parts, finite = train_step(s, batch, plan)
                     if finite:
                         s.window.add(loss, parts, batch["attention_mask"])
@@ -353,7 +373,7 @@ def _after_step(s: State, plan: PhasePlan, phase_end: int, signals) -> None:
         _skip_bad_step(s)
     if pos.step % cfg.logging_steps == 0 or pos.step == phase_end:
         lr = s.scheduler.get_last_lr()[0]
-        record = s.window.flush(s.accelerator, pos.step, plan.name, lr)
+        record = s.window.flush(s.accelerator, pos.step, plan.name, lr, plan.sampling is not None)
         record["epoch"] = round(pos.batches / len(s.train_loader), 4)
         if s.main:
             s.writer.write(record)
@@ -459,6 +479,13 @@ def _log_start(s: State) -> None:
             f"({', '.join(f'{p.name}: {p.steps}' for p in s.plans)}) "
             f"on {s.accelerator.num_processes} process(es), device {s.accelerator.device}"
         )
+        for p in s.plans:
+            if p.sampling:
+                sp = p.sampling
+                log(
+                    f"{p.name}: on-policy: {sp.share:.0%} of batches sample replies from the "
+                    f"student (T={sp.temperature:g}, at most {sp.max_new_tokens} new tokens)"
+                )
 
 
 def _save_checkpoint(s: State) -> Path:
@@ -586,6 +613,7 @@ class _Window:
     def reset(self):
         zero = torch.zeros((), device=self.device)
         self.loss, self.parts, self.n, self.tokens = zero, {}, 0, zero.long()
+        self.on_policy, self.replies, self.reply_tokens = 0, 0, 0  # batches, replies, tokens
         self.t0 = time.perf_counter()
 
     def add(self, loss, parts, attention_mask):
@@ -595,6 +623,12 @@ class _Window:
         self.n += 1
         self.tokens = self.tokens + attention_mask.sum()  # a tensor: no device sync per step
 
+    def sampled(self, lengths: list[int]) -> None:
+        """An on-policy batch and its sampled replies' lengths."""
+        self.on_policy += 1
+        self.replies += len(lengths)
+        self.reply_tokens += sum(lengths)
+
     def state(self) -> dict:
         return {
             "loss": self.loss.item(),
@@ -602,6 +636,7 @@ class _Window:
             "n": self.n,
             "tokens": int(self.tokens.item()),
             "last_loss": self.last_loss,
+            "on_policy": [self.on_policy, self.replies, self.reply_tokens],
         }
 
     def load(self, state: dict) -> None:
@@ -612,8 +647,9 @@ class _Window:
         self.parts = {k: as_tensor(v) for k, v in state["parts"].items()}
         self.n, self.tokens = state["n"], as_tensor(state["tokens"], torch.long)
         self.last_loss = state["last_loss"]
+        self.on_policy, self.replies, self.reply_tokens = state.get("on_policy", [0, 0, 0])
 
-    def flush(self, accelerator, step: int, phase: str, lr: float) -> dict:
+    def flush(self, accelerator, step: int, phase: str, lr: float, sampling: bool = False) -> dict:
         names = sorted(self.parts)
         local = torch.stack([self.loss, *[self.parts[k] for k in names]]) / max(self.n, 1)
         mean = accelerator.reduce(local.to(accelerator.device), reduction="mean").tolist()
@@ -622,6 +658,11 @@ class _Window:
         record.update({f"loss/{k}": v for k, v in zip(names, mean[1:], strict=True)})
         record["lr"] = lr
         record["tokens_per_s"] = tokens / max(time.perf_counter() - self.t0, 1e-9)
+        if sampling:  # every process decides alike: the count is each one's
+            counts = torch.tensor([self.replies, self.reply_tokens], device=accelerator.device)
+            replies, reply_tokens = accelerator.reduce(counts, reduction="sum").tolist()
+            record["on_policy/batches"] = self.on_policy
+            record["on_policy/reply_tokens"] = reply_tokens / max(replies, 1)
         self.last_loss = mean[0]
         self.reset()
         return record
