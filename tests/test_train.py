@@ -97,3 +97,15 @@ def test_a_non_finite_loss_names_the_term_and_its_value(
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith("error: step 1: the loss is not finite: ce=inf (loss=inf; "), line
     assert "soft_label_kl=" in line and "no checkpoint was written" in line
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch, tmp_path, capsys):
+    from distill_cli.recipe import TrainConfig
+    from distill_cli.training import train
+
+    monkeypatch.setattr(train, "cpu_has_bf16", lambda: False)
+    train.make_accelerator(TrainConfig(mixed_precision="bf16"), tmp_path)
+    assert "set train.mixed_precision=no" in capsys.readouterr().err
+    monkeypatch.setattr(train, "cpu_has_bf16", lambda: True)
+    train.make_accelerator(TrainConfig(mixed_precision="bf16"), tmp_path)
+    assert "native bf16" not in capsys.readouterr().err

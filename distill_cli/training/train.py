@@ -63,6 +63,12 @@ def make_accelerator(cfg: TrainConfig, out: Path) -> Accelerator:
         if _is_main_rank():
             log("warning: fp16 needs CUDA; training in fp32 on this machine")
         precision = "no"
+    if precision == "bf16" and not torch.cuda.is_available() and not cpu_has_bf16():
+        if _is_main_rank():
+            log(
+                "warning: this CPU has no native bf16 (avx512_bf16 / amx_bf16), so bf16 autocast "
+                "runs several times slower than fp32; set train.mixed_precision=no"
+            )
     # Several processes and no CUDA (torchrun, or `accelerate launch --multi_gpu` on a CPU
     # machine): accelerate only picks its multi-CPU (gloo) backend when told to use the CPU.
     distributed_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -77,6 +83,16 @@ def make_accelerator(cfg: TrainConfig, out: Path) -> Accelerator:
         log_with=cfg.report_to or None,
         project_dir=str(out),
     )
+
+
+def cpu_has_bf16() -> bool:
+    """Whether the CPU computes bf16 natively (Linux's CPU flags; True where they cannot be read,
+    so that no warning is given on a guess)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return True
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def plan_phases(recipe: Recipe, steps_per_epoch: int) -> list[PhasePlan]:
