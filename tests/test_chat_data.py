@@ -171,3 +171,13 @@ def test_built_in_chitchat_splits_by_conversation():
         chat.load_conversations(DataConfig(name="chitchat", max_eval_samples=5), ["test"])["test"]
         == splits["test"][:5]
     )
+
+
+def test_a_template_that_rewrites_earlier_turns_needs_train_on_all(tokenizer):
+    """A template that states the number of turns up front renders every prefix differently:
+    the assistant's tokens cannot be found, and train_on: all still reads the conversation."""
+    counting = "{{ messages | length }} turns\n" + CHATML
+    with pytest.raises(DistillError, match="train row 0: .* set data.train_on: all"):
+        chat.encode(tokenizer, counting, TALK, 512, "assistant", "train row 0")
+    row, _ = chat.encode(tokenizer, counting, TALK, 512, "all", "train row 0")
+    assert all(row["assistant_mask"]) and tokenizer.decode(row["input_ids"]).startswith("5 turns")

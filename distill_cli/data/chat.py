@@ -249,8 +249,12 @@ def _render(tokenizer, template: str, messages: list[dict], prompt: bool, where:
         ) from None
 
 
-def render(tokenizer, template: str, messages: list[dict], where: str = "conversation"):
-    """The rendered conversation and the character spans of its assistant turns."""
+def render(
+    tokenizer, template: str, messages: list[dict], where: str = "conversation", strict=True
+):
+    """The rendered conversation and the character spans of its assistant turns. A template that
+    renders earlier turns differently once later ones follow has no such spans: ``strict``, an
+    error; else those turns get none."""
     text = _render(tokenizer, template, messages, False, where)
     spans = []
     for i, m in enumerate(messages):
@@ -259,6 +263,8 @@ def render(tokenizer, template: str, messages: list[dict], where: str = "convers
         before = _render(tokenizer, template, messages[:i], True, where) if i else ""
         through = _render(tokenizer, template, messages[: i + 1], False, where)
         if not (text.startswith(before) and text.startswith(through)):
+            if not strict:
+                continue
             raise DistillError(
                 f"{where}: the chat template renders earlier turns differently once later ones "
                 "follow, so the assistant's tokens cannot be found; set data.train_on: all"
@@ -284,7 +290,7 @@ def encode(tokenizer, template: str, messages, max_length: int, train_on: str, w
     """Token ids, attention mask, ``assistant_mask`` (1: a token the loss reads) and
     ``reply_start`` (where the last assistant reply begins, whatever ``train_on`` says) of one
     conversation, and whether it was truncated."""
-    text, spans = render(tokenizer, template, messages, where)
+    text, spans = render(tokenizer, template, messages, where, strict=train_on != "all")
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     if train_on == "all":

@@ -76,6 +76,6 @@ def corpus_texts(corpus: str, tokenizer) -> list[str]:
     conversations = chat.load_conversations(cfg, [cfg.train_split])[cfg.train_split]
     log(f"counting tokens in {len(conversations):,} conversations rendered with the chat template")
     return [
-        chat.render(tokenizer, template, messages, f"{cfg.train_split} row {i}")[0]
+        chat.render(tokenizer, template, messages, f"{cfg.train_split} row {i}", False)[0]
         for i, messages in enumerate(conversations)
     ]
