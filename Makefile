@@ -176,7 +176,7 @@ demo-qa: install
 # agreement, KL, latency per generated token, size) with three greedy replies, and an HF export
 # that chats in plain transformers. About 25 min on 2 CPU cores (docs/results.md).
 CHAT_RUNS ?= runs/demo-chat
-CHAT_STEPS ?= 60
+CHAT_STEPS ?= 120
 CHAT_DATA := --data chitchat --set data.max_length=128
 demo-chat: install
 	@set -e; \
@@ -190,7 +190,7 @@ demo-chat: install
 	  --set data.max_eval_samples=$(CHAT_EVAL_SAMPLES) --output-dir $(CHAT_RUNS)/comparison; \
 	echo "== 3/3 export the student: an HF folder that chats through pipeline('text-generation')"; \
 	$(DISTILL) export $(CHAT_RUNS)/student --format hf --output-dir $(CHAT_RUNS)/export-hf --overwrite
-CHAT_LR ?= 2e-4
+CHAT_LR ?= 6e-4
 CHAT_PRECISION ?= no
 CHAT_EVAL_SAMPLES ?= 100
 
