@@ -25,6 +25,7 @@ from distill_cli.models.load import give_pad_token, label_names, load_classifier
 from distill_cli.outputs import check_not_input, record_written, write_json_atomic
 from distill_cli.recipe import DataConfig, from_dict, parse_set
 from distill_cli.reporting import log
+from distill_cli.tasks import cloze
 from distill_cli.training import word_signal
 from distill_cli.training.stages import compressed_vocab
 from distill_cli.user_files import read_yaml
@@ -44,6 +45,10 @@ def data_config(model_dir: Path, data: str | None, sets: list[str]) -> DataConfi
         raw = dict(recipe.get("data") or {})
     if data:
         raw["name"] = data
+    saved = cloze.read_saved(model_dir) if model_dir.is_dir() else None
+    for key, value in cloze.data_settings(saved).items() if saved else ():
+        if raw.get(key) is None:  # a cloze model's template and verbalizers
+            raw[key] = value
     for item in sets:
         key, value = parse_set(item)
         raw[key.removeprefix("data.")] = value
@@ -80,13 +85,28 @@ def size_on_disk_mb(model_dir: Path) -> float:
 QA_LATENCY_LENGTH = 384
 
 
-def score_split(model, tokenizer, task: TaskData, split: str, cfg: DataConfig, batch_size=64):
-    """Task metrics of a model (PyTorch or ONNX) on a split, read with its own tokenizer."""
+def score_split(
+    model, tokenizer, task: TaskData, split: str, cfg: DataConfig, batch_size=64, word=None
+):
+    """Task metrics of a model (PyTorch or ONNX) on a split, read with its own tokenizer;
+    ``word``: a cloze model's word mode and scale."""
     features = tasks.of(task).eval_features(task.splits[split], task, tokenizer, cfg, split)
     collate = batching.PadCollator(tokenizer.pad_token_id or 0)
     loader = DataLoader(features.loader_ds, batch_size=batch_size, collate_fn=collate)
     scorer = scoring.scorer(task, task.splits[split], features, cfg)
+    scorer.word = word
     return scoring.score(model, loader, scorer)
+
+
+def word_reading(model, path: str) -> tuple[str, float] | None:
+    """How a model read through its word head (cloze) is read: as its cloze.json says (the
+    word mode it was trained in, and its scale), else its LM head where it was saved with one."""
+    if not isinstance(model, torch.nn.Module):
+        return None
+    saved = cloze.read_saved(path) if Path(path).is_dir() else None
+    saved = saved or {}
+    mode = word_mode(saved.get("word_logits", "auto"), model, prefer_head=True)
+    return mode, float(saved.get("word_logit_scale", 1.0))
 
 
 def _texts(task: TaskData, split: str, n: int) -> list[list[str]]:
@@ -136,12 +156,18 @@ def time_models(jobs: dict[str, timing.Job], reports: dict[str, dict]) -> dict:
 
 
 def evaluate_model(path: str, role: str, cfg: DataConfig, split: str, task=None):
-    model, tokenizer = load_classifier(path, role)
+    kind = tasks.of(task) if task is not None else tasks.claiming(cfg)
+    # a task read through the word head (cloze) loads the model as the LM it is
+    model, tokenizer = load_classifier(path, role, task=kind if kind.word_head else None)
     give_pad_token(model, tokenizer)  # a decoder classifier saved without one
     if task is None:
         task = tasks.load_task_data(cfg, splits=[split], label_names=label_names(model.config))
-    check_task(model.config, task, path)
-    metrics = score_split(model, tokenizer, task, split, cfg)
+    word = None
+    if tasks.of(task).word_head:
+        word = word_reading(model, path)
+    else:
+        check_task(model.config, task, path)
+    metrics = score_split(model, tokenizer, task, split, cfg, word=word)
     span = tasks.of(task).fixed_length
     # a model with fewer positions is timed at its longest input
     positions = getattr(model.config, "max_position_embeddings", None) or QA_LATENCY_LENGTH

@@ -71,12 +71,14 @@ def term_names(recipe: Recipe) -> set[str]:
     return {name for phase in recipe.phases for name in phase.terms}
 
 
-def _word_mode(recipe: Recipe, model) -> str:
-    """How ``model``'s word logits are read, checked now when a loss term reads them."""
+def _word_mode(recipe: Recipe, model, kind: tasks.TaskType | None = None) -> str:
+    """How ``model``'s word logits are read, checked now when a loss term (or the task: cloze)
+    reads them."""
     word_terms = any(losses.KD_LOSSES[n].needs.word for n in term_names(recipe))
-    if model is None or not word_terms:
+    word_head = kind is not None and kind.word_head
+    if model is None or not (word_terms or word_head):
         return "embeddings"
-    return word_mode(recipe.word_logits, model)
+    return word_mode(recipe.word_logits, model, prefer_head=word_head)
 
 
 def _needs_teacher(recipe: Recipe) -> bool:
@@ -213,8 +215,8 @@ def build_task(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built:
         causal=kind.generates,
         task=task,
         eval_ds=eval_ds,
-        student_mode=_word_mode(recipe, student),
-        teacher_mode=_word_mode(recipe, teacher),
+        student_mode=_word_mode(recipe, student, kind),
+        teacher_mode=_word_mode(recipe, teacher, kind),
         vocab_index=compressed[0] if compressed else None,
         id_remap=compressed[1] if compressed else None,
         input_tokenizer=input_tok,
