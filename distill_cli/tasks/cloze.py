@@ -313,6 +313,12 @@ def read_saved(folder) -> dict | None:
     return read_json(path, "cloze settings", "restore it or train the model again", shape, optional)
 
 
+def saved_word_logits(path) -> str | None:
+    """The word mode a cloze model was trained in (its cloze.json), for word_logits: auto."""
+    saved = read_saved(path) if path and Path(path).is_dir() else None
+    return saved.get("word_logits") if saved else None
+
+
 def data_settings(saved: dict) -> dict:
     """The data keys cloze.json gives (for evaluate, where the recipe leaves them unset)."""
     return {

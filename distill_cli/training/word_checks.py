@@ -74,18 +74,17 @@ def check_teacher(s: State) -> None:
 
 def _blank_scale(s: State) -> None:
     """A cloze with no word term still reads word logits (its class logits at the blank): the
-    scale is fitted (or given) as for word terms; 1 without a teacher to fit it on."""
+    scale is fitted (or given) as for word terms, on the teacher, or without one (prompt-based
+    fine-tuning) on the model being fine-tuned, before step 1."""
     b = s.built
     if b.task is None or not tasks.of(b.task).word_head:
         return
-    value = s.recipe.word_logit_scale
+    probe, batches = make_probe(s)
     if b.teacher is None:
-        s.word_scale = float(value) if isinstance(value, (int, float)) else 1.0
-    else:
-        probe, batches = make_probe(s)
-        s.word_scale = scale(s, probe, batches, [])
-        if s.main and s.resume_from is None:
-            s.writer.write({"step": 0, "word_logit_scale": s.word_scale})
+        probe.teacher, probe.teacher_mode = b.student, b.student_mode
+    s.word_scale = scale(s, probe, batches, [])
+    if s.main and s.resume_from is None:
+        s.writer.write({"step": 0, "word_logit_scale": s.word_scale})
     s.recipe.word_logit_scale = s.word_scale
 
 
@@ -93,7 +92,8 @@ def scale(s: State, probe, batches, phases) -> float:
     """recipe.word_logit_scale as a number: given, the resumed run's, or fitted (auto)."""
     value, b = s.recipe.word_logit_scale, s.built
     if value is None:
-        value = "auto" if b.teacher_mode == "embeddings" else 1.0
+        mode = b.teacher_mode if b.teacher is not None else b.student_mode
+        value = "auto" if mode == "embeddings" else 1.0
     standardized = bool(phases) and all(
         getattr(p, "standardize", False) for _, terms in phases for p in terms.values()
     )
