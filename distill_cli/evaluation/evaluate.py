@@ -345,11 +345,13 @@ def run(
             student = (*loaded[name], path)
             agreement = word_agreement(student, t_loaded, task, split, cfg.max_length)
             reports[name]["word_agreement"] = agreement
-            if agreement is not None:
-                log(
-                    f"{name}: top-1 word agreement with the teacher {agreement['masked']:.1%} "
-                    f"masked, {agreement['unmasked']:.1%} unmasked"
-                )
+            if agreement is not None:  # a causal LM is never masked: its masked share is None
+                shares = [
+                    f"{agreement[k]:.1%} {k}"
+                    for k in ("masked", "unmasked")
+                    if agreement[k] is not None
+                ]
+                log(f"{name}: top-1 word agreement with the teacher {', '.join(shares)}")
         result["models"] = {"teacher": t_report, **reports}
     return _write(result, output_dir)
 
