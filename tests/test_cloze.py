@@ -123,6 +123,10 @@ def test_an_encoder_reads_the_mask_token_and_a_causal_lm_the_end(tiny_mlm, tiny_
     assert enc["input_ids"][blank] == mlm.mask_token_id and blank == len(enc["input_ids"]) - 2
     enc, blank, _ = cloze.encode_texts(["the film was good"], TEMPLATE, bpe, 64)
     assert blank == len(enc["input_ids"]) - 1
+    pair = cloze.render("{text_a} ? {mask} , {text_b}", ["a film", "it was good"], mlm)
+    assert pair == "a film ? [MASK] , it was good"
+    with pytest.raises(DistillError, match="must place the text"):
+        cloze.check_template("{text_a} ? {mask}", ["premise", "hypothesis"])
     # the leading-space form: " this" is one BPE token, "this" at the start of a text is not
     prompt = cloze.Prompt(TEMPLATE, ("this", "that"), ("neg", "pos"))
     ids = cloze.verbalizer_ids(prompt, bpe)

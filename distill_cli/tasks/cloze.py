@@ -152,6 +152,23 @@ def render(template: str, texts: list[str], tokenizer) -> str:
     return PLACEHOLDER.sub(lambda m: fills.get(m.group(0), m.group(0)), out)
 
 
+def check_reader(config, tokenizer, role: str) -> None:
+    """The tokenizer decides how the blank is read (mask token: encoders; none: next token), so
+    it must fit the model: an encoder needs a mask token, a causal LM reads the next token."""
+    if is_causal(config) == reads_next_token(tokenizer):
+        return
+    if is_causal(config):
+        raise DistillError(
+            f"{role} is a causal LM but its tokenizer has a mask token "
+            f"({tokenizer.mask_token}); a cloze on a causal LM reads the next token: remove the "
+            "mask token from the tokenizer, or use a masked LM"
+        )
+    raise DistillError(
+        f"{role} is an encoder but its tokenizer has no mask token, so a cloze cannot put a "
+        "blank into its input; use a masked LM with its own tokenizer"
+    )
+
+
 def _tokens(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 

@@ -211,9 +211,11 @@ def build_task(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built:
     student, student_tok = build_student(
         recipe.student, teacher, teacher_tok, task.labels, task.task_type, trust_remote_code, log
     )
-    for model, tok in ((teacher, teacher_tok), (student, student_tok)):
+    for model, tok, role in ((teacher, teacher_tok, "teacher"), (student, student_tok, "student")):
         if model is not None:
             give_pad_token(model, tok)
+            if kind.word_head:  # a cloze: the blank is read as the tokenizer allows
+                cloze.check_reader(model.config, tok, role)
     compressed = (
         compressed_vocab(recipe.student.path, _rows(teacher)) if teacher is not None else None
     )
