@@ -20,6 +20,7 @@ from distill_cli.evaluation import embedding_metrics as em
 from distill_cli.evaluation import latency as timing
 from distill_cli.evaluation import scoring
 from distill_cli.evaluation.metrics import LOWER_IS_BETTER, PRIMARY
+from distill_cli.models import forward as heads
 from distill_cli.models.forward import is_causal, word_mode
 from distill_cli.models.load import give_pad_token, label_names, load_classifier, same_vocab
 from distill_cli.outputs import check_not_input, record_written, write_json_atomic
@@ -144,6 +145,27 @@ def timing_job(model, tokenizer, texts, max_length: int, runs: int = 30, full=Fa
     return timing.Job(forward, singles, encode(0, 32))
 
 
+def cloze_timing_job(model, tokenizer, task: TaskData, split: str, max_length: int, word):
+    """timing_job on the split's texts in the template, reading the class logits at the blank
+    (the mask token, or a causal LM's last token) without the [batch, tokens, V] logits."""
+    prompt = task.prompt
+    texts = [list(t) for t in zip(*_texts(task, split, 32), strict=True)]
+    rendered = [cloze.render(prompt.template, t, tokenizer) for t in texts]
+    ids = torch.tensor(cloze.verbalizer_ids(prompt, tokenizer))
+    plain = timing_job(model, tokenizer, [rendered], max_length)
+    mode, scale = word
+
+    def call(batch):
+        if cloze.reads_next_token(tokenizer):
+            positions = batch["attention_mask"].sum(1) - 1
+        else:
+            positions = (batch["input_ids"] == tokenizer.mask_token_id).int().argmax(1)
+        blank = heads.Blank(positions, ids.expand(len(positions), -1), scale)
+        return heads.read_blank(model, dict(batch), blank, mode)
+
+    return timing.Job(call, plain.singles, plain.big)
+
+
 def time_models(jobs: dict[str, timing.Job], reports: dict[str, dict]) -> dict:
     """Time the models together, interleaved (timing.time_interleaved), and add the latency keys
     to their reports; returns how they were timed, for evaluation.json."""
@@ -184,6 +206,8 @@ def evaluate_model(path: str, role: str, cfg: DataConfig, split: str, task=None)
         report["replies"] = chat_eval.replies(model, tokenizer)
     else:
         job = timing_job(model, tokenizer, _texts(task, split, 32), length, full=span)
+    if word is not None:  # a cloze is timed as it is read: its prompt, the class logits only
+        job = cloze_timing_job(model, tokenizer, task, split, length, word)
     log(f"{role}: {', '.join(f'{k} {v:.4f}' for k, v in metrics.items())}")
     return report, task, (model, tokenizer), job
 
