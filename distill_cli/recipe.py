@@ -82,8 +82,19 @@ class DataConfig:
     labels: list[str] | None = _opt(None, "Label names in id order (default: inferred).")
     task_type: str | None = _opt(
         None,
-        "classification | regression | token_classification | question_answering "
-        "(default: inferred from the data or preset).",
+        "classification | regression | token_classification | question_answering | chat | "
+        "cloze (default: inferred from the data or preset; data.template or data.verbalizers "
+        "make it cloze).",
+    )
+    template: str | None = _opt(
+        None,
+        "Cloze: the prompt, with {text} (or {text_a} and {text_b} for pairs) and {mask}, e.g. "
+        "'{text} It was {mask}.' (default for rotten_tomatoes and sst2: that one).",
+    )
+    verbalizers: list[str] | None = _opt(
+        None,
+        "Cloze: one word per label, in label order, each one token of the model's vocabulary "
+        "(default for rotten_tomatoes and sst2: terrible, great).",
     )
     metric: str | None = _opt(
         None, "accuracy | f1 | mcc | pearson | seqeval | squad | squad_v2 (default: from preset)."
@@ -490,6 +501,14 @@ def validate(recipe: Recipe, needs_data: bool = True) -> None:
         problems.append("data.text_columns must name one or two columns")
     if d.task_type is not None and d.task_type not in tasks.DATA_TASKS:
         problems.append(f"data.task_type must be one of {', '.join(tasks.DATA_TASKS)}")
+    cloze_keys = [k for k in ("template", "verbalizers") if getattr(d, k) is not None]
+    known = d.task_type in tasks.TASKS
+    if cloze_keys and known and not tasks.TASKS[d.task_type].word_head:
+        problems.append(
+            f"data.{' and data.'.join(cloze_keys)} read the task as a cloze, but data.task_type "
+            f"is {d.task_type}; drop data.task_type or set it to "
+            f"{next(n for n, t in tasks.TASKS.items() if t.word_head)}"
+        )
     if d.metric is not None and d.metric not in METRICS:
         problems.append(f"data.metric must be one of {', '.join(METRICS)}")
     if d.packing not in PACKINGS:

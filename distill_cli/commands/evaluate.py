@@ -50,8 +50,13 @@ def command(
         print_table(result)
 
 
+def _share(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
 def _agreement(a: dict | None) -> str:
-    return "n/a" if a is None else f"{100 * a['masked']:.1f}% / {100 * a['unmasked']:.1f}%"
+    """Masked / unmasked (a causal LM is never masked: n/a)."""
+    return "n/a" if a is None else f"{_share(a['masked'])} / {_share(a['unmasked'])}"
 
 
 def _number(value) -> str:

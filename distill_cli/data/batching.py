@@ -27,7 +27,8 @@ def tokenize(ds, tokenizer, text_columns: list[str], max_length: int, prefix: st
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # what the losses and metrics read beside the inputs: labels (a class id or value; per-token tags;
 # QA start and end positions), each word's first sub-token, a row's index in its split, the
-# positions a chat loss reads, and where a conversation's last reply starts (on-policy prompts)
+# positions a chat loss reads, where a conversation's last reply starts (on-policy prompts), and
+# a cloze's blank and verbalizer ids
 TARGETS = (
     "label",
     "labels",
@@ -37,6 +38,8 @@ TARGETS = (
     "row",
     "loss_mask",
     "reply_start",
+    "blank_position",
+    "verbalizer_ids",
 )
 # the value a padded position of a list column gets
 PAD_VALUES = {"labels": -100, "word_starts": -1}

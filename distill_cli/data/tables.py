@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import datasets
 import numpy as np
@@ -66,6 +66,7 @@ class TaskData:
     task_type: str  # classification | regression
     metric: str  # accuracy | f1 | mcc | pearson
     dropped: dict[str, int] = field(default_factory=dict)  # rows with empty text, per split
+    prompt: Any = None  # cloze: its template and verbalizers (tasks.cloze.Prompt)
 
     @property
     def num_labels(self) -> int:

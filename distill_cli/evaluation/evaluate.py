@@ -20,11 +20,13 @@ from distill_cli.evaluation import embedding_metrics as em
 from distill_cli.evaluation import latency as timing
 from distill_cli.evaluation import scoring
 from distill_cli.evaluation.metrics import LOWER_IS_BETTER, PRIMARY
+from distill_cli.models import forward as heads
 from distill_cli.models.forward import is_causal, word_mode
 from distill_cli.models.load import give_pad_token, label_names, load_classifier, same_vocab
 from distill_cli.outputs import check_not_input, record_written, write_json_atomic
 from distill_cli.recipe import DataConfig, from_dict, parse_set
 from distill_cli.reporting import log
+from distill_cli.tasks import cloze
 from distill_cli.training import word_signal
 from distill_cli.training.stages import compressed_vocab
 from distill_cli.user_files import read_yaml
@@ -44,6 +46,10 @@ def data_config(model_dir: Path, data: str | None, sets: list[str]) -> DataConfi
         raw = dict(recipe.get("data") or {})
     if data:
         raw["name"] = data
+    saved = cloze.read_saved(model_dir) if model_dir.is_dir() else None
+    for key, value in cloze.data_settings(saved).items() if saved else ():
+        if raw.get(key) is None:  # a cloze model's template and verbalizers
+            raw[key] = value
     for item in sets:
         key, value = parse_set(item)
         raw[key.removeprefix("data.")] = value
@@ -80,13 +86,28 @@ def size_on_disk_mb(model_dir: Path) -> float:
 QA_LATENCY_LENGTH = 384
 
 
-def score_split(model, tokenizer, task: TaskData, split: str, cfg: DataConfig, batch_size=64):
-    """Task metrics of a model (PyTorch or ONNX) on a split, read with its own tokenizer."""
+def score_split(
+    model, tokenizer, task: TaskData, split: str, cfg: DataConfig, batch_size=64, word=None
+):
+    """Task metrics of a model (PyTorch or ONNX) on a split, read with its own tokenizer;
+    ``word``: a cloze model's word mode and scale."""
     features = tasks.of(task).eval_features(task.splits[split], task, tokenizer, cfg, split)
     collate = batching.PadCollator(tokenizer.pad_token_id or 0)
     loader = DataLoader(features.loader_ds, batch_size=batch_size, collate_fn=collate)
     scorer = scoring.scorer(task, task.splits[split], features, cfg)
+    scorer.word = word
     return scoring.score(model, loader, scorer)
+
+
+def word_reading(model, path: str) -> tuple[str, float] | None:
+    """How a model read through its word head (cloze) is read: as its cloze.json says (the
+    word mode it was trained in, and its scale), else its LM head where it was saved with one."""
+    if not isinstance(model, torch.nn.Module):
+        return None
+    saved = cloze.read_saved(path) if Path(path).is_dir() else None
+    saved = saved or {}
+    mode = word_mode(saved.get("word_logits", "auto"), model, prefer_head=True)
+    return mode, float(saved.get("word_logit_scale", 1.0))
 
 
 def _texts(task: TaskData, split: str, n: int) -> list[list[str]]:
@@ -124,6 +145,27 @@ def timing_job(model, tokenizer, texts, max_length: int, runs: int = 30, full=Fa
     return timing.Job(forward, singles, encode(0, 32))
 
 
+def cloze_timing_job(model, tokenizer, task: TaskData, split: str, max_length: int, word):
+    """timing_job on the split's texts in the template, reading the class logits at the blank
+    (the mask token, or a causal LM's last token) without the [batch, tokens, V] logits."""
+    prompt = task.prompt
+    texts = [list(t) for t in zip(*_texts(task, split, 32), strict=True)]
+    rendered = [cloze.render(prompt.template, t, tokenizer) for t in texts]
+    ids = torch.tensor(cloze.verbalizer_ids(prompt, tokenizer))
+    plain = timing_job(model, tokenizer, [rendered], max_length)
+    mode, scale = word
+
+    def call(batch):
+        if cloze.reads_next_token(tokenizer):
+            positions = batch["attention_mask"].sum(1) - 1
+        else:
+            positions = (batch["input_ids"] == tokenizer.mask_token_id).int().argmax(1)
+        blank = heads.Blank(positions, ids.expand(len(positions), -1), scale)
+        return heads.read_blank(model, dict(batch), blank, mode)
+
+    return timing.Job(call, plain.singles, plain.big)
+
+
 def time_models(jobs: dict[str, timing.Job], reports: dict[str, dict]) -> dict:
     """Time the models together, interleaved (timing.time_interleaved), and add the latency keys
     to their reports; returns how they were timed, for evaluation.json."""
@@ -136,12 +178,18 @@ def time_models(jobs: dict[str, timing.Job], reports: dict[str, dict]) -> dict:
 
 
 def evaluate_model(path: str, role: str, cfg: DataConfig, split: str, task=None):
-    model, tokenizer = load_classifier(path, role)
+    kind = tasks.of(task) if task is not None else tasks.claiming(cfg)
+    # a task read through the word head (cloze) loads the model as the LM it is
+    model, tokenizer = load_classifier(path, role, task=kind if kind.word_head else None)
     give_pad_token(model, tokenizer)  # a decoder classifier saved without one
     if task is None:
         task = tasks.load_task_data(cfg, splits=[split], label_names=label_names(model.config))
-    check_task(model.config, task, path)
-    metrics = score_split(model, tokenizer, task, split, cfg)
+    word = None
+    if tasks.of(task).word_head:
+        word = word_reading(model, path)
+    else:
+        check_task(model.config, task, path)
+    metrics = score_split(model, tokenizer, task, split, cfg, word=word)
     span = tasks.of(task).fixed_length
     # a model with fewer positions is timed at its longest input
     positions = getattr(model.config, "max_position_embeddings", None) or QA_LATENCY_LENGTH
@@ -158,6 +206,8 @@ def evaluate_model(path: str, role: str, cfg: DataConfig, split: str, task=None)
         report["replies"] = chat_eval.replies(model, tokenizer)
     else:
         job = timing_job(model, tokenizer, _texts(task, split, 32), length, full=span)
+    if word is not None:  # a cloze is timed as it is read: its prompt, the class logits only
+        job = cloze_timing_job(model, tokenizer, task, split, length, word)
     log(f"{role}: {', '.join(f'{k} {v:.4f}' for k, v in metrics.items())}")
     return report, task, (model, tokenizer), job
 
@@ -319,11 +369,13 @@ def run(
             student = (*loaded[name], path)
             agreement = word_agreement(student, t_loaded, task, split, cfg.max_length)
             reports[name]["word_agreement"] = agreement
-            if agreement is not None:
-                log(
-                    f"{name}: top-1 word agreement with the teacher {agreement['masked']:.1%} "
-                    f"masked, {agreement['unmasked']:.1%} unmasked"
-                )
+            if agreement is not None:  # a causal LM is never masked: its masked share is None
+                shares = [
+                    f"{agreement[k]:.1%} {k}"
+                    for k in ("masked", "unmasked")
+                    if agreement[k] is not None
+                ]
+                log(f"{name}: top-1 word agreement with the teacher {', '.join(shares)}")
         result["models"] = {"teacher": t_report, **reports}
     return _write(result, output_dir)
 

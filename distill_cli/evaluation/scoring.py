@@ -12,6 +12,7 @@ import torch
 
 from distill_cli import tasks
 from distill_cli.data import batching
+from distill_cli.models import forward as heads
 
 
 def scorer(task, examples, features, d) -> tasks.Scoring:
@@ -23,9 +24,16 @@ def score(model, loader, scoring: tasks.Scoring, gather: Callable[[list], list] 
     """Task metrics of ``model`` over ``loader``; ``gather`` collects records across processes."""
     kind = tasks.of(scoring.task)
     records = []
+    word = None
+    if kind.word_head and isinstance(model, torch.nn.Module):  # class logits at the blank
+        word = scoring.word or (heads.word_mode("auto", model, prefer_head=True), 1.0)
     with torch.inference_mode():
         for batch in loader:
             inputs, _ = batching.split_inputs(batch)
-            got = kind.records(model(**inputs), batch)
+            if word is not None:
+                out = heads.read_blank(model, inputs, heads.blank_of(batch, word[1]), word[0])
+            else:
+                out = model(**inputs)
+            got = kind.records(out, batch)
             records += gather(got) if gather is not None else got
     return kind.metrics(scoring, records)

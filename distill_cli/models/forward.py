@@ -6,26 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers.models.auto.modeling_auto import (
-    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-    MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-)
 
 from distill_cli.errors import UnsupportedModel
+from distill_cli.models.kinds import is_causal, saved_with_lm_head
 from distill_cli.tasks import head_logits
 
-
-def is_causal(config) -> bool:
-    """A decoder-only LM (GPT-2, Llama, Gemma, ...), as opposed to a BERT-style encoder."""
-    archs = getattr(config, "architectures", None) or []
-    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
-        return True
-    if any(
-        a.endswith(("ForMaskedLM", "ForPreTraining", "ForSequenceClassification")) for a in archs
-    ):
-        return False
-    t = config.model_type
-    return t in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and t not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+__all__ = ["is_causal"]
 
 
 def _widths(model) -> tuple[int, int]:
@@ -55,17 +41,21 @@ def embedding_projection(model):
     return None
 
 
-def word_mode(requested: str, model) -> str:
+def word_mode(requested: str, model, prefer_head: bool = False) -> str:
     """embeddings | lm_head for a model whose word logits a loss term reads.
 
     ``auto`` is lm_head for causal LMs and for encoders with factorised embeddings, when they have
     a trained LM head; else embeddings: Z = H·Eᵀ, through the model's own embedding→hidden
     projection (transposed) when the embedding width differs from the hidden width.
+    ``prefer_head`` (a task read through the word head: cloze) makes ``auto`` lm_head for any
+    model saved with a trained LM head (a masked LM too), embeddings for one without.
     """
     e, h = _widths(model)
     factorised = e != h and not is_causal(model.config)
     if requested == "auto":
         wants_head = is_causal(model.config) or factorised
+        if prefer_head:
+            wants_head = saved_with_lm_head(model.config)
         requested = "lm_head" if wants_head and lm_head(model) is not None else "embeddings"
     if requested == "lm_head" and lm_head(model) is None:
         raise UnsupportedModel(
@@ -148,22 +138,63 @@ def _run_to_lm_head(model, inputs: dict, needs: Needs):
     return out, seen["features"]
 
 
-def forward(model, inputs: dict, needs: Needs, mode: str, pool=None) -> Outputs:
+@dataclass
+class Blank:
+    """Where a task reads its class logits from the word head (cloze): one position per row and
+    the vocabulary ids of the classes (the verbalizers), scaled like the word logits."""
+
+    positions: torch.Tensor  # [batch]
+    ids: torch.Tensor  # [batch, classes]
+    scale: float = 1.0
+
+
+BLANK_COLUMNS = ("blank_position", "verbalizer_ids")  # a batch's columns for a Blank
+
+
+def blank_of(batch: dict, scale: float = 1.0, prefix: str = "", id_remap=None) -> Blank | None:
+    """The batch's Blank (``prefix``: the teacher's own columns when it tokenizes differently);
+    ``id_remap`` maps a compressed student's verbalizer ids. None for a batch without one."""
+    position, ids = (batch.get(prefix + c) for c in BLANK_COLUMNS)
+    if position is None:
+        return None if not prefix else blank_of(batch, scale, "", id_remap)
+    if id_remap is not None:
+        ids = id_remap[ids]
+    return Blank(position, ids, scale)
+
+
+def blank_logits(features, weight, bias, blank: Blank) -> torch.Tensor:
+    """Class logits [batch, classes]: each row's word features at its blank times only the
+    verbalizer rows of W (plus their bias), scaled; the [batch, tokens, V] logits are never built.
+    Equal to the full word logits at the blank, indexed at the verbalizer ids."""
+    h = features[torch.arange(len(features), device=features.device), blank.positions]  # [B, d]
+    w = weight[blank.ids]  # [B, K, d]
+    z = torch.einsum("bd,bkd->bk", h, w.to(h.dtype))
+    if bias is not None:
+        z = z + bias[blank.ids].to(z.dtype)
+    return z * blank.scale
+
+
+def forward(
+    model, inputs: dict, needs: Needs, mode: str, pool=None, blank: Blank | None = None
+) -> Outputs:
     """Run a model (classifier, base encoder, MLM or causal LM) for the outputs the losses need;
     ``pool(last_hidden_state, attention_mask)`` makes the sentence embedding when they read one.
+    With a ``blank`` (cloze), the logits are the word logits there, at the verbalizer ids.
 
     LM logits are never computed here: the fused loss multiplies word features with W in chunks.
     """
-    hidden_wanted = needs.hidden or needs.word
+    at_blank = needs.logits and blank is not None
+    words = needs.word or at_blank
+    hidden_wanted = needs.hidden or words
     features = None
-    if needs.logits:  # a task model: classifier, tagger or QA reader
+    if needs.logits and not at_blank:  # a task model: classifier, tagger or QA reader
         out = model(
             **inputs, output_hidden_states=hidden_wanted, output_attentions=needs.attentions
         )
         result = Outputs(logits=head_logits(out))
         hidden = out.hidden_states if hidden_wanted else ()
         last = hidden[-1] if hidden_wanted else None
-    elif needs.word and mode == "lm_head":
+    elif words and mode == "lm_head":
         out, features = _run_to_lm_head(model, inputs, needs)
         result, hidden = Outputs(), out.hidden_states if needs.hidden else ()
     else:  # the base model under any head
@@ -176,11 +207,22 @@ def forward(model, inputs: dict, needs: Needs, mode: str, pool=None) -> Outputs:
     result.attentions = tuple(out.attentions) if needs.attentions else ()
     if needs.embedding:
         result.embedding = pool(last, inputs["attention_mask"])
+    if words:
+        features = features if features is not None else embedding_features(model, last)
+        weight, bias = vocabulary(model, mode)
+        if at_blank:
+            result.logits = blank_logits(features, weight, bias, blank)
     if needs.word:
-        result.word_features = features if features is not None else embedding_features(model, last)
+        result.word_features = features
         # returned from forward so that DDP sees the vocabulary matrix as used
-        result.word_weight, result.word_bias = vocabulary(model, mode)
+        result.word_weight, result.word_bias = weight, bias
     return result
+
+
+def read_blank(model, inputs: dict, blank: Blank, mode: str) -> Outputs:
+    """A word model read as a classifier at its blank: Outputs whose ``logits`` are the class
+    logits (what a scorer reads)."""
+    return forward(model, inputs, Needs(logits=True), mode, blank=blank)
 
 
 class StudentModule(torch.nn.Module):
@@ -195,6 +237,7 @@ class StudentModule(torch.nn.Module):
         self.model = model
         self.extras = extras if extras is not None else torch.nn.ModuleDict()
 
-    def forward(self, inputs: dict, needs: Needs, mode: str) -> Outputs:
+    def forward(self, inputs: dict, needs: Needs, mode: str, blank: Blank | None = None) -> Outputs:
         head = self.extras["embedding"] if "embedding" in self.extras else None
-        return forward(self.model, inputs, needs, mode, head.pool if head is not None else None)
+        pool = head.pool if head is not None else None
+        return forward(self.model, inputs, needs, mode, pool, blank)

@@ -681,15 +681,17 @@ def build_student(
     return _new_model(type(teacher), config, "student.init: config").float(), teacher_tokenizer
 
 
-def load_classifier(path: str, role: str = "model", trust_remote_code: bool = False):
+def load_classifier(path: str, role: str = "model", trust_remote_code: bool = False, task=None):
     """A trained task model (classifier, tagger or QA reader, as saved) and its tokenizer, for
-    evaluation (ONNX exports run in onnxruntime)."""
+    evaluation (ONNX exports run in onnxruntime). ``task``: load it with that task's model class
+    (a cloze reads a masked or causal LM) instead of the one its config names."""
     from distill_cli.models.onnx_model import OnnxClassifier, is_onnx_folder
 
     if is_onnx_folder(path):
         check_model_source(path, role)
         return OnnxClassifier(path), load_tokenizer(path, role)
-    model, tokenizer = _load_by_config(path, role, trust_remote_code, _task_class)
+    pick = _task_class if task is None else (lambda config: task.auto_class)
+    model, tokenizer = _load_by_config(path, role, trust_remote_code, pick)
     if not model.config.architectures:  # a GGUF's config names none: the class loaded tells
         model.config.architectures = [type(model).__name__]
     return model.eval(), tokenizer

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import json
 import os
 import shutil
 import tempfile
@@ -252,9 +253,10 @@ def publish(staged: Path, out: Path) -> None:
         os.replace(p, dest)
 
 
-def save_model_atomic(model, tokenizer, out: Path, write=None) -> None:
+def save_model_atomic(model, tokenizer, out: Path, write=None, files=None) -> None:
     """save_pretrained into a staging folder, then publish: the weights are the last file in.
-    ``write(folder)``, when given, writes the folder instead (a sentence-transformers layout)."""
+    ``write(folder)``, when given, writes the folder instead (a sentence-transformers layout);
+    ``files`` ({name: JSON object}) are published with the model (a cloze's cloze.json)."""
     tmp = staging(out)
     try:
         if write is not None:
@@ -263,6 +265,8 @@ def save_model_atomic(model, tokenizer, out: Path, write=None) -> None:
             model.save_pretrained(tmp, safe_serialization=True)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
+        for name, data in (files or {}).items():
+            (tmp / name).write_text(json.dumps(data, indent=2) + "\n")
         publish(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -19,21 +19,34 @@ from distill_cli.tasks.base import (
     outputs_logits,
 )
 from distill_cli.tasks.chat import CHAT
+from distill_cli.tasks.cloze import CLOZE
 from distill_cli.tasks.question_answering import QUESTION_ANSWERING
 from distill_cli.tasks.sentence_embedding import SENTENCE_EMBEDDING
 from distill_cli.tasks.sequence import CLASSIFICATION, REGRESSION
 from distill_cli.tasks.token_classification import TOKEN_CLASSIFICATION
 
-# In the order data is offered to them: classification takes whatever the others do not claim.
+# In the order data is offered to them: classification takes whatever the others do not claim;
+# cloze claims labelled tables before it when data.template or data.verbalizers is set.
 TASKS: dict[str, TaskType] = {
-    t.name: t for t in (CHAT, TOKEN_CLASSIFICATION, QUESTION_ANSWERING, CLASSIFICATION, REGRESSION)
+    t.name: t
+    for t in (CLOZE, CHAT, TOKEN_CLASSIFICATION, QUESTION_ANSWERING, CLASSIFICATION, REGRESSION)
 }
 TASKS[SENTENCE_EMBEDDING.name] = SENTENCE_EMBEDDING
 # the task types data can be read as (data.task_type)
 DATA_TASKS = tuple(n for n, t in TASKS.items() if t is not SENTENCE_EMBEDDING)
 LAYOUTS: dict[str, Layout] = {t.layout.name: t.layout for t in TASKS.values()}
 
-__all__ = ["CHAT", "IGNORE", "MASKED", "TASKS", "EvalFeatures", "Layout", "Scoring", "TaskType"]
+__all__ = [
+    "CHAT",
+    "CLOZE",
+    "IGNORE",
+    "MASKED",
+    "TASKS",
+    "EvalFeatures",
+    "Layout",
+    "Scoring",
+    "TaskType",
+]
 
 
 def get(name: str) -> TaskType:
@@ -51,6 +64,11 @@ def load_task_data(cfg, splits=None, label_names=None, optional=()):
         if task.claims(cfg):
             return task.load(cfg, splits, label_names, optional)
     return CLASSIFICATION.load(cfg, splits, label_names, optional)
+
+
+def claiming(cfg) -> TaskType:
+    """The task type that would read ``cfg``'s data (without reading it)."""
+    return next((t for t in TASKS.values() if t.claims(cfg)), CLASSIFICATION)
 
 
 def with_head(config) -> TaskType | None:

@@ -57,6 +57,7 @@ class Scoring:
     examples: datasets.Dataset
     features: EvalFeatures
     d: DataConfig
+    word: tuple[str, float] | None = None  # cloze: the model's word mode and scale (None: auto)
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,13 @@ class TaskType:
     fixed_length: bool = False  # timed padded to a fixed length (long inputs, as at serving)
     one_label_per_text: bool = False  # sentence labels: an embedder's probe can read them
     generates: bool = False  # a causal LM writing text: no masking, word logits from its LM head
+    # its class logits are a word model's word logits at a blank, restricted to verbalizer ids
+    # (cloze): batches carry blank_position and verbalizer_ids (models.forward.Blank), and
+    # word_logits: auto reads a trained LM head where the model was saved with one
+    word_head: bool = False
+    # JSON files written beside the saved model: (task data, tokenizer, word mode, word scale)
+    # → {file name: contents}
+    saved_files: Callable[..., dict[str, dict]] | None = None
 
     @property
     def description(self) -> str:

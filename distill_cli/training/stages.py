@@ -36,6 +36,7 @@ from distill_cli.models.load import (
 )
 from distill_cli.recipe import Recipe
 from distill_cli.reporting import log
+from distill_cli.tasks import cloze
 from distill_cli.training import losses
 from distill_cli.user_files import read_json
 
@@ -71,12 +72,17 @@ def term_names(recipe: Recipe) -> set[str]:
     return {name for phase in recipe.phases for name in phase.terms}
 
 
-def _word_mode(recipe: Recipe, model) -> str:
-    """How ``model``'s word logits are read, checked now when a loss term reads them."""
+def _word_mode(recipe: Recipe, model, kind: tasks.TaskType | None = None, path=None) -> str:
+    """How ``model``'s word logits are read, checked now when a loss term (or the task: cloze)
+    reads them. A cloze model (``path`` has cloze.json) keeps the mode it was trained in."""
     word_terms = any(losses.KD_LOSSES[n].needs.word for n in term_names(recipe))
-    if model is None or not word_terms:
+    word_head = kind is not None and kind.word_head
+    if model is None or not (word_terms or word_head):
         return "embeddings"
-    return word_mode(recipe.word_logits, model)
+    requested = recipe.word_logits
+    if word_head and requested == "auto":
+        requested = cloze.saved_word_logits(path) or requested
+    return word_mode(requested, model, prefer_head=word_head)
 
 
 def _needs_teacher(recipe: Recipe) -> bool:
@@ -152,8 +158,27 @@ def _check_positions_tokenizers(recipe: Recipe, separate: bool, kind: tasks.Task
         )
 
 
+def _cloze_teacher(recipe: Recipe) -> None:
+    """A teacher trained as a cloze (its folder has cloze.json) makes the data a cloze with its
+    template and verbalizers, where the recipe sets no task type or these keys itself."""
+    d = recipe.data
+    teacher = recipe.teacher if _needs_teacher(recipe) else None
+    saved = cloze.read_saved(teacher) if teacher and Path(teacher).is_dir() else None
+    if saved is None or (d.task_type is not None and not tasks.get(d.task_type).word_head):
+        return
+    for key, value in cloze.data_settings(saved).items():
+        if getattr(d, key) is None:
+            setattr(d, key, value)
+
+
+def _student_source(recipe: Recipe) -> str | None:
+    """The folder a student's weights come from: its checkpoint, or the teacher it is built from."""
+    return recipe.student.path if recipe.student.init == "checkpoint" else recipe.teacher
+
+
 def build_task(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built:
     d = recipe.data
+    _cloze_teacher(recipe)
     # labels the data does not name follow the teacher's order, as evaluate reads them
     names = None
     if _needs_teacher(recipe):
@@ -186,9 +211,11 @@ def build_task(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built:
     student, student_tok = build_student(
         recipe.student, teacher, teacher_tok, task.labels, task.task_type, trust_remote_code, log
     )
-    for model, tok in ((teacher, teacher_tok), (student, student_tok)):
+    for model, tok, role in ((teacher, teacher_tok, "teacher"), (student, student_tok, "student")):
         if model is not None:
             give_pad_token(model, tok)
+            if kind.word_head:  # a cloze: the blank is read as the tokenizer allows
+                cloze.check_reader(model.config, tok, role)
     compressed = (
         compressed_vocab(recipe.student.path, _rows(teacher)) if teacher is not None else None
     )
@@ -213,8 +240,9 @@ def build_task(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built:
         causal=kind.generates,
         task=task,
         eval_ds=eval_ds,
-        student_mode=_word_mode(recipe, student),
-        teacher_mode=_word_mode(recipe, teacher),
+        # a student built from the teacher is read as the teacher is
+        student_mode=_word_mode(recipe, student, kind, _student_source(recipe)),
+        teacher_mode=_word_mode(recipe, teacher, kind, recipe.teacher),
         vocab_index=compressed[0] if compressed else None,
         id_remap=compressed[1] if compressed else None,
         input_tokenizer=input_tok,

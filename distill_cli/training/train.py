@@ -457,7 +457,11 @@ def finish(s: State) -> dict:
             if b.student_head is not None:  # a sentence-transformers folder
                 whole = with_model(b.student_head, model)
                 write = lambda folder: save_embedder(whole, b.tokenizer, folder)  # noqa: E731
-            save_model_atomic(model, b.tokenizer, out, write)
+            kind = tasks.of(b.task) if b.task is not None else None
+            files = None
+            if kind is not None and kind.saved_files is not None:  # cloze.json
+                files = kind.saved_files(b.task, b.tokenizer, b.student_mode, s.word_scale)
+            save_model_atomic(model, b.tokenizer, out, write, files)
         except OSError as e:
             raise WriteFailed(
                 f"could not write the model to {out} ({e.strerror or e}); the last checkpoint "
@@ -475,6 +479,7 @@ def _evaluate(s: State) -> dict:
     model = s.accelerator.unwrap_model(s.student).model
     d = s.recipe.data
     scorer = scoring.scorer(task, task.splits[d.eval_split], s.built.eval_ds, d)
+    scorer.word = (s.built.student_mode, s.word_scale)
     metrics = evaluate_split(model, s.eval_loader, s.accelerator, scorer)
     if s.main:
         s.writer.write({"step": step, **{f"eval/{k}": v for k, v in metrics.items()}})
@@ -597,8 +602,11 @@ def compute_loss(s: State, batch: dict, plan: PhasePlan) -> tuple[torch.Tensor, 
     s_inputs, t_inputs = batching.split_inputs(batch)
     if b.id_remap is not None:  # a compressed student reads the teacher's tokens, remapped
         s_inputs = {**s_inputs, "input_ids": b.id_remap[s_inputs["input_ids"]]}
+    # a cloze's blank: both models' class logits are their word logits there
+    s_blank = heads.blank_of(batch, s.word_scale, id_remap=b.id_remap)
+    t_blank = heads.blank_of(batch, s.word_scale, batching.TEACHER_PREFIX)
     step = losses.Step(
-        student=s.student(s_inputs, needs, b.student_mode),
+        student=s.student(s_inputs, needs, b.student_mode, s_blank),
         labels=batch.get("labels"),
         # the positions the loss reads: every real token, or those a chat task predicts
         mask=batch["loss_mask"] if "loss_mask" in batch else s_inputs["attention_mask"],
@@ -611,7 +619,7 @@ def compute_loss(s: State, batch: dict, plan: PhasePlan) -> tuple[torch.Tensor, 
     if needs.teacher:
         with torch.no_grad(), accelerator.autocast():
             pool = b.teacher_embedder.pool if b.teacher_embedder is not None else None
-            step.teacher = heads.forward(s.teacher, t_inputs, needs, b.teacher_mode, pool)
+            step.teacher = heads.forward(s.teacher, t_inputs, needs, b.teacher_mode, pool, t_blank)
     with accelerator.autocast():  # the vocabulary matmuls run in bf16/fp16 on GPUs too
         parts = losses.loss_parts(plan.terms, step, accelerator.unwrap_model(s.student).extras)
     return losses.weighted_sum(plan.terms, parts), parts

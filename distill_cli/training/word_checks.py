@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from distill_cli import tasks
 from distill_cli.data.text import TokenMasker
 from distill_cli.errors import DistillError
 from distill_cli.reporting import log
@@ -48,6 +49,7 @@ def check_teacher(s: State) -> None:
     metrics.jsonl, and a warning (recipe word_signal: error makes it exit 2) when near uniform."""
     phases = word_phases(s)
     if not phases:
+        _blank_scale(s)
         return
     probe, batches = make_probe(s)
     s.word_scale = scale(s, probe, batches, phases)
@@ -70,12 +72,29 @@ def check_teacher(s: State) -> None:
         s.writer.write(record)
 
 
+def _blank_scale(s: State) -> None:
+    """A cloze with no word term still reads word logits (its class logits at the blank): the
+    scale is fitted (or given) as for word terms, on the teacher, or without one (prompt-based
+    fine-tuning) on the model being fine-tuned, before step 1."""
+    b = s.built
+    if b.task is None or not tasks.of(b.task).word_head:
+        return
+    probe, batches = make_probe(s)
+    if b.teacher is None:
+        probe.teacher, probe.teacher_mode = b.student, b.student_mode
+    s.word_scale = scale(s, probe, batches, [])
+    if s.main and s.resume_from is None:
+        s.writer.write({"step": 0, "word_logit_scale": s.word_scale})
+    s.recipe.word_logit_scale = s.word_scale
+
+
 def scale(s: State, probe, batches, phases) -> float:
     """recipe.word_logit_scale as a number: given, the resumed run's, or fitted (auto)."""
     value, b = s.recipe.word_logit_scale, s.built
     if value is None:
-        value = "auto" if b.teacher_mode == "embeddings" else 1.0
-    standardized = all(
+        mode = b.teacher_mode if b.teacher is not None else b.student_mode
+        value = "auto" if mode == "embeddings" else 1.0
+    standardized = bool(phases) and all(
         getattr(p, "standardize", False) for _, terms in phases for p in terms.values()
     )
     if value != "auto" or standardized:  # z-scored logits ignore the scale
