@@ -48,7 +48,13 @@ def _quantize(fp32_path: Path, int8_path: Path, per_channel: bool = False) -> No
     root.setLevel(logging.ERROR)  # quiet its "consider pre-processing" advice
     try:
         quantize_dynamic(
-            str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, per_channel=per_channel
+            str(fp32_path),
+            str(int8_path),
+            weight_type=QuantType.QInt8,
+            per_channel=per_channel,
+            # 7-bit weights: onnxruntime's u8s8 kernels on x86 CPUs without VNNI (AVX2, plain
+            # AVX-512) saturate with full-range weights, and an export may run on any such CPU
+            reduce_range=True,
         )
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
