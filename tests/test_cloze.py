@@ -358,3 +358,44 @@ def test_evaluate_reads_a_cloze_onnx_export(tiny_mlm, tiny_data_dir, tmp_path):
         report = json.loads((report_dir / "evaluation.json").read_text())
         accuracy[name] = next(iter(report["models"].values()))["metrics"]["accuracy"]
     assert accuracy["onnx"] == pytest.approx(accuracy["torch"])
+
+
+# ---------------------------------------------------------------- compress-vocab
+
+
+def test_compress_vocab_keeps_the_verbalizers_of_a_cloze_model(tiny_mlm, tiny_data_dir, tmp_path):
+    from distill_cli.vocabulary import compress, surgery
+
+    src = cloze_model(tiny_mlm, tmp_path / "src", ["awful", "great"])
+    tok = AutoTokenizer.from_pretrained(src)
+    prompt = compress.cloze_prompt(cloze.read_saved(src))
+    # the cloze task's data is counted in its template; at ratio 0.1 "awful" is not in the top
+    texts = compress.corpus_texts(str(tiny_data_dir), tok, prompt)
+    assert len(texts) == 48 and all(t.endswith(" so [MASK]") for t in texts)
+    counts = surgery.token_counts(tok, texts, len(tok))
+    top = surgery.top_ids(counts, 0.1, surgery.tokenizer_spec(tok))
+    assert tok.convert_tokens_to_ids("awful") not in top
+
+    out = tmp_path / "small"
+    result = invoke("compress-vocab", src, "--teacher", src, "--corpus", tiny_data_dir,
+                    "--ratio", 0.1, "--output-dir", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / cloze.FILE).read_text())
+    small = AutoTokenizer.from_pretrained(out)
+    assert saved["verbalizer_tokens"] == ["awful", "great"] and len(small) < len(tok)
+    assert small.convert_ids_to_tokens(saved["verbalizer_ids"]) == ["awful", "great"]
+    assert saved["verbalizer_ids"] != cloze.read_saved(src)["verbalizer_ids"]  # new ids
+
+    # TKD into the compressed student from the full teacher, then evaluate it
+    trained = tmp_path / "trained"
+    result = invoke(*tkd_args(src, tiny_data_dir, trained, "--student", out, *cloze_sets()))
+    assert result.exit_code == 0, result.output
+    assert (
+        json.loads((trained / cloze.FILE).read_text())["verbalizer_ids"] == saved["verbalizer_ids"]
+    )
+    assert json.loads((trained / "config.json").read_text())["vocab_size"] == len(small)
+    report_dir = tmp_path / "report"
+    result = invoke("evaluate", trained, "--split", "validation", "--output-dir", report_dir)
+    assert result.exit_code == 0, result.output
+    report = json.loads((report_dir / "evaluation.json").read_text())
+    assert 0 <= report["models"]["trained"]["metrics"]["accuracy"] <= 1
