@@ -111,10 +111,9 @@ class ClozeUsage:
 
     @classmethod
     def of(cls, config, saved: dict) -> ClozeUsage:
-        reads = saved.get("reads") or ("next_token" if is_causal(config) else "mask_token")
         return cls(
             labels=list(saved["labels"]),
-            next_token=reads == "next_token",
+            next_token=cloze_task.saved_reads_next_token(saved, config),
             lm_head=saved.get("word_logits", "lm_head") == "lm_head",
             pair=pair_template(saved["template"]),
         )
