@@ -245,3 +245,157 @@ def test_cloze_errors_are_one_line(tiny_mlm, tiny_data_dir, tmp_path):
     wrong_type = invoke(*tkd_args(tiny_mlm, tiny_data_dir, tmp_path / "d",
                                   "--set", "data.task_type=classification", *cloze_sets()))  # fmt: skip
     assert "read the task as a cloze" in error_line(wrong_type)
+
+
+# ---------------------------------------------------------------- export
+
+# texts in both tiny vocabularies; the card's own examples are replaced by them
+EXPORT_TEXTS = ["the movie was good and the acting was great", "a dull film", "awful"]
+
+
+def cloze_model(src, dst, words, mode="lm_head", scale=1.0):
+    """A copy of ``src`` with the cloze.json training would write beside it."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    tok = AutoTokenizer.from_pretrained(dst)
+    labels = ("neg", "pos")
+    task = SimpleNamespace(prompt=cloze.Prompt(TEMPLATE, tuple(words), labels))
+    saved = cloze.saved_files(task, tok, mode, scale)[cloze.FILE]
+    (dst / cloze.FILE).write_text(json.dumps(saved))
+    return dst
+
+
+def own_class_logits(folder, texts) -> torch.Tensor:
+    """distill_cli's class logits for ``texts``, one text at a time (cloze.json's reading)."""
+    saved = cloze.read_saved(folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = cloze.AutoModelForCloze.from_pretrained(folder).eval()
+    prompt = cloze.Prompt(saved["template"], tuple(saved["verbalizers"]), tuple(saved["labels"]))
+    ids = torch.tensor([cloze.verbalizer_ids(prompt, tok)])
+    rows = []
+    for text in texts:
+        enc, blank, _ = cloze.encode_texts([text], prompt.template, tok, 64)
+        inputs = {k: torch.tensor([v]) for k, v in enc.items() if k != "special_tokens_mask"}
+        b = heads.Blank(torch.tensor([blank]), ids, saved["word_logit_scale"])
+        with torch.no_grad():
+            rows.append(heads.read_blank(model, inputs, b, saved["word_logits"]).logits[0])
+    return torch.stack(rows)
+
+
+EXPORTED = {  # name → (fixture, verbalizers, word mode, scale)
+    "mlm-head": ("tiny_mlm", ["awful", "great"], "lm_head", 1.0),
+    "mlm-embeddings": ("tiny_mlm", ["awful", "great"], "embeddings", 2.5),
+    "llama": ("tiny_llama", ["this", "that"], "lm_head", 1.0),
+}
+
+
+@pytest.mark.parametrize("case", list(EXPORTED))
+def test_hf_export_card_classifies_in_plain_transformers(request, case, tmp_path):
+    import re
+
+    from helpers import run_without_distill_cli
+
+    fixture, words, mode, scale = EXPORTED[case]
+    src = cloze_model(request.getfixturevalue(fixture), tmp_path / "src", words, mode, scale)
+    out = tmp_path / "hf"
+    result = invoke("export", src, "--format", "hf", "--output-dir", out, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / cloze.FILE).read_text()) == cloze.read_saved(src)
+    card = (out / "README.md").read_text()
+    snippet = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    assert ('pipeline("fill-mask"' in snippet) == (case == "mlm-head")
+    assert ("word_logit_scale" in snippet) == (mode == "embeddings")
+    snippet = snippet.replace('["The movie was great.", "A dull film."]', repr(EXPORT_TEXTS))
+    proc = run_without_distill_cli(snippet.replace("path/to/hf", str(out)), tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    expected = own_class_logits(src, EXPORT_TEXTS).argmax(-1).tolist()
+    assert proc.stdout.split() == [["neg", "pos"][i] for i in expected]
+
+
+@pytest.mark.parametrize(
+    "case, fmt", [("mlm-head", "onnx"), ("mlm-embeddings", "onnx-int8"), ("llama", "onnx")]
+)
+def test_onnx_export_returns_the_class_logits(request, case, fmt, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from distill_cli.models.onnx_model import OnnxClassifier
+
+    fixture, words, mode, scale = EXPORTED[case]
+    src = cloze_model(request.getfixturevalue(fixture), tmp_path / "src", words, mode, scale)
+    out = tmp_path / fmt
+    result = invoke("export", src, "--format", fmt, "--output-dir", out, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["verified"] and report["outputs"] == ["logits"]
+    assert (out / cloze.FILE).is_file() and (out / "tokenizer.json").is_file()
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [(o.name, o.shape) for o in sess.get_outputs()] == [("logits", ["batch", 2])]
+    if fmt == "onnx-int8":
+        assert report["int8_check"]["measure"] == "label agreement per test sentence"
+
+    # a right-padded batch of prompts through the graph: distill_cli's class logits
+    tok = AutoTokenizer.from_pretrained(out)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    prompts = [cloze.render(TEMPLATE, [t], tok) for t in EXPORT_TEXTS]
+    enc = tok(prompts, return_tensors="pt", padding=True)
+    got = OnnxClassifier(out)(**enc).logits
+    tolerance = 1e-4 if fmt == "onnx" else 0.05
+    assert (got - own_class_logits(src, EXPORT_TEXTS)).abs().max() <= tolerance
+
+
+def test_evaluate_reads_a_cloze_onnx_export(tiny_mlm, tiny_data_dir, tmp_path):
+    pytest.importorskip("onnxruntime")
+    src = cloze_model(tiny_mlm, tmp_path / "src", ["awful", "great"])
+    out = tmp_path / "onnx"
+    assert invoke("export", src, "--format", "onnx", "--output-dir", out).exit_code == 0
+    accuracy = {}
+    for name, folder in (("torch", src), ("onnx", out)):
+        report_dir = tmp_path / f"report-{name}"
+        result = invoke("evaluate", folder, "--data", tiny_data_dir, "--split", "validation",
+                        "--output-dir", report_dir)  # fmt: skip
+        assert result.exit_code == 0, result.output
+        report = json.loads((report_dir / "evaluation.json").read_text())
+        accuracy[name] = next(iter(report["models"].values()))["metrics"]["accuracy"]
+    assert accuracy["onnx"] == pytest.approx(accuracy["torch"])
+
+
+# ---------------------------------------------------------------- compress-vocab
+
+
+def test_compress_vocab_keeps_the_verbalizers_of_a_cloze_model(tiny_mlm, tiny_data_dir, tmp_path):
+    from distill_cli.vocabulary import compress, surgery
+
+    src = cloze_model(tiny_mlm, tmp_path / "src", ["awful", "great"])
+    tok = AutoTokenizer.from_pretrained(src)
+    prompt = compress.cloze_prompt(cloze.read_saved(src))
+    # the cloze task's data is counted in its template; at ratio 0.1 "awful" is not in the top
+    texts = compress.corpus_texts(str(tiny_data_dir), tok, prompt)
+    assert len(texts) == 48 and all(t.endswith(" so [MASK]") for t in texts)
+    counts = surgery.token_counts(tok, texts, len(tok))
+    top = surgery.top_ids(counts, 0.1, surgery.tokenizer_spec(tok))
+    assert tok.convert_tokens_to_ids("awful") not in top
+
+    out = tmp_path / "small"
+    result = invoke("compress-vocab", src, "--teacher", src, "--corpus", tiny_data_dir,
+                    "--ratio", 0.1, "--output-dir", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / cloze.FILE).read_text())
+    small = AutoTokenizer.from_pretrained(out)
+    assert saved["verbalizer_tokens"] == ["awful", "great"] and len(small) < len(tok)
+    assert small.convert_ids_to_tokens(saved["verbalizer_ids"]) == ["awful", "great"]
+    assert saved["verbalizer_ids"] != cloze.read_saved(src)["verbalizer_ids"]  # new ids
+
+    # TKD into the compressed student from the full teacher, then evaluate it
+    trained = tmp_path / "trained"
+    result = invoke(*tkd_args(src, tiny_data_dir, trained, "--student", out, *cloze_sets()))
+    assert result.exit_code == 0, result.output
+    assert (
+        json.loads((trained / cloze.FILE).read_text())["verbalizer_ids"] == saved["verbalizer_ids"]
+    )
+    assert json.loads((trained / "config.json").read_text())["vocab_size"] == len(small)
+    report_dir = tmp_path / "report"
+    result = invoke("evaluate", trained, "--split", "validation", "--output-dir", report_dir)
+    assert result.exit_code == 0, result.output
+    report = json.loads((report_dir / "evaluation.json").read_text())
+    assert 0 <= report["models"]["trained"]["metrics"]["accuracy"] <= 1

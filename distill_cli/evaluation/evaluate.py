@@ -145,14 +145,18 @@ def timing_job(model, tokenizer, texts, max_length: int, runs: int = 30, full=Fa
     return timing.Job(forward, singles, encode(0, 32))
 
 
+def prompts(task: TaskData, split: str, tokenizer, n: int = 32) -> list[str]:
+    """The split's first texts in a cloze task's template, as the model reads them."""
+    texts = [list(t) for t in zip(*_texts(task, split, n), strict=True)]
+    return [cloze.render(task.prompt.template, t, tokenizer) for t in texts]
+
+
 def cloze_timing_job(model, tokenizer, task: TaskData, split: str, max_length: int, word):
     """timing_job on the split's texts in the template, reading the class logits at the blank
     (the mask token, or a causal LM's last token) without the [batch, tokens, V] logits."""
     prompt = task.prompt
-    texts = [list(t) for t in zip(*_texts(task, split, 32), strict=True)]
-    rendered = [cloze.render(prompt.template, t, tokenizer) for t in texts]
     ids = torch.tensor(cloze.verbalizer_ids(prompt, tokenizer))
-    plain = timing_job(model, tokenizer, [rendered], max_length)
+    plain = timing_job(model, tokenizer, [prompts(task, split, tokenizer)], max_length)
     mode, scale = word
 
     def call(batch):
@@ -208,6 +212,8 @@ def evaluate_model(path: str, role: str, cfg: DataConfig, split: str, task=None)
         job = timing_job(model, tokenizer, _texts(task, split, 32), length, full=span)
     if word is not None:  # a cloze is timed as it is read: its prompt, the class logits only
         job = cloze_timing_job(model, tokenizer, task, split, length, word)
+    elif tasks.of(task).word_head:  # a cloze ONNX export: the prompts in, the class logits out
+        job = timing_job(model, tokenizer, [prompts(task, split, tokenizer)], length)
     log(f"{role}: {', '.join(f'{k} {v:.4f}' for k, v in metrics.items())}")
     return report, task, (model, tokenizer), job
 

@@ -9,6 +9,11 @@ holds what they share, card the HF model card.
 A sentence-transformers folder is exported as the sentence embedder it is (sentence.py): hf
 writes a sentence-transformers folder, onnx and onnx-int8 one graph from token inputs to the
 ``sentence_embedding``.
+
+A cloze model (a masked or causal LM with ``cloze.json`` beside it) is exported as the LM it is,
+``cloze.json`` with it: hf writes the LM folder and a card that classifies with plain
+transformers; onnx and onnx-int8 trace cloze.py's ClozeClassifier, one graph from token inputs to
+the class logits at the blank.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pathlib import Path
 
 from distill_cli import outputs
 from distill_cli.errors import DistillError
+from distill_cli.export.cloze import ClozeClassifier
 from distill_cli.export.hf import DTYPES, export_embedder_hf, export_hf
 from distill_cli.export.int8 import export_int8
 from distill_cli.export.onnx import export_onnx
@@ -27,10 +33,11 @@ from distill_cli.export.verify import MB
 from distill_cli.models.embedder import is_sentence_transformers_folder, load_embedder
 from distill_cli.models.load import check_model_source, load_as_saved
 from distill_cli.outputs import check_free_space, weights_bytes
+from distill_cli.tasks import cloze
 
 FORMATS = ("hf", "onnx", "onnx-int8")
 EVALUATION = "evaluation.json"
-EXTRAS = ("vocab_map.json", "resolved_recipe.yaml")
+EXTRAS = ("vocab_map.json", "resolved_recipe.yaml", cloze.FILE)
 
 
 def _check_args(fmt: str, dtype: str) -> None:
@@ -85,6 +92,9 @@ def run(
         model = SentenceEmbedding(embedder)  # what the ONNX formats trace
     else:
         model, tokenizer = load_as_saved(model_dir, "model", trust_remote_code)
+    saved = None if embedding else cloze.read_saved(model_dir)
+    if saved is not None and fmt != "hf":  # the graph returns the class logits at the blank
+        model = ClozeClassifier(model, tokenizer, saved)
     tmp = outputs.staging(out)
     try:
         result = {"model": str(model_dir), "format": fmt, "dtype": dtype}
@@ -99,6 +109,8 @@ def run(
             result.update(export_int8(model, tokenizer, tmp))
         if embedder is not None:
             result["embedding"] = embedding_facts(embedder)
+        if saved is not None:
+            result["cloze"] = {"labels": saved["labels"], "reads": saved.get("reads")}
         for name in EXTRAS:
             if (Path(model_dir) / name).is_file():
                 shutil.copy2(Path(model_dir) / name, tmp / name)

@@ -17,11 +17,13 @@ import yaml
 
 from distill_cli import tasks
 from distill_cli.errors import DistillError
+from distill_cli.export.cloze import ClozeClassifier, pair_template
 from distill_cli.export.sentence import TAG as EMBEDDING_TAG
 from distill_cli.export.sentence import SentenceEmbedding, dense_activation_code
 from distill_cli.models.embedder import Embedder
 from distill_cli.models.forward import is_causal
 from distill_cli.recipe import Recipe, from_dict, load_recipe
+from distill_cli.tasks import cloze as cloze_task
 from distill_cli.user_files import read_json
 
 TEMPLATE = "templates/model_card.md"
@@ -99,6 +101,25 @@ class EmbeddingUsage:
 
 
 @dataclass
+class ClozeUsage:
+    """What the card's snippet for a cloze model (cloze.json beside it) reads the class with."""
+
+    labels: list[str]
+    next_token: bool  # a causal LM: the next-token logits at the end of the prompt
+    lm_head: bool  # its word logits come from its LM head (else H·Eᵀ at word_logit_scale)
+    pair: bool  # the template takes {text_a} and {text_b}
+
+    @classmethod
+    def of(cls, config, saved: dict) -> ClozeUsage:
+        return cls(
+            labels=list(saved["labels"]),
+            next_token=cloze_task.saved_reads_next_token(saved, config),
+            lm_head=saved.get("word_logits", "lm_head") == "lm_head",
+            pair=pair_template(saved["template"]),
+        )
+
+
+@dataclass
 class CardData:
     """Everything the template reads."""
 
@@ -112,6 +133,7 @@ class CardData:
     evaluation: Evaluation | None = None
     embedding: EmbeddingUsage | None = None  # a sentence embedder's
     chat: bool = False  # a causal LM whose tokenizer carries a chat template
+    cloze: ClozeUsage | None = None  # a classifier read through its word head (cloze.json)
 
     @property
     def auto(self) -> str:
@@ -134,6 +156,8 @@ class CardData:
 def pipeline_tag(model_or_config) -> str:
     if isinstance(model_or_config, (Embedder, SentenceEmbedding)):
         return EMBEDDING_TAG
+    if isinstance(model_or_config, ClozeClassifier):  # its ONNX graph: the class logits
+        return "text-classification"
     config = getattr(model_or_config, "config", model_or_config)
     task = tasks.with_head(config)
     if task is not None:
@@ -159,6 +183,7 @@ def card_data(
     evaluation from ``evaluation`` when given); ``embedder``: the model is that sentence
     embedder's transformer."""
     recipe_path = model_dir / "resolved_recipe.yaml"
+    saved = None if embedder is not None else cloze_task.read_saved(model_dir)
     return CardData(
         name=name,
         arch=(getattr(config, "architectures", None) or ["?"])[0],
@@ -166,6 +191,7 @@ def card_data(
         tag=pipeline_tag(embedder if embedder is not None else config),
         embedding=EmbeddingUsage.of(embedder) if embedder is not None else None,
         chat=is_causal(config) and has_chat_template(model_dir),
+        cloze=ClozeUsage.of(config, saved) if saved is not None else None,
         recipe=load_recipe(recipe_path) if recipe_path.is_file() else None,
         train=read_report(TrainResults, model_dir / "train_results.json"),
         compression=read_report(Compression, model_dir / "compression.json"),

@@ -44,7 +44,9 @@ def token_inputs(name: str, row: dict) -> list[int]:
 
 def samples(model) -> tuple:
     """What an export is checked on: its task's samples ((question, context) pairs for a QA
-    head), else sentences."""
+    head), else sentences; a cloze model's own (the sentences in its template)."""
+    if getattr(model, "samples", None):
+        return model.samples
     task = tasks.with_head(model.config)
     return task.samples if task is not None else SENTENCES
 

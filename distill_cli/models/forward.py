@@ -166,7 +166,9 @@ def blank_logits(features, weight, bias, blank: Blank) -> torch.Tensor:
     """Class logits [batch, classes]: each row's word features at its blank times only the
     verbalizer rows of W (plus their bias), scaled; the [batch, tokens, V] logits are never built.
     Equal to the full word logits at the blank, indexed at the verbalizer ids."""
-    h = features[torch.arange(len(features), device=features.device), blank.positions]  # [B, d]
+    # a gather (not indexing by arange(len)): it traces with a dynamic batch (ONNX export)
+    at = blank.positions.long().view(-1, 1, 1).expand(-1, 1, features.shape[-1])
+    h = features.gather(1, at).squeeze(1)  # [B, d]
     w = weight[blank.ids]  # [B, K, d]
     z = torch.einsum("bd,bkd->bk", h, w.to(h.dtype))
     if bias is not None:

@@ -330,6 +330,12 @@ def read_saved(folder) -> dict | None:
     return read_json(path, "cloze settings", "restore it or train the model again", shape, optional)
 
 
+def saved_reads_next_token(saved: dict, config) -> bool:
+    """Whether a saved cloze model reads its blank as the next token (a causal LM)."""
+    reads = saved.get("reads")
+    return is_causal(config) if reads is None else reads == "next_token"
+
+
 def saved_word_logits(path) -> str | None:
     """The word mode a cloze model was trained in (its cloze.json), for word_logits: auto."""
     saved = read_saved(path) if path and Path(path).is_dir() else None

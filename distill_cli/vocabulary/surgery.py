@@ -66,10 +66,19 @@ class CompressionReport:
         return asdict(self)
 
 
-def compress(model, tokenizer, teacher_model, texts: list[str], ratio: float, similarity="inner"):
+def compress(
+    model,
+    tokenizer,
+    teacher_model,
+    texts: list[str],
+    ratio: float,
+    similarity="inner",
+    keep_ids=(),
+):
     """Compress ``model``'s vocabulary (in place) to the top ``ratio``·V tokens of ``texts``.
 
-    Always kept, on top of that count: special and added tokens and the config's special ids;
+    Always kept, on top of that count: special and added tokens, the config's special ids and
+    ``keep_ids`` (a cloze model's verbalizers), counted as special;
     and so that every text still tokenizes without a new [UNK], for BPE the base symbols and every
     token a kept token is merged from, for WordPiece every single-character token and its ``##``
     form. The report counts both groups. Kept ids keep their original order. Returns
@@ -96,7 +105,7 @@ def compress(model, tokenizer, teacher_model, texts: list[str], ratio: float, si
 
     counts = token_counts(tokenizer, texts, size)
     top = top_ids(counts, ratio, spec)
-    special = _required_ids(model, tokenizer, size)
+    special = _required_ids(model, tokenizer, size) | {i for i in keep_ids if 0 <= i < size}
     coverage = coverage_ids(spec, top | special, size)
     kept = np.array(sorted(top | special | coverage), dtype=np.int64)
     dropped = np.setdiff1d(np.arange(size), kept)
