@@ -103,9 +103,13 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch, tmp_path, capsys):
     from distill_cli.recipe import TrainConfig
     from distill_cli.training import train
 
+    made = []  # a real Accelerator would fix the process-wide state for later tests
+    monkeypatch.setattr(train, "Accelerator", lambda **kwargs: made.append(kwargs))
+    monkeypatch.setattr(train.torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(train, "cpu_has_bf16", lambda: False)
     train.make_accelerator(TrainConfig(mixed_precision="bf16"), tmp_path)
     assert "set train.mixed_precision=no" in capsys.readouterr().err
     monkeypatch.setattr(train, "cpu_has_bf16", lambda: True)
     train.make_accelerator(TrainConfig(mixed_precision="bf16"), tmp_path)
     assert "native bf16" not in capsys.readouterr().err
+    assert [m["mixed_precision"] for m in made] == ["bf16", "bf16"]  # a warning, not a change
