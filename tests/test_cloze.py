@@ -368,7 +368,7 @@ def test_compress_vocab_keeps_the_verbalizers_of_a_cloze_model(tiny_mlm, tiny_da
 
     src = cloze_model(tiny_mlm, tmp_path / "src", ["awful", "great"])
     tok = AutoTokenizer.from_pretrained(src)
-    prompt = compress.cloze_prompt(cloze.read_saved(src))
+    prompt = cloze.saved_prompt(cloze.read_saved(src))
     # the cloze task's data is counted in its template; at ratio 0.1 "awful" is not in the top
     texts = compress.corpus_texts(str(tiny_data_dir), tok, prompt)
     assert len(texts) == 48 and all(t.endswith(" so [MASK]") for t in texts)

@@ -85,6 +85,17 @@ class PadCollator:
         return batch
 
 
+def left_padded(rows: list[list[int]], pad: int, device=None) -> dict[str, torch.Tensor]:
+    """Token-id rows left-padded into one batch, as generation needs."""
+    width = max(len(r) for r in rows)
+    ids = [[pad] * (width - len(r)) + r for r in rows]
+    mask = [[0] * (width - len(r)) + [1] * len(r) for r in rows]
+    return {
+        "input_ids": torch.tensor(ids, dtype=torch.long, device=device),
+        "attention_mask": torch.tensor(mask, dtype=torch.long, device=device),
+    }
+
+
 def split_inputs(batch: dict) -> tuple[dict, dict]:
     """Student inputs and teacher inputs (the same tensors when they share a tokenizer)."""
     student = {k: v for k, v in batch.items() if k in MODEL_INPUTS}

@@ -41,12 +41,8 @@ def _prompt_ids(tokenizer, text: str) -> list[int]:
 
 def _batch(tokenizer, texts) -> dict[str, torch.Tensor]:
     """Prompts left-padded into one batch, as generation needs."""
-    rows = [_prompt_ids(tokenizer, t) for t in texts]
-    width = max(len(r) for r in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = [[pad] * (width - len(r)) + r for r in rows]
-    mask = [[0] * (width - len(r)) + [1] * len(r) for r in rows]
-    return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask)}
+    return batching.left_padded([_prompt_ids(tokenizer, t) for t in texts], pad)
 
 
 def _generate(model, batch: dict, new_tokens: int, exact: bool = False) -> torch.Tensor:

@@ -26,8 +26,7 @@ class ClozeClassifier(torch.nn.Module):
     def __init__(self, model, tokenizer, saved: dict):
         super().__init__()
         self.model = model
-        words, labels = tuple(saved["verbalizers"]), tuple(saved["labels"])
-        prompt = cloze.Prompt(saved["template"], words, labels)
+        prompt = cloze.saved_prompt(saved)
         cloze.check_reader(model.config, tokenizer, "the model")
         self.mask_id = None if cloze.reads_next_token(tokenizer) else tokenizer.mask_token_id
         self.num_labels = len(prompt.labels)

@@ -330,6 +330,11 @@ def read_saved(folder) -> dict | None:
     return read_json(path, "cloze settings", "restore it or train the model again", shape, optional)
 
 
+def saved_prompt(saved: dict) -> Prompt:
+    """The Prompt a cloze.json holds."""
+    return Prompt(saved["template"], tuple(saved["verbalizers"]), tuple(saved["labels"]))
+
+
 def saved_reads_next_token(saved: dict, config) -> bool:
     """Whether a saved cloze model reads its blank as the next token (a causal LM)."""
     reads = saved.get("reads")

@@ -22,6 +22,7 @@ import torch
 
 from distill_cli import tasks
 from distill_cli.data import chat
+from distill_cli.data.batching import left_padded
 from distill_cli.errors import DistillError
 from distill_cli.tasks.base import IGNORE
 
@@ -82,16 +83,6 @@ def prompts(batch: dict) -> list[list[int]]:
     """Each row's tokens before its last reply (the right-padded batch's ``reply_start``)."""
     ids, starts = batch["input_ids"].tolist(), batch["reply_start"].tolist()
     return [row[:start] for row, start in zip(ids, starts, strict=True)]
-
-
-def left_padded(rows: list[list[int]], pad: int, device=None) -> dict[str, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = [[pad] * (width - len(r)) + r for r in rows]
-    mask = [[0] * (width - len(r)) + [1] * len(r) for r in rows]
-    return {
-        "input_ids": torch.tensor(ids, dtype=torch.long, device=device),
-        "attention_mask": torch.tensor(mask, dtype=torch.long, device=device),
-    }
 
 
 def cut_at_stop(tokens: list[int], stops: list[int]) -> list[int]:

@@ -51,7 +51,7 @@ def run(
     model, tokenizer = load_as_saved(model_dir, "model", trust_remote_code)
     teacher_model, _ = load_as_saved(teacher, "teacher", trust_remote_code)
     saved = cloze.read_saved(model_dir)
-    prompt = cloze_prompt(saved) if saved is not None else None
+    prompt = cloze.saved_prompt(saved) if saved is not None else None
     keep = cloze.verbalizer_ids(prompt, tokenizer) if prompt is not None else []
     texts = corpus_texts(corpus, tokenizer, prompt)
     model, new_tokenizer, vocab_map, report = vocab.compress(
@@ -70,11 +70,6 @@ def run(
     mark_finished(out)
     result["output_dir"] = str(out)
     return result
-
-
-def cloze_prompt(saved: dict) -> cloze.Prompt:
-    words, labels = tuple(saved["verbalizers"]), tuple(saved["labels"])
-    return cloze.Prompt(saved["template"], words, labels)
 
 
 def cloze_with_ids(saved: dict, prompt: cloze.Prompt, tokenizer, ids: list[int]) -> dict:
