@@ -195,6 +195,13 @@ def test_an_encoder_without_an_lm_head_reads_embeddings_at_the_fitted_scale(
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "cloze.json").read_text())
     assert saved["word_logits"] == "embeddings" and saved["word_logit_scale"] > 1
+    # its students read its class logits at the scale they were trained at, not a new fit
+    student = tmp_path / "student"
+    result = invoke(*tkd_args(out, tiny_data_dir, student, *cloze_sets()))
+    assert result.exit_code == 0, result.output
+    assert "as in cloze.json" in result.output
+    got = json.loads((student / "cloze.json").read_text())["word_logit_scale"]
+    assert got == saved["word_logit_scale"]
 
 
 def test_tkd_on_a_causal_lm_cloze(tiny_llama, tiny_data_dir, tmp_path):
@@ -217,6 +224,56 @@ def test_tkd_on_a_causal_lm_cloze(tiny_llama, tiny_data_dir, tmp_path):
     assert student["metrics"]["accuracy"] == pytest.approx(summary["eval"]["accuracy"])
     assert report["models"]["teacher"]["metrics"]["accuracy"] is not None
     assert student["retention"] is not None and student["word_agreement"]["masked"] is None
+    # the word-signal figures at the blank: each model's own, the student's against the teacher
+    for name in ("llama", "teacher"):
+        found = report["models"][name]["blank"]
+        assert 0 < found["entropy_share"] <= 1 and 0 <= found["verbalizer_mass"] <= 1
+        assert found["rows"] == report["num_examples"]
+    assert 0 <= student["blank"]["agreement"] <= 1 and student["blank"]["kl"] >= 0
+    assert "agreement" not in report["models"]["teacher"]["blank"]
+    assert "at the blank" in result.output
+
+
+def test_blank_figures_are_the_word_distribution_at_the_mask(tiny_mlm, tiny_data_dir):
+    from distill_cli.evaluation import blank
+    from distill_cli.recipe import DataConfig
+
+    model = AutoModelForMaskedLM.from_pretrained(tiny_mlm).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_mlm)
+    cfg = DataConfig(name=str(tiny_data_dir), template=TEMPLATE, verbalizers=["awful", "great"])
+    task = cloze.load(cfg, splits=["validation"])
+    log_p, ids = blank.distributions(model, tok, task, "validation", cfg, ("lm_head", 2.0))
+    text = task.splits["validation"][0]["text"]
+    enc = tok(cloze.render(TEMPLATE, [text], tok), return_tensors="pt")
+    at = int((enc["input_ids"][0] == tok.mask_token_id).nonzero())
+    with torch.no_grad():
+        want = torch.log_softmax(2.0 * model(**enc).logits[0, at], -1)
+    assert torch.allclose(log_p[0], want, atol=1e-5)
+    assert ids.tolist() == cloze.verbalizer_ids(task.prompt, tok)
+    # a model against itself agrees everywhere; against a uniform teacher the KL is log V - H
+    assert blank.against(log_p, log_p) == {"agreement": 1.0, "kl": 0.0}
+    uniform = torch.full_like(log_p, -torch.log(torch.tensor(float(log_p.shape[1]))))
+    kl = float((uniform.exp() * (uniform - log_p)).sum(-1).mean())
+    assert blank.against(log_p, uniform)["kl"] == pytest.approx(kl, abs=1e-4)
+    # by hand on a 4-word vocabulary, verbalizers 0 and 1
+    two = torch.log(torch.tensor([[0.7, 0.1, 0.1, 0.1], [0.1, 0.1, 0.2, 0.6]]))
+    found = blank.figures(two, torch.tensor([0, 1]))
+    assert found["verbalizer_mass"] == pytest.approx(0.5) and found["verbalizer_top1"] == 0.5
+    # a compressed student's rows stand for teacher words 3 and 0; the teacher is renormalised
+    got = blank.against(torch.log(torch.tensor([[0.9, 0.1]])), two[1:], torch.tensor([3, 0]))
+    t = torch.tensor([6 / 7, 1 / 7])
+    assert got["agreement"] == 1.0
+    assert got["kl"] == pytest.approx(
+        float((t * (t / torch.tensor([0.9, 0.1])).log()).sum()), abs=1e-4
+    )
+
+
+def test_a_causal_lm_whose_config_names_no_architecture_reads_its_lm_head(tiny_llama):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    model.config.architectures = None  # as a GGUF file's config
+    assert heads.word_mode("auto", model, prefer_head=True) == "lm_head"
 
 
 def test_prompt_based_fine_tuning_with_task_type_cloze(tiny_mlm, tiny_data_dir, tmp_path):

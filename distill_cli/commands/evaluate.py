@@ -59,6 +59,16 @@ def _agreement(a: dict | None) -> str:
     return "n/a" if a is None else f"{_share(a['masked'])} / {_share(a['unmasked'])}"
 
 
+def _blank(b: dict | None) -> str:
+    """A cloze model at its blank: verbalizer mass / entropy share / agreement with the teacher."""
+    if b is None:
+        return "n/a"
+    shares = [b["verbalizer_mass"], b["entropy_share"]] + (
+        [b["agreement"]] if "agreement" in b else []
+    )
+    return " / ".join(_share(v) for v in shares)
+
+
 def _number(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
@@ -100,6 +110,9 @@ def print_table(result: dict) -> None:
         cols += ["retention", "speedup b1", "size vs teacher"]
     if words:
         cols += ["word agreement (masked / unmasked)"]
+    blanks = any("blank" in m for m in models.values())
+    if blanks:
+        cols += ["at the blank: verbalizers / entropy / agreement"]
     for col in cols:
         table.add_column(col, justify="left" if col == "model" else "right")
     for name, m in models.items():
@@ -122,6 +135,8 @@ def print_table(result: dict) -> None:
             ]
         if words:
             row += ["" if name == "teacher" else _agreement(m.get("word_agreement"))]
+        if blanks:
+            row += [_blank(m.get("blank"))]
         table.add_row(*row)
     console = out_console()
     console.print(table)

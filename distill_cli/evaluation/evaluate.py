@@ -14,6 +14,7 @@ from distill_cli.data import batching
 from distill_cli.data.tables import TaskData
 from distill_cli.data.text import TokenMasker
 from distill_cli.errors import DistillError, UnsupportedModel
+from distill_cli.evaluation import blank as blank_eval
 from distill_cli.evaluation import chat as chat_eval
 from distill_cli.evaluation import embedding as embedding_eval
 from distill_cli.evaluation import embedding_metrics as em
@@ -383,7 +384,33 @@ def run(
                 ]
                 log(f"{name}: top-1 word agreement with the teacher {', '.join(shares)}")
         result["models"] = {"teacher": t_report, **reports}
+    if tasks.of(task).word_head:
+        models = [(n, *loaded[n], p) for n, p in zip(names, model_dirs, strict=True)]
+        found = blank_signal(models, (*t_loaded, teacher) if teacher else None, task, split, cfg)
+        for name, figures in found.items():
+            result["models"][name]["blank"] = figures
     return _write(result, output_dir)
+
+
+def blank_signal(models, teacher, task: TaskData, split: str, cfg: DataConfig) -> dict:
+    """A cloze's word-signal figures at the blank by model name (evaluation.blank), with top-1
+    agreement and KL against the teacher where the vocabularies line up; ONNX models have none."""
+    found, t_log_p, t_tok = {}, None, None
+    for name, model, tokenizer, path in [*([("teacher", *teacher)] if teacher else []), *models]:
+        word = word_reading(model, path)
+        if word is None:
+            continue
+        log_p, ids = blank_eval.distributions(model, tokenizer, task, split, cfg, word)
+        found[name] = blank_eval.figures(log_p, ids)
+        if name == "teacher":
+            t_log_p, t_tok = log_p, tokenizer
+        elif t_log_p is not None:
+            compressed = compressed_vocab(path, t_log_p.shape[-1])
+            if compressed is not None or same_vocab(tokenizer, t_tok):
+                index = compressed[0] if compressed else None
+                found[name] |= blank_eval.against(log_p, t_log_p, index)
+        log(f"{name}: at the blank " + blank_eval.describe(found[name]))
+    return found
 
 
 def _write(result: dict, output_dir) -> dict:

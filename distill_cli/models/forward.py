@@ -48,14 +48,15 @@ def word_mode(requested: str, model, prefer_head: bool = False) -> str:
     a trained LM head; else embeddings: Z = H·Eᵀ, through the model's own embedding→hidden
     projection (transposed) when the embedding width differs from the hidden width.
     ``prefer_head`` (a task read through the word head: cloze) makes ``auto`` lm_head for any
-    model saved with a trained LM head (a masked LM too), embeddings for one without.
+    model saved with a trained LM head (a masked LM too; a causal LM always, as a GGUF file's
+    config names no architecture), embeddings for one without.
     """
     e, h = _widths(model)
     factorised = e != h and not is_causal(model.config)
     if requested == "auto":
         wants_head = is_causal(model.config) or factorised
         if prefer_head:
-            wants_head = saved_with_lm_head(model.config)
+            wants_head = is_causal(model.config) or saved_with_lm_head(model.config)
         requested = "lm_head" if wants_head and lm_head(model) is not None else "embeddings"
     if requested == "lm_head" and lm_head(model) is None:
         raise UnsupportedModel(

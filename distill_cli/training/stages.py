@@ -237,7 +237,7 @@ def build_task(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built:
         teacher=teacher,
         train_ds=train_ds,
         collate=collate,
-        causal=kind.generates,
+        causal=is_causal((teacher or student).config),  # next-token words, never masked
         task=task,
         eval_ds=eval_ds,
         # a student built from the teacher is read as the teacher is

@@ -7,12 +7,14 @@ state (``train.State``) and logs and records what they find.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from distill_cli import tasks
 from distill_cli.data.text import TokenMasker
 from distill_cli.errors import DistillError
 from distill_cli.reporting import log
+from distill_cli.tasks import cloze
 from distill_cli.training import losses, word_signal
 from distill_cli.user_files import read_yaml
 
@@ -105,6 +107,14 @@ def scale(s: State, probe, batches, phases) -> float:
         shape = {"word_logit_scale": (int, float)}
         stored = read_yaml(path, "the run's resolved recipe", fix, required=shape)
         return float(stored["word_logit_scale"])
+    saved = _cloze_scale(s)
+    if saved is not None:  # a cloze model keeps the scale its class logits were trained at
+        if s.main:
+            log(
+                f"word_logit_scale: auto = {saved:.4g}, as in cloze.json "
+                "(the scale its class logits were trained at)"
+            )
+        return saved
     scale, nll, nll_at_1 = word_signal.fit_teacher_scale(probe, batches)
     if s.main:
         log(
@@ -112,6 +122,19 @@ def scale(s: State, probe, batches, phases) -> float:
             f"{nll:.3f}, against {nll_at_1:.3f} at scale 1)"
         )
     return scale
+
+
+def _cloze_scale(s: State) -> float | None:
+    """The word_logit_scale in the cloze.json of the model the scale is fitted on (the teacher,
+    or the model being fine-tuned without one), when it reads its word head through embeddings."""
+    b = s.built
+    path = s.recipe.teacher if b.teacher is not None else s.recipe.student.path
+    if (b.teacher_mode if b.teacher is not None else b.student_mode) != "embeddings":
+        return None
+    saved = cloze.read_saved(path) if path and Path(path).is_dir() else None
+    if not saved or saved.get("word_logits") != "embeddings" or "word_logit_scale" not in saved:
+        return None
+    return float(saved["word_logit_scale"])
 
 
 def check_student(s: State) -> dict:
