@@ -41,8 +41,7 @@ def distributions(model, tokenizer, task, split: str, cfg, word: tuple[str, floa
             inputs, _ = batching.split_inputs(batch)
             out = heads.forward(model, inputs, heads.Needs(word=True), mode)
             blank = heads.blank_of(batch, scale)
-            at = blank.positions.long().view(-1, 1, 1).expand(-1, 1, out.word_features.shape[-1])
-            h = out.word_features.gather(1, at).squeeze(1).float()
+            h = heads.at_blank(out.word_features, blank).float()
             z = h @ out.word_weight.float().t()
             if out.word_bias is not None:
                 z = z + out.word_bias.float()

@@ -163,13 +163,18 @@ def blank_of(batch: dict, scale: float = 1.0, prefix: str = "", id_remap=None) -
     return Blank(position, ids, scale)
 
 
+def at_blank(features, blank: Blank) -> torch.Tensor:
+    """Each row's features [batch, d] at its blank."""
+    # a gather (not indexing by arange(len)): it traces with a dynamic batch (ONNX export)
+    at = blank.positions.long().view(-1, 1, 1).expand(-1, 1, features.shape[-1])
+    return features.gather(1, at).squeeze(1)
+
+
 def blank_logits(features, weight, bias, blank: Blank) -> torch.Tensor:
     """Class logits [batch, classes]: each row's word features at its blank times only the
     verbalizer rows of W (plus their bias), scaled; the [batch, tokens, V] logits are never built.
     Equal to the full word logits at the blank, indexed at the verbalizer ids."""
-    # a gather (not indexing by arange(len)): it traces with a dynamic batch (ONNX export)
-    at = blank.positions.long().view(-1, 1, 1).expand(-1, 1, features.shape[-1])
-    h = features.gather(1, at).squeeze(1)  # [B, d]
+    h = at_blank(features, blank)
     w = weight[blank.ids]  # [B, K, d]
     z = torch.einsum("bd,bkd->bk", h, w.to(h.dtype))
     if bias is not None:

@@ -347,6 +347,15 @@ def saved_word_logits(path) -> str | None:
     return saved.get("word_logits") if saved else None
 
 
+def saved_scale(path) -> float | None:
+    """The scale a cloze model's class logits were trained at, when it reads H·Eᵀ (its
+    cloze.json's word_logit_scale); None for a model without one, or one with an LM head."""
+    saved = read_saved(path) if path and Path(path).is_dir() else None
+    if not saved or saved.get("word_logits") != "embeddings" or "word_logit_scale" not in saved:
+        return None
+    return float(saved["word_logit_scale"])
+
+
 def data_settings(saved: dict) -> dict:
     """The data keys cloze.json gives (for evaluate, where the recipe leaves them unset)."""
     return {

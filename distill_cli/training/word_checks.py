@@ -7,7 +7,6 @@ state (``train.State``) and logs and records what they find.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from distill_cli import tasks
@@ -125,16 +124,12 @@ def scale(s: State, probe, batches, phases) -> float:
 
 
 def _cloze_scale(s: State) -> float | None:
-    """The word_logit_scale in the cloze.json of the model the scale is fitted on (the teacher,
-    or the model being fine-tuned without one), when it reads its word head through embeddings."""
+    """The cloze.json scale of the model the scale is fitted on (the teacher, or the model being
+    fine-tuned without one), when this run reads its words through embeddings too."""
     b = s.built
-    path = s.recipe.teacher if b.teacher is not None else s.recipe.student.path
-    if (b.teacher_mode if b.teacher is not None else b.student_mode) != "embeddings":
-        return None
-    saved = cloze.read_saved(path) if path and Path(path).is_dir() else None
-    if not saved or saved.get("word_logits") != "embeddings" or "word_logit_scale" not in saved:
-        return None
-    return float(saved["word_logit_scale"])
+    if b.teacher is not None:
+        return cloze.saved_scale(s.recipe.teacher) if b.teacher_mode == "embeddings" else None
+    return cloze.saved_scale(s.recipe.student.path) if b.student_mode == "embeddings" else None
 
 
 def check_student(s: State) -> dict:
