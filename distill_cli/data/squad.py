@@ -35,7 +35,15 @@ import pandas as pd
 import pyarrow as pa
 
 from distill_cli.data import squad_archive
-from distill_cli.data.tables import TaskData, _load_hub, _Source, looks_like_path, split_files
+from distill_cli.data.tables import (
+    TaskData,
+    _load_hub,
+    _Source,
+    keep_long,
+    looks_like_path,
+    split_files,
+    word_count,
+)
 from distill_cli.errors import DistillError
 from distill_cli.reporting import log
 from distill_cli.user_files import read_text, reading
@@ -61,6 +69,10 @@ FEATURES = datasets.Features(
         },
     }
 )
+# built-in -> the built-in whose questions it asks of whole articles
+LONG = {"squad_long": "squad_dev"}
+BUILTINS = (*squad_archive.FILES, *LONG)
+ARTICLE_JOIN = "\n\n"  # between the paragraphs of a squad_long context
 PEEK = 1 << 16  # bytes read to tell what a local file holds
 
 Rows = tuple[list[dict], bool]  # rows, and whether the source marks unanswerable questions
@@ -104,7 +116,7 @@ def looks_like(cfg: DataConfig) -> bool:
     name = cfg.name or ""
     if not name:
         return False
-    if name in PRESETS or name in PRESETS.values() or name in squad_archive.FILES:
+    if name in PRESETS or name in PRESETS.values() or name in BUILTINS:
         return True
     try:
         path = Path(name).expanduser()
@@ -190,10 +202,45 @@ def _hub(dd: datasets.DatasetDict, name: str, v2: bool = False) -> _Source:
     return _Source(name, {split: reader(ds) for split, ds in dd.items()})
 
 
+def whole_articles(data: dict, where: str) -> dict:
+    """SQuAD JSON with one paragraph per article: its paragraphs' contexts joined by
+    ARTICLE_JOIN, each answer_start shifted by its paragraph's offset in the joined context."""
+    articles = []
+    for a, article in enumerate(data["data"]):
+        paragraphs = article.get("paragraphs") if isinstance(article, dict) else None
+        if not isinstance(paragraphs, list) or not all(isinstance(p, dict) for p in paragraphs):
+            raise DistillError(f"{where}: data[{a}] has no 'paragraphs' list; {SQUAD_SHAPE}")
+        contexts, qas, offset = [], [], 0
+        for para in paragraphs:
+            context = para.get("context")
+            if not isinstance(context, str):
+                raise DistillError(f"{where}: data[{a}] has a context that is not text")
+            for qa in para.get("qas") or []:
+                answers = qa.get("answers") if isinstance(qa, dict) else None
+                if isinstance(answers, list):
+                    answers = [_shifted(answer, offset) for answer in answers]
+                    qa = {**qa, "answers": answers}
+                qas.append(qa)
+            contexts.append(context)
+            offset += len(context) + len(ARTICLE_JOIN)
+        joined = {"context": ARTICLE_JOIN.join(contexts), "qas": qas}
+        articles.append({**article, "paragraphs": [joined]})
+    return {**data, "data": articles}
+
+
+def _shifted(answer, offset: int):
+    start = answer.get("answer_start") if isinstance(answer, dict) else None
+    if not isinstance(start, numbers.Integral) or isinstance(start, bool):
+        return answer  # _split reports it
+    return {**answer, "answer_start": int(start) + offset}
+
+
 def _builtin(name: str) -> _Source:
-    data = squad_archive.squad_file(name)
+    data = squad_archive.squad_file(LONG.get(name, name))
+    if name in LONG:
+        data = whole_articles(data, f"built-in {name}")
     rows = squad_rows(data, f"built-in {name}")
-    if name != "squad_dev":  # SquadShifts: one out-of-domain test set
+    if name not in ("squad_dev", *LONG):  # SquadShifts: one out-of-domain test set
         return _Source(name, {"test": lambda: (rows, False)})
     titles = [str(article.get("title", "")) for article in data["data"]]
     by_article = squad_archive.article_splits(titles)
@@ -205,7 +252,7 @@ def _builtin(name: str) -> _Source:
 
 
 def _open(name: str) -> _Source:
-    if name in squad_archive.FILES:
+    if name in BUILTINS:
         return _builtin(name)
     if name in PRESETS:
         return _hub(_load_hub(PRESETS[name]), f"{name} ({PRESETS[name]})", v2=name == "squad_v2")
@@ -345,6 +392,11 @@ def load_qa_data(
         rows, marked = cache[key]
         columns, skipped, dropped[split], unanswerable = _split(rows, cfg, split, source.name)
         v2 |= marked or unanswerable > 0
+        if cfg.min_words is not None:
+            words = [word_count(c) for c in columns["context"]]
+            long = keep_long(words, cfg.min_words, split, source.name, "questions")
+            rows_kept = np.flatnonzero(long)
+            columns = {c: [values[i] for i in rows_kept] for c, values in columns.items()}
         limit = cfg.max_train_samples if split == cfg.train_split else cfg.max_eval_samples
         if limit is not None:
             columns = {c: values[:limit] for c, values in columns.items()}

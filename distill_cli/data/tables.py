@@ -1,6 +1,7 @@
 """Task data: labelled text classification or regression splits.
 
-``cfg.name`` is resolved in this order: the built-in ``rotten_tomatoes``; a GLUE task (``sst2`` or
+``cfg.name`` is resolved in this order: the built-ins ``rotten_tomatoes`` and ``newsgroups``
+(newsgroups.py); a GLUE task (``sst2`` or
 ``glue/sst2``); a local file (.csv .tsv .json .jsonl .parquet) or a folder of split files
 (``train.csv``, ``validation.jsonl``, ``dev.tsv``, ...); else a Hub dataset name.
 
@@ -21,6 +22,7 @@ import datasets
 import numpy as np
 import pandas as pd
 
+from distill_cli.data import newsgroups
 from distill_cli.errors import DistillError
 from distill_cli.reporting import log
 from distill_cli.user_files import reading
@@ -261,6 +263,10 @@ def _open(name: str) -> _Source:
         frames = _rt_splits()
         readers = {s: (lambda df=df: df) for s, df in frames.items()}
         return _Source(name, readers, text_columns=["text"], labels=RT_LABELS, metric="accuracy")
+    if name == "newsgroups":
+        readers = newsgroups.split_readers()
+        labels = list(newsgroups.LABELS)
+        return _Source(name, readers, text_columns=["text"], labels=labels, metric="accuracy")
     glue_task = name.lower().removeprefix("glue/")
     if glue_task in GLUE:
         preset = GLUE[glue_task]
@@ -284,7 +290,7 @@ def _open(name: str) -> _Source:
     if looks_like_path(name):
         raise DistillError(
             f"data file not found: {path}; pass an existing file or folder, rotten_tomatoes, "
-            "a GLUE task or a Hub dataset name"
+            "newsgroups, a GLUE task or a Hub dataset name"
         )
     return _hub_source(name, _load_hub(name))
 
@@ -375,6 +381,31 @@ def _default_text_column(df: pd.DataFrame, split: str) -> list[str]:
         f"no text column in split '{split}' (looked for {', '.join(TEXT_COLUMNS)}); "
         f"columns: {', '.join(map(str, df.columns))}; set data.text_columns"
     )
+
+
+# ---------------------------------------------------------------- long documents
+
+
+def word_count(text: str) -> int:
+    return len(text.split())
+
+
+def keep_long(words, min_words: int, split: str, name: str, rows: str = "rows") -> np.ndarray:
+    """data.min_words: which rows of ``split`` to keep, from each row's word count.
+
+    Logs how many were kept; a split left without rows is an error. Every task-data loader
+    (tables, QA, token classification) calls it before max_train_samples / max_eval_samples."""
+    words = np.asarray(words, dtype=np.int64)
+    keep = words >= min_words
+    kept = int(keep.sum())
+    if not kept:
+        longest = int(words.max(initial=0))
+        raise DistillError(
+            f"split '{split}' of {name} has no {rows[:-1]} of at least {min_words} words "
+            f"(its longest: {longest}); lower data.min_words"
+        )
+    log(f"{split}: kept {kept} of {len(keep)} {rows} with at least {min_words} words")
+    return keep
 
 
 # ---------------------------------------------------------------- entry point
@@ -472,6 +503,9 @@ def load_task_data(
                 f"split '{split}' has {int(missing.sum())} rows without a label; "
                 "fill them in or remove those rows"
             )
+        if cfg.min_words is not None:
+            words = sum(df[c].map(word_count) for c in text_columns)
+            df = df[keep_long(words, cfg.min_words, split, source.name)].reset_index(drop=True)
         limit = cfg.max_train_samples if split == cfg.train_split else cfg.max_eval_samples
         if limit is not None:
             df = df.head(limit)

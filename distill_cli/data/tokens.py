@@ -456,6 +456,9 @@ def load_token_data(
 
     out = {}
     for split, kept in selected.items():
+        if cfg.min_words is not None:
+            long = data.keep_long([len(r[0]) for r in kept], cfg.min_words, split, source.name)
+            kept = [r for r, k in zip(kept, long, strict=True) if k]
         limit = cfg.max_train_samples if split == cfg.train_split else cfg.max_eval_samples
         kept = kept[:limit] if limit is not None else kept
         out[split] = _to_dataset(kept, _encode(kept, names, split), names)

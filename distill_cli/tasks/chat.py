@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM
 
 from distill_cli.data import chat
 from distill_cli.data.tables import TaskData
+from distill_cli.errors import DistillError
 from distill_cli.evaluation.metrics import token_nll
 from distill_cli.reporting import log
 from distill_cli.tasks.base import IGNORE, EvalFeatures, Layout, Scoring, TaskType
@@ -41,6 +42,10 @@ def claims(cfg) -> bool:
 
 
 def load(cfg, splits=None, label_names=None, optional=()):
+    if cfg.min_words is not None:
+        raise DistillError(
+            "data.min_words does not apply to chat data (conversations, not documents); remove it"
+        )
     by_split = chat.load_conversations(cfg, splits, optional)
     out = {s: datasets.Dataset.from_dict({"messages": c}) for s, c in by_split.items()}
     return TaskData(
