@@ -2,23 +2,23 @@
 
 ``answers`` is ``{"text": [...], "answer_start": [...]}`` (character offsets into the context;
 empty lists: unanswerable). ``cfg.name`` is resolved in this order: a built-in (``squad_dev``,
-``squadshifts_new_wiki``, ``squadshifts_nyt``, ``squadshifts_reddit``, ``squadshifts_amazon``: see
-squad_archive.py); a preset (``squad``, ``squad_v2``: the Hub's rajpurkar/squad and
-rajpurkar/squad_v2); a local file or folder of split files: SQuAD JSON (data → paragraphs →
-context, qas → id, question, answers[text, answer_start], is_impossible), or JSON, JSONL or Parquet
-rows with context, question and answers; else a Hub dataset name.
+``squad_long``, ``squadshifts_new_wiki``, ``squadshifts_nyt``, ``squadshifts_reddit``,
+``squadshifts_amazon``: see squad_archive.py); a preset (``squad``, ``squad_v2``: the Hub's
+rajpurkar/squad and rajpurkar/squad_v2); a local file or folder of split files: SQuAD JSON (data →
+paragraphs → context, qas → id, question, answers[text, answer_start], is_impossible), or JSON,
+JSONL or Parquet rows with context, question and answers; else a Hub dataset name.
 
 An answer whose answer_start doesn't point at its text is skipped (counted); a question left
 without answers is dropped (counted). The metric is squad_v2 for the squad_v2 preset and for data
 with unanswerable questions, else squad.
 
 squad_dev (the SQuAD v1.1 dev set: 48 articles, 10,565 questions), split by article
-(squad_archive.SPLIT_SEED 12): train 38 articles / 8,239 questions, validation 5 / 1,027, test
-5 / 1,299; 15 answers skipped (8 in train, 7 in test), no question dropped. SquadShifts test
-sets (questions; answers skipped, questions dropped): new_wiki 7,936 (8, 0), nyt 10,055 (10, 1),
-reddit 9,763 (22, 4), amazon 9,566 (947, 311). The BIG-bench files
-carry a canary asking that they never appear in training corpora: models trained on them stay
-local.
+(squad_archive.SPLIT_SEED 12): train 38 articles / 8,239 questions, validation 5 / 1,027, test 5 /
+1,299; 15 answers skipped (8 in train, 7 in test), no question dropped. squad_long asks the same
+questions, in the same splits, of their whole article (its paragraphs joined by ARTICLE_JOIN).
+SquadShifts test sets (questions; answers skipped, questions dropped): new_wiki 7,936 (8, 0), nyt
+10,055 (10, 1), reddit 9,763 (22, 4), amazon 9,566 (947, 311). The BIG-bench files carry a canary
+asking that they never appear in training corpora: models trained on them stay local.
 """
 
 from __future__ import annotations
