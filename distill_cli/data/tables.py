@@ -1,9 +1,9 @@
 """Task data: labelled text classification or regression splits.
 
 ``cfg.name`` is resolved in this order: the built-ins ``rotten_tomatoes`` and ``newsgroups``
-(newsgroups.py); a GLUE task (``sst2`` or
-``glue/sst2``); a local file (.csv .tsv .json .jsonl .parquet) or a folder of split files
-(``train.csv``, ``validation.jsonl``, ``dev.tsv``, ...); else a Hub dataset name.
+(newsgroups.py); a GLUE task (``sst2`` or ``glue/sst2``); a local file (.csv .tsv .json .jsonl
+.parquet) or a folder of split files (``train.csv``, ``validation.jsonl``, ``dev.tsv``, ...); else
+a Hub dataset name. ``data.min_words`` keeps the long rows only (:func:`keep_long`).
 
 Built-in rotten_tomatoes split sizes (RT_SPLIT_SEED 42): train 10,121, validation 1,346, test 1,341.
 """
@@ -393,8 +393,9 @@ def word_count(text: str) -> int:
 def keep_long(words, min_words: int, split: str, name: str, rows: str = "rows") -> np.ndarray:
     """data.min_words: which rows of ``split`` to keep, from each row's word count.
 
-    Logs how many were kept; a split left without rows is an error. Every task-data loader
-    (tables, QA, token classification) calls it before max_train_samples / max_eval_samples."""
+    Logs how many were kept; a split left without rows is an error. The task-data loaders
+    (tables, QA, token classification) call it before max_train_samples / max_eval_samples, and
+    text.load_texts on raw text; chat data refuses data.min_words."""
     words = np.asarray(words, dtype=np.int64)
     keep = words >= min_words
     kept = int(keep.sum())
