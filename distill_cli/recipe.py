@@ -90,8 +90,8 @@ class StudentConfig:
 class DataConfig:
     name: str | None = _opt(
         None,
-        "Dataset: rotten_tomatoes, a GLUE task (sst2, mnli, ...), a local file or folder, "
-        "or a Hub dataset name.",
+        "Dataset: rotten_tomatoes, newsgroups, squad_dev, squad_long, a GLUE task (sst2, "
+        "mnli, ...), a local file or folder, or a Hub dataset name.",
     )
     text_columns: list[str] | None = _opt(None, "One or two text columns (default: from preset).")
     label_column: str | None = _opt(None, "Label column (default: from preset or 'label').")
