@@ -21,6 +21,7 @@ from transformers import (
 from distill_cli import tasks
 from distill_cli.data.tables import looks_like_path
 from distill_cli.errors import DistillError, UnsupportedModel
+from distill_cli.models.attention import efficient
 from distill_cli.models.forward import is_causal
 from distill_cli.recipe import StudentConfig
 from distill_cli.user_files import first_line, read_json, read_text
@@ -604,6 +605,23 @@ def load_encoder(name: str, role: str, trust_remote_code: bool = False):
 
 
 def build_student(
+    spec: StudentConfig,
+    teacher,
+    teacher_tokenizer,
+    labels=None,
+    task_type: str | None = None,
+    trust_remote_code: bool = False,
+    log=print,
+):
+    """The student model and its tokenizer (see ``_build_student``), converted to the recipe's
+    attention (student.attention: BigBird, Longformer or a sliding-window Mistral)."""
+    student, tokenizer = _build_student(
+        spec, teacher, teacher_tokenizer, labels, task_type, trust_remote_code, log
+    )
+    return efficient(student, spec, log, tokenizer), tokenizer
+
+
+def _build_student(
     spec: StudentConfig,
     teacher,
     teacher_tokenizer,
