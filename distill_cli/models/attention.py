@@ -258,7 +258,7 @@ def _convert_encoder(student, spec, target, log, tokenizer):
     if fresh:
         log(f"student: newly initialised weights the head does not read: {', '.join(fresh)}")
     log(f"student: {cls.__name__} at {positions} positions ({_describe(config)})")
-    return new
+    return question_global_attention(new)
 
 
 def _describe(config) -> str:
@@ -340,3 +340,39 @@ def _tied(model) -> set:
     if model.config.tie_word_embeddings:
         return set(keys) | {"lm_head.weight"}
     return set()
+
+
+# --- Longformer QA: global attention on the question ----------------------------------------------
+
+
+def question_global_attention(model):
+    """LongformerForQuestionAnswering finds the question by asserting exactly three sep tokens a
+    row (RoBERTa's ``<s> q </s></s> c </s>``); BERT-tokenised pairs have two. Give it the mask
+    itself, as it would: global attention on every token before the first sep."""
+    if type(model).__name__ != "LongformerForQuestionAnswering":
+        return model
+    sep = model.config.sep_token_id
+
+    def add_mask(module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if kwargs.get("global_attention_mask") is None and ids is not None and sep is not None:
+            kwargs["global_attention_mask"] = (torch.cumsum(ids == sep, dim=1) == 0).long()
+        return args, kwargs
+
+    model.register_forward_pre_hook(add_mask, with_kwargs=True)
+    return model
+
+
+def untraceable(config) -> str | None:
+    """Why an ONNX trace of this architecture would not be the model at every length, or None."""
+    if config.model_type == "longformer":
+        return (
+            "Longformer pads and chunks its input into attention windows in Python, so a "
+            "traced graph runs only at the traced length; use --format hf"
+        )
+    if config.model_type == "big_bird" and config.attention_type == "block_sparse":
+        return (
+            "BigBird picks full or block-sparse attention by input length in Python, so a "
+            "traced graph would be full attention only; use --format hf"
+        )
+    return None

@@ -21,7 +21,7 @@ from transformers import (
 from distill_cli import tasks
 from distill_cli.data.tables import looks_like_path
 from distill_cli.errors import DistillError, UnsupportedModel
-from distill_cli.models.attention import efficient
+from distill_cli.models.attention import efficient, question_global_attention
 from distill_cli.models.forward import is_causal
 from distill_cli.recipe import StudentConfig
 from distill_cli.user_files import first_line, read_json, read_text
@@ -712,7 +712,7 @@ def load_classifier(path: str, role: str = "model", trust_remote_code: bool = Fa
     model, tokenizer = _load_by_config(path, role, trust_remote_code, pick)
     if not model.config.architectures:  # a GGUF's config names none: the class loaded tells
         model.config.architectures = [type(model).__name__]
-    return model.eval(), tokenizer
+    return question_global_attention(model).eval(), tokenizer
 
 
 def _task_class(config):
