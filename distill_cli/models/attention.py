@@ -317,7 +317,12 @@ def _sliding(student, spec, log):
         warnings.simplefilter("ignore")
         new_config = transformers.MistralConfig(**values)
         new = cls(new_config)
-    missing, unexpected = new.load_state_dict(student.state_dict(), strict=False)
+    wanted = new.state_dict().keys()
+    state = {}
+    for key, value in student.state_dict().items():  # Llama's QA body is "transformer."
+        rest = key.split(".", 1)[-1]
+        state[key if key in wanted else f"model.{rest}"] = value
+    missing, unexpected = new.load_state_dict(state, strict=False)
     missing = [k for k in missing if k not in _tied(new)]
     if missing or unexpected:
         raise UnsupportedModel(

@@ -403,8 +403,17 @@ def per_layer_fields(config) -> dict:
     return {
         key: value
         for key, value in fields.items()
-        if all(key not in vars(c) or _one_per_layer(getattr(c, key), d) for d, c in probes.items())
+        if all(
+            key not in vars(c) or _one_per_layer(getattr(c, key), d) or _scalar(getattr(c, key))
+            for d, c in probes.items()
+        )
     }
+
+
+def _scalar(value) -> bool:
+    """A number that stands for every layer, which a per-layer list may replace (Longformer's
+    attention_window: 512, or one window a layer)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _built_at(config, depth: int, without: dict):
