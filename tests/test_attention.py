@@ -188,13 +188,14 @@ def test_converted_students_load_in_plain_transformers(tmp_path):
     }  # fmt: skip
     ids = question_ids(tok, 10)[:1].tolist()
     expected = {}
-    for name, (model, auto) in cases.items():
+    autos = {name: auto for name, (_, auto) in cases.items()}
+    for name, (model, _) in cases.items():
         model.save_pretrained(tmp_path / name)
         expected[name] = outputs(model.eval(), torch.tensor(ids)).flatten()[:20].tolist()
     code = f"""
 import json, torch, transformers
 got = {{}}
-for name, auto in {({n: a for n, (_, a) in cases.items()})!r}.items():
+for name, auto in {autos!r}.items():
     model = getattr(transformers, auto).from_pretrained({str(tmp_path)!r} + "/" + name).eval()
     with torch.no_grad():
         got[name] = [type(model).__name__, model(input_ids=torch.tensor({ids!r}))[0].flatten()[:20].tolist()]

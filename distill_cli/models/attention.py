@@ -30,6 +30,8 @@ HEADS = (
 )
 # causal families that become a sliding-window Mistral with the same weights
 SLIDING = ("llama", "mistral")
+# Llama config entries a MistralConfig must not take over
+LLAMA_ONLY = ("model_type", "architectures", "attention_bias", "mlp_bias", "transformers_version")
 DEFAULT_LONG = 4096
 # encoder config fields the converted student keeps from the source
 KEEP = (
@@ -87,8 +89,7 @@ def _head(student) -> str:
         raise UnsupportedModel(
             student.config.model_type,
             STEP,
-            f"{name} has a head this conversion does not map; heads that work: "
-            f"{', '.join(HEADS)}",
+            f"{name} has a head this conversion does not map; heads that work: {', '.join(HEADS)}",
         )
     return head
 
@@ -306,7 +307,7 @@ def _sliding(student, spec, log):
             config.model_type, STEP + ": sliding_window", f"Mistral has no {head} class"
         )
     values = config.to_dict()
-    for key in ("model_type", "architectures", "attention_bias", "mlp_bias", "transformers_version"):
+    for key in LLAMA_ONLY:
         values.pop(key, None)
     positions = spec.max_position_embeddings or config.max_position_embeddings
     values.update(sliding_window=spec.attention_window, max_position_embeddings=positions)
@@ -334,8 +335,7 @@ def _sliding(student, spec, log):
         new.tie_weights()
     new.train(student.training)
     log(
-        f"student: {cls.__name__} at {positions} positions "
-        f"(sliding_window {spec.attention_window})"
+        f"student: {cls.__name__} at {positions} positions (sliding_window {spec.attention_window})"
     )
     return new
 
