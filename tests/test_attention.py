@@ -298,3 +298,35 @@ def test_block_sparse_on_a_causal_lm_is_one_line(tiny_llama, corpus_file, tmp_pa
     assert result.returncode == 2
     [line] = error_lines(result.stderr)
     assert "'llama'" in line and "sliding_window" in line
+
+
+def test_embedding_student_with_block_sparse_attention(corpus_file, tmp_path):
+    from tests.test_embedding_distill import embed
+
+    teacher = tmp_path / "teacher"
+    _save_st_teacher(teacher)
+    out = tmp_path / "student"
+    result = embed(teacher, corpus_file, out, "--set", "student.attention=block_sparse",
+                   "--set", "student.block_size=4", "--set", "student.num_random_blocks=1",
+                   "--set", "student.max_position_embeddings=128")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "student: BigBirdModel at 128 positions" in result.output
+    from distill_cli.models.embedder import load_embedder
+
+    student, tok = load_embedder(str(out), "student")
+    assert type(student.model).__name__ == "BigBirdModel"
+    batch = tok(["the movie was good " * 12], return_tensors="pt")  # past the sparse threshold
+    with torch.no_grad():
+        assert student(batch["input_ids"], batch["attention_mask"]).shape == (1, 24)
+
+
+def _save_st_teacher(path):
+    from distill_cli.models.embedder import Embedder, add_projection, save_embedder
+    from tests.conftest import make_tokenizer, tiny_bert_config
+
+    tok = make_tokenizer(path)
+    torch.manual_seed(0)
+    embedder = Embedder(T.BertModel(tiny_bert_config(len(tok)), add_pooling_layer=False), "mean")
+    add_projection(embedder, 24)
+    embedder.normalize = True
+    save_embedder(embedder, tok, path)
