@@ -330,3 +330,26 @@ def _save_st_teacher(path):
     add_projection(embedder, 24)
     embedder.normalize = True
     save_embedder(embedder, tok, path)
+
+
+def test_longformer_reader_trains_and_evaluates_on_bert_tokenised_pairs(tmp_path_factory, tmp_path):
+    # [CLS] q [SEP] c [SEP] has two seps, where Longformer's own QA finds the question by three
+    from tests.test_question_answering import WINDOW, distil, reader, squad_file
+    from tests.conftest import make_tokenizer
+
+    data = tmp_path_factory.mktemp("qa")
+    for split, n, seed in (("train", 16, 0), ("validation", 8, 1), ("test", 8, 2)):
+        squad_file(data / f"{split}.json", n, seed)
+    teacher = tmp_path / "teacher"
+    reader(teacher, make_tokenizer(teacher))
+    out = tmp_path / "student"
+    result = distil("tkd-nlp.yaml", teacher, data, out, "--set", "student.attention=longformer",
+                    "--set", "student.attention_window=8",
+                    "--set", "student.max_position_embeddings=128")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["LongformerForQuestionAnswering"]
+    assert config["sep_token_id"] == 3
+    result = invoke("evaluate", out, "--data", data, "--split", "test",
+                    "--output-dir", tmp_path / "report", *WINDOW)  # fmt: skip
+    assert result.exit_code == 0, result.output
