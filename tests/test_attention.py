@@ -213,7 +213,7 @@ print(json.dumps(got))
 # ---------------------------------------------------------------- the CLI
 
 SMALL = ["--set", "student.attention_window=8", "--set", "student.block_size=4",
-         "--set", "student.num_random_blocks=1", "--set", "student.max_position_embeddings=256",
+         "--set", "student.num_random_blocks=1", "--set", "student.max_position_embeddings=128",
          "--set", "data.max_length=64"]  # fmt: skip
 
 
@@ -223,7 +223,7 @@ def longformer_run(tiny_teacher, tiny_data_dir, tmp_path_factory):
     result = invoke(*tkd_args(tiny_teacher, tiny_data_dir, out,
                               "--set", "student.attention=longformer", *SMALL))  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "LongformerForSequenceClassification at 256 positions (attention_window 8)" in (
+    assert "LongformerForSequenceClassification at 128 positions (attention_window 8)" in (
         result.output
     )
     return out
@@ -234,7 +234,7 @@ def test_finetune_distill_longformer_student_exports_and_evaluates(
 ):
     config = json.loads((longformer_run / "config.json").read_text())
     assert config["architectures"] == ["LongformerForSequenceClassification"]
-    assert config["attention_window"] == [8, 8] and config["max_position_embeddings"] == 257
+    assert config["attention_window"] == [8, 8] and config["max_position_embeddings"] == 129
     result = invoke("export", longformer_run, "--format", "hf", "--output-dir", tmp_path / "hf")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "hf" / "model.safetensors").is_file()
@@ -252,7 +252,7 @@ def test_finetune_distill_block_sparse_student(tiny_teacher, tiny_data_dir, tmp_
     result = invoke(*tkd_args(tiny_teacher, tiny_data_dir, tmp_path / "run",
                               "--set", "student.attention=block_sparse", *SMALL))  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "BigBirdForSequenceClassification at 256 positions (block_sparse" in result.output
+    assert "BigBirdForSequenceClassification at 128 positions (block_sparse" in result.output
     onnx = run_cli(["export", tmp_path / "run", "--format", "onnx-int8",
                     "--output-dir", tmp_path / "int8"], tmp_path)  # fmt: skip
     assert onnx.returncode == 2
@@ -334,8 +334,8 @@ def _save_st_teacher(path):
 
 def test_longformer_reader_trains_and_evaluates_on_bert_tokenised_pairs(tmp_path_factory, tmp_path):
     # [CLS] q [SEP] c [SEP] has two seps, where Longformer's own QA finds the question by three
-    from tests.test_question_answering import WINDOW, distil, reader, squad_file
     from tests.conftest import make_tokenizer
+    from tests.test_question_answering import WINDOW, distil, reader, squad_file
 
     data = tmp_path_factory.mktemp("qa")
     for split, n, seed in (("train", 16, 0), ("validation", 8, 1), ("test", 8, 2)):
@@ -353,3 +353,25 @@ def test_longformer_reader_trains_and_evaluates_on_bert_tokenised_pairs(tmp_path
     result = invoke("evaluate", out, "--data", data, "--split", "test",
                     "--output-dir", tmp_path / "report", *WINDOW)  # fmt: skip
     assert result.exit_code == 0, result.output
+
+
+def test_hidden_states_of_block_sparse_students_are_cut_to_the_input():
+    from distill_cli.models.forward import Needs, forward
+
+    model, tok = source("bert", "Model")
+    new = efficient(model, spec("block_sparse", max_position_embeddings=128), print, tok)
+    ids = question_ids(tok, 50)  # sparse, and padded to 52 inside BigBird
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    out = forward(new.eval(), inputs, Needs(hidden=True), "embeddings")
+    assert all(h.shape[1] == 50 for h in out.hidden)
+
+
+def test_attention_kl_with_a_longformer_student_is_one_line(tiny_teacher, tiny_data_dir, tmp_path):
+    args = tkd_args(tiny_teacher, tiny_data_dir, tmp_path / "out",
+                    "--set", "student.attention=longformer", *SMALL,
+                    "--set", "phases.0.terms={attention_kl: {weight: 1.0}, ce: {weight: 1.0}}")  # fmt: skip
+    result = run_cli(args, tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    [line] = [x for x in error_lines(result.stderr) if not x.startswith("student:")]
+    assert "attention_kl does not support model type 'longformer'" in line

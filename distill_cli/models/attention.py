@@ -381,3 +381,19 @@ def untraceable(config) -> str | None:
             "traced graph would be full attention only; use --format hf"
         )
     return None
+
+
+def check_attention_maps(student, terms) -> None:
+    """attention_kl compares [query, key] attention maps, which Longformer (window-shaped maps)
+    and block-sparse BigBird do not return: one line instead of a shape error."""
+    config = student.config
+    sparse = config.model_type == "longformer" or (
+        config.model_type == "big_bird" and config.attention_type == "block_sparse"
+    )
+    if "attention_kl" in terms and sparse:
+        raise UnsupportedModel(
+            config.model_type,
+            "attention_kl",
+            f"{type(student).__name__} returns no full attention maps to compare; "
+            "use hidden_mse, or student.attention: full",
+        )
