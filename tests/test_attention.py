@@ -375,3 +375,21 @@ def test_attention_kl_with_a_longformer_student_is_one_line(tiny_teacher, tiny_d
     assert "Traceback" not in result.stderr
     [line] = [x for x in error_lines(result.stderr) if not x.startswith("student:")]
     assert "attention_kl does not support model type 'longformer'" in line
+
+
+@pytest.mark.parametrize("family", ["Qwen2", "Qwen3"])
+def test_qwen_students_get_sliding_layers(family):
+    config = getattr(T, family + "Config")(
+        vocab_size=V, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, head_dim=4,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = getattr(T, family + "ForCausalLM")(config).eval()
+    new = efficient(model, spec("sliding_window", attention_window=4), lambda _: None).eval()
+    assert type(new) is type(model) and new.config.layer_types == ["sliding_attention"] * 2
+    ids = torch.randint(1, V, (1, 12))
+    other = ids.clone()
+    other[0, 0] = (ids[0, 0] + 1) % V
+    assert torch.equal(outputs(new, ids)[0, 10], outputs(new, other)[0, 10])
+    assert not torch.allclose(outputs(model, ids)[0, 10], outputs(model, other)[0, 10])
+    assert torch.allclose(outputs(model, ids[:, :4]), outputs(new, ids[:, :4]), atol=1e-5)

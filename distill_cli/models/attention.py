@@ -30,6 +30,8 @@ HEADS = (
 )
 # causal families that become a sliding-window Mistral with the same weights
 SLIDING = ("llama", "mistral")
+# causal families whose config sets sliding attention per layer (layer_types)
+LAYER_TYPES = ("qwen2", "qwen3")
 # Llama config entries a MistralConfig must not take over
 LLAMA_ONLY = ("model_type", "architectures", "attention_bias", "mlp_bias", "transformers_version")
 DEFAULT_LONG = 4096
@@ -286,11 +288,13 @@ def _sliding(student, spec, log):
             "sliding_window is for causal LMs (Llama, Mistral); for an encoder use "
             "student.attention: longformer or block_sparse",
         )
+    if config.model_type in LAYER_TYPES:
+        return _sliding_layers(student, spec, log)
     if config.model_type not in SLIDING:
         raise UnsupportedModel(
             config.model_type,
             STEP + ": sliding_window",
-            f"sliding-window students are built from {', '.join(SLIDING)} models; "
+            f"sliding-window students are built from {', '.join(SLIDING + LAYER_TYPES)} models; "
             "use student.attention: full",
         )
     for flag in ("attention_bias", "mlp_bias"):
@@ -336,6 +340,30 @@ def _sliding(student, spec, log):
     new.train(student.training)
     log(
         f"student: {cls.__name__} at {positions} positions (sliding_window {spec.attention_window})"
+    )
+    return new
+
+
+def _sliding_layers(student, spec, log):
+    """The same class with every layer a sliding_attention one of the recipe's window."""
+    config = student.config
+    values = config.to_dict()
+    n = config.num_hidden_layers
+    values.update(
+        use_sliding_window=True,
+        sliding_window=spec.attention_window,
+        max_window_layers=0,
+        layer_types=["sliding_attention"] * n,
+        max_position_embeddings=spec.max_position_embeddings or config.max_position_embeddings,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        new = type(student)(type(config)(**values))
+    new.load_state_dict(student.state_dict())
+    new.train(student.training)
+    log(
+        f"student: {type(new).__name__} at {new.config.max_position_embeddings} positions "
+        f"(sliding_window {spec.attention_window} in every layer)"
     )
     return new
 
