@@ -353,6 +353,8 @@ def test_longformer_reader_trains_and_evaluates_on_bert_tokenised_pairs(tmp_path
     result = invoke("evaluate", out, "--data", data, "--split", "test",
                     "--output-dir", tmp_path / "report", *WINDOW)  # fmt: skip
     assert result.exit_code == 0, result.output
+    result = invoke("export", out, "--format", "hf", "--output-dir", tmp_path / "hf")
+    assert result.exit_code == 0, result.output
 
 
 def test_hidden_states_of_block_sparse_students_are_cut_to_the_input():

@@ -770,4 +770,4 @@ def load_as_saved(name: str, role: str, trust_remote_code: bool = False):
         return getattr(transformers, archs[0], None) or AutoModel
 
     model, tokenizer = _load_by_config(name, role, trust_remote_code, saved_class)
-    return model.eval(), tokenizer
+    return question_global_attention(model).eval(), tokenizer
