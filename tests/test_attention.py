@@ -355,6 +355,14 @@ def test_longformer_reader_trains_and_evaluates_on_bert_tokenised_pairs(tmp_path
     assert result.exit_code == 0, result.output
     result = invoke("export", out, "--format", "hf", "--output-dir", tmp_path / "hf")
     assert result.exit_code == 0, result.output
+    # the card's usage code runs in plain transformers on a BERT-tokenised pair
+    card = (tmp_path / "hf" / "README.md").read_text()
+    usage = (
+        card.split("```python\n")[-1].split("```")[0].replace("path/to/hf", str(tmp_path / "hf"))
+    )
+    assert "global_attention_mask" in usage
+    proc = run_without_distill_cli(usage, tmp_path)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_hidden_states_of_block_sparse_students_are_cut_to_the_input():
