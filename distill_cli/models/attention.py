@@ -126,14 +126,14 @@ def _target_config(student, spec, target, tokenizer):
     long = target != src.model_type
     positions = spec.max_position_embeddings or (DEFAULT_LONG if long else None)
     offset = values["pad_token_id"] + 1 if ENCODERS[target][1] else 0
-    if target == "big_bird":
+    if target == "big_bird" and long:
         _check_blocks(spec, positions)
         values.update(
             attention_type="block_sparse",
             block_size=spec.block_size,
             num_random_blocks=spec.num_random_blocks,
         )
-    elif target == "longformer":
+    elif target == "longformer" and long:
         window = spec.attention_window
         if window % 2:
             raise DistillError(
