@@ -212,6 +212,18 @@ print(json.dumps(got))
 
 # ---------------------------------------------------------------- the CLI
 
+
+@pytest.fixture
+def quick_timing(monkeypatch):
+    """evaluate times one short round: Longformer's many small ops are slow on 2 CPU cores."""
+    import functools
+
+    from distill_cli.evaluation import latency
+
+    fast = functools.partial(latency.time_interleaved, rounds=1, block=1, warmup=0)
+    monkeypatch.setattr(latency, "time_interleaved", fast)
+
+
 SMALL = ["--set", "student.attention_window=8", "--set", "student.block_size=4",
          "--set", "student.num_random_blocks=1", "--set", "student.max_position_embeddings=128",
          "--set", "data.max_length=64"]  # fmt: skip
@@ -230,7 +242,7 @@ def longformer_run(tiny_teacher, tiny_data_dir, tmp_path_factory):
 
 
 def test_finetune_distill_longformer_student_exports_and_evaluates(
-    longformer_run, tiny_data_dir, tmp_path
+    longformer_run, tiny_data_dir, tmp_path, quick_timing
 ):
     config = json.loads((longformer_run / "config.json").read_text())
     assert config["architectures"] == ["LongformerForSequenceClassification"]
@@ -332,7 +344,9 @@ def _save_st_teacher(path):
     save_embedder(embedder, tok, path)
 
 
-def test_longformer_reader_trains_and_evaluates_on_bert_tokenised_pairs(tmp_path_factory, tmp_path):
+def test_longformer_reader_trains_and_evaluates_on_bert_tokenised_pairs(
+    tmp_path_factory, tmp_path, quick_timing
+):
     # [CLS] q [SEP] c [SEP] has two seps, where Longformer's own QA finds the question by three
     from tests.conftest import make_tokenizer
     from tests.test_question_answering import WINDOW, distil, reader, squad_file
