@@ -417,3 +417,14 @@ def test_qwen_students_get_sliding_layers(family):
     assert torch.equal(outputs(new, ids)[0, 10], outputs(new, other)[0, 10])
     assert not torch.allclose(outputs(model, ids)[0, 10], outputs(model, other)[0, 10])
     assert torch.allclose(outputs(model, ids[:, :4]), outputs(new, ids[:, :4]), atol=1e-5)
+
+
+def test_a_longformer_student_becomes_bigbird_from_its_local_attention():
+    model, tok = source("roberta", "ForMaskedLM")
+    longformer = efficient(model, spec("longformer"), lambda _: None, tok)
+    layer = longformer.longformer.encoder.layer[0].attention.self
+    with torch.no_grad():
+        layer.query_global.weight.add_(1.0)  # trained global weights differ from the local
+    bigbird = efficient(longformer, spec("block_sparse"), lambda _: None, tok)
+    query = bigbird.bert.encoder.layer[0].attention.self.query.weight
+    assert torch.equal(query, layer.query.weight)

@@ -190,7 +190,9 @@ def _neutral(key: str, prefix: str) -> str:
 
 
 def _source_tensors(student) -> dict:
-    out = {_neutral(k, student.base_model_prefix): v for k, v in student.state_dict().items()}
+    prefix = student.base_model_prefix
+    # a Longformer source gives its local q/k/v, not the global ones
+    out = {_neutral(k, prefix): v for k, v in student.state_dict().items() if "_global." not in k}
     cls_keys = {k for k in out if k.startswith("classifier.")}
     if "classifier.weight" in cls_keys and "pooler.dense.weight" in out:
         # BERT's pooler (dense + tanh on [CLS]) then classifier is RoBERTa's head (dense, out_proj)
