@@ -24,6 +24,7 @@ from distill_cli.export.verify import (
     torch_outputs,
     worst,
 )
+from distill_cli.models.attention import untraceable
 from distill_cli.reporting import log
 
 OPSET = 17
@@ -170,6 +171,9 @@ class Graph:
 def write_graph(model, tokenizer, path: Path) -> Graph:
     """Export a prepared model to ``path``, load it in onnxruntime and check it matches."""
     ort = require_onnx()
+    why = untraceable(model.config)
+    if why:
+        raise UnsupportedModel(model.config.model_type, "ONNX export", why)
     log(f"exporting {type(model).__name__} to ONNX (opset {OPSET})")
     outputs = _trace(model, input_names(model, tokenizer), path)
     model.eval()  # the exporter restores train/eval modes; keep dropout off regardless

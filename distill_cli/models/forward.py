@@ -211,7 +211,9 @@ def forward(
         result = Outputs()
         hidden = out.hidden_states if needs.hidden else ()
         last = out.last_hidden_state
-    result.hidden = tuple(hidden) if needs.hidden else ()
+    # block-sparse BigBird returns its hidden states padded to whole blocks: cut to the input
+    length = inputs["input_ids"].shape[1] if "input_ids" in inputs else None
+    result.hidden = tuple(h[:, :length] for h in hidden) if needs.hidden else ()
     result.attentions = tuple(out.attentions) if needs.attentions else ()
     if needs.embedding:
         result.embedding = pool(last, inputs["attention_mask"])

@@ -21,6 +21,7 @@ from transformers import (
 from distill_cli import tasks
 from distill_cli.data.tables import looks_like_path
 from distill_cli.errors import DistillError, UnsupportedModel
+from distill_cli.models.attention import efficient, question_global_attention
 from distill_cli.models.forward import is_causal
 from distill_cli.recipe import StudentConfig
 from distill_cli.user_files import first_line, read_json, read_text
@@ -402,8 +403,17 @@ def per_layer_fields(config) -> dict:
     return {
         key: value
         for key, value in fields.items()
-        if all(key not in vars(c) or _one_per_layer(getattr(c, key), d) for d, c in probes.items())
+        if all(
+            key not in vars(c) or _one_per_layer(getattr(c, key), d) or _scalar(getattr(c, key))
+            for d, c in probes.items()
+        )
     }
+
+
+def _scalar(value) -> bool:
+    """A number that stands for every layer, which a per-layer list may replace (Longformer's
+    attention_window: 512, or one window a layer)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _built_at(config, depth: int, without: dict):
@@ -612,6 +622,23 @@ def build_student(
     trust_remote_code: bool = False,
     log=print,
 ):
+    """The student model and its tokenizer (see ``_build_student``), converted to the recipe's
+    attention (student.attention: BigBird, Longformer or a sliding-window Mistral)."""
+    student, tokenizer = _build_student(
+        spec, teacher, teacher_tokenizer, labels, task_type, trust_remote_code, log
+    )
+    return efficient(student, spec, log, tokenizer), tokenizer
+
+
+def _build_student(
+    spec: StudentConfig,
+    teacher,
+    teacher_tokenizer,
+    labels=None,
+    task_type: str | None = None,
+    trust_remote_code: bool = False,
+    log=print,
+):
     """The student model and its tokenizer.
 
     With a ``task_type`` (task stage) the student is a classifier with the task's label set;
@@ -694,7 +721,7 @@ def load_classifier(path: str, role: str = "model", trust_remote_code: bool = Fa
     model, tokenizer = _load_by_config(path, role, trust_remote_code, pick)
     if not model.config.architectures:  # a GGUF's config names none: the class loaded tells
         model.config.architectures = [type(model).__name__]
-    return model.eval(), tokenizer
+    return question_global_attention(model).eval(), tokenizer
 
 
 def _task_class(config):
@@ -743,4 +770,4 @@ def load_as_saved(name: str, role: str, trust_remote_code: bool = False):
         return getattr(transformers, archs[0], None) or AutoModel
 
     model, tokenizer = _load_by_config(name, role, trust_remote_code, saved_class)
-    return model.eval(), tokenizer
+    return question_global_attention(model).eval(), tokenizer

@@ -17,6 +17,7 @@ from distill_cli.data import batching
 from distill_cli.data import text as text_data
 from distill_cli.data.tables import TaskData
 from distill_cli.errors import DistillError, UnsupportedModel
+from distill_cli.models.attention import check_attention_maps
 from distill_cli.models.embedder import (
     Embedder,
     add_projection,
@@ -211,6 +212,7 @@ def build_task(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built:
     student, student_tok = build_student(
         recipe.student, teacher, teacher_tok, task.labels, task.task_type, trust_remote_code, log
     )
+    check_attention_maps(student, term_names(recipe))
     for model, tok, role in ((teacher, teacher_tok, "teacher"), (student, student_tok, "student")):
         if model is not None:
             give_pad_token(model, tok)
@@ -318,6 +320,7 @@ def build_pretrain(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built
         student, student_tok = build_student(
             recipe.student, teacher, tokenizer, trust_remote_code=trust_remote_code, log=log
         )
+    check_attention_maps(student, term_names(recipe))
     compressed = compressed_vocab(recipe.student.path, _rows(teacher))
     if not compressed and not same_vocab(student_tok, tokenizer):
         _check_aligned(recipe, separate=True)
