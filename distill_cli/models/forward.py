@@ -245,7 +245,21 @@ class StudentModule(torch.nn.Module):
         self.model = model
         self.extras = extras if extras is not None else torch.nn.ModuleDict()
 
-    def forward(self, inputs: dict, needs: Needs, mode: str, blank: Blank | None = None) -> Outputs:
+    def forward(
+        self,
+        inputs: dict,
+        needs: Needs,
+        mode: str,
+        blank: Blank | None = None,
+        window=None,
+        tally=None,
+    ) -> Outputs:
+        """``window``: a data.windows.Spec where the student reads long inputs through windows
+        (a model being fine-tuned on documents longer than its positions)."""
         head = self.extras["embedding"] if "embedding" in self.extras else None
         pool = head.pool if head is not None else None
+        if window is not None:
+            from distill_cli.data import windows
+
+            return windows.forward(self.model, inputs, needs, mode, pool, blank, window, tally)
         return forward(self.model, inputs, needs, mode, pool, blank)
