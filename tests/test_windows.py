@@ -346,3 +346,58 @@ def test_refusals_name_the_terms_and_the_fix(short_model, long_model, long_data,
     result = invoke(*args)  # the default doc_stride (128) cannot overlap windows of 32
     assert result.exit_code == 2, result.output
     assert "lower data.doc_stride" in result.output
+
+
+def _encoder(path, positions, seed):
+    from transformers import BertForMaskedLM
+
+    tok = make_tokenizer(path)
+    torch.manual_seed(seed)
+    config = tiny_bert_config(len(tok), layers=2, hidden=32, heads=2)
+    config.max_position_embeddings = positions
+    BertForMaskedLM(config).save_pretrained(path)
+    return path
+
+
+def _pretrain(teacher, data, out, *extra):
+    return invoke(
+        "pretrain-distill", "--recipe", RECIPES / "glmd-pretrain.yaml", "--teacher", teacher,
+        "--data", data, "--output-dir", out, "--max-steps", 2, "--set", "train.batch_size=4",
+        "--set", "train.logging_steps=1", "--set", "train.mixed_precision=no",
+        "--set", "data.max_length=64", "--set", "data.doc_stride=8", *extra,
+    )  # fmt: skip
+
+
+def test_pretrain_word_kd_reads_a_short_teacher_through_windows(corpus_file, tmp_path):
+    teacher = _encoder(tmp_path / "t32", 32, 0)
+    student = _encoder(tmp_path / "s128", 128, 1)
+    out = tmp_path / "pre"
+    result = _pretrain(teacher, corpus_file, out, "--student", student,
+                       "--set", "student.init=checkpoint")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "teacher: reads inputs of up to data.max_length=64 tokens through windows" in (
+        result.stderr
+    )
+    summary = json.loads((out / "train_results.json").read_text())
+    assert summary["windows"]["windows/teacher_windows_per_row"] > 1
+
+
+def test_pretrain_a_causal_teacher_and_its_truncated_student_read_windows(corpus_file, tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tests.conftest import make_bpe_tokenizer
+
+    teacher = tmp_path / "gpt2-32"
+    tok = make_bpe_tokenizer(teacher)
+    config = GPT2Config(
+        vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=32,
+        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    GPT2LMHeadModel(config).save_pretrained(teacher)
+    out = tmp_path / "pre"
+    result = _pretrain(teacher, corpus_file, out, "--set", "student.num_layers=1")
+    assert result.exit_code == 0, result.output
+    assert "teacher: reads inputs" in result.stderr and "student: reads inputs" in result.stderr
+    summary = json.loads((out / "train_results.json").read_text())
+    assert summary["windows"]["windows/student_windows_per_row"] > 1
