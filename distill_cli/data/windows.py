@@ -21,7 +21,8 @@ import torch
 from distill_cli.errors import DistillError
 
 # RoBERTa-style models count positions from padding_idx + 1: these rows are never read
-OFFSET_POSITIONS = ("roberta", "xlm-roberta", "longformer", "camembert", "bart", "mbart")
+# (model types ending in "roberta" too: xlm-roberta, camembert's parent, ...)
+OFFSET_POSITIONS = ("roberta", "xlm-roberta", "longformer", "camembert", "data2vec-text", "luke")
 # outputs no window combination makes (models.forward.Needs fields)
 REFUSED_NEEDS = {
     "hidden": "hidden states",
@@ -121,6 +122,7 @@ class Cut:
     rows: torch.Tensor
     source_window: torch.Tensor
     source_pos: torch.Tensor
+    tokens: tuple[int, int] = (0, 0)  # tokens the windows hold, and the rows
 
 
 def _frame(ids: list[int], spec: Spec) -> tuple[int, int]:
@@ -214,7 +216,8 @@ def cut(inputs: dict, spec: Spec) -> Cut:
         if types is not None:
             out["token_type_ids"][w, : len(take)] = types[b, take]
     out = {k: v.to(device) for k, v in out.items()}
-    return Cut(out, torch.tensor(rows, device=device), src_w.to(device), src_p.to(device))
+    counts = (sum(len(w) for w in windows), int(mask.sum()))
+    return Cut(out, torch.tensor(rows, device=device), src_w.to(device), src_p.to(device), counts)
 
 
 def combine_sequence(logits: torch.Tensor, rows: torch.Tensor, batch: int, how: str):
@@ -251,8 +254,8 @@ class Tally:
     def add(self, c: Cut, inputs: dict, seconds: float) -> None:
         self.rows += inputs["input_ids"].shape[0]
         self.windows += c.inputs["input_ids"].shape[0]
-        self.window_tokens += int(c.inputs["attention_mask"].sum())
-        self.row_tokens += int(inputs["attention_mask"].sum())
+        self.window_tokens += c.tokens[0]
+        self.row_tokens += c.tokens[1]
         self.seconds += seconds
 
     def figures(self) -> dict:
