@@ -5,6 +5,17 @@ import random
 
 import pytest
 import torch
+from conftest import (
+    FILLER,
+    LABELS,
+    NEGATIVE,
+    POSITIVE,
+    make_bpe_tokenizer,
+    make_tokenizer,
+    tiny_bert_config,
+    write_csv,
+)
+from helpers import RECIPES, invoke, tkd_args
 from transformers import (
     BertForQuestionAnswering,
     BertForSequenceClassification,
@@ -13,8 +24,6 @@ from transformers import (
 
 from distill_cli.data import windows
 from distill_cli.models.forward import Needs
-from tests.conftest import FILLER, LABELS, NEGATIVE, POSITIVE, make_tokenizer, tiny_bert_config
-from tests.helpers import RECIPES, invoke, tkd_args
 
 CLS, SEP, PAD = 2, 3, 0
 SPEC = windows.Spec(size=8, overlap=2, specials=frozenset({CLS, SEP}), pad_id=PAD)
@@ -248,8 +257,6 @@ def test_positions_leave_out_roberta_offset_rows():
 @pytest.fixture(scope="module")
 def long_data(tmp_path_factory):
     """A folder of csv splits whose texts are 60-100 words long."""
-    from tests.conftest import write_csv
-
     path = tmp_path_factory.mktemp("long-data")
     rng = random.Random(0)
     for split, n in (("train", 16), ("validation", 8), ("test", 8)):
@@ -385,8 +392,6 @@ def test_pretrain_word_kd_reads_a_short_teacher_through_windows(corpus_file, tmp
 def test_pretrain_a_causal_teacher_and_its_truncated_student_read_windows(corpus_file, tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from tests.conftest import make_bpe_tokenizer
-
     teacher = tmp_path / "gpt2-32"
     tok = make_bpe_tokenizer(teacher)
     config = GPT2Config(
@@ -401,3 +406,34 @@ def test_pretrain_a_causal_teacher_and_its_truncated_student_read_windows(corpus
     assert "teacher: reads inputs" in result.stderr and "student: reads inputs" in result.stderr
     summary = json.loads((out / "train_results.json").read_text())
     assert summary["windows"]["windows/student_windows_per_row"] > 1
+
+
+def test_qa_tkd_with_a_short_teacher_reader_and_evaluate(tmp_path):
+    from test_question_answering import squad_file
+
+    data = tmp_path / "qa"
+    data.mkdir()
+    for split, n, seed in (("train", 16, 0), ("validation", 8, 1), ("test", 8, 2)):
+        squad_file(data / f"{split}.json", n, seed)
+    readers = []
+    for name, positions in (("t32", 32), ("s128", 128)):
+        tok = make_tokenizer(tmp_path / name)
+        torch.manual_seed(positions)
+        BertForQuestionAnswering(
+            short_config(tok, max_position_embeddings=positions, num_labels=2)
+        ).save_pretrained(tmp_path / name)
+        readers.append(tmp_path / name)
+    teacher, student = readers
+    out = tmp_path / "out"
+    sets = ["--set", "data.max_length=64", "--set", "data.doc_stride=8"]
+    args = tkd_args(teacher, data, out, "--student", student, *sets)
+    result = invoke(*args, "--set", "student.init=checkpoint", "--set", "train.mixed_precision=no")
+    assert result.exit_code == 0, result.output
+    assert "teacher: reads inputs of up to data.max_length=64 tokens through windows" in (
+        result.stderr
+    )
+    evaluated = invoke("evaluate", out, "--teacher", teacher, "--split", "test", "--json")
+    assert evaluated.exit_code == 0, evaluated.output
+    report = json.loads(evaluated.stdout)
+    assert set(report["models"]["teacher"]["metrics"]) == {"f1", "exact_match"}
+    assert report["models"]["teacher"]["windows"]["windows_per_row"] > 1
