@@ -270,21 +270,22 @@ def build_task(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built:
     _check_aligned(recipe, separate)
     input_tok = teacher_tok if compressed else student_tok
     t_tok = teacher_tok if separate else None
-    train_ds = kind.train_features(task.splits[d.train_split], task, input_tok, d, t_tok)
-    eval_ds = None
-    if has_eval:
-        eval_ds = kind.eval_features(task.splits[d.eval_split], task, student_tok, d, d.eval_split)
-    collate = batching.PadCollator(_pad_id(student_tok), _pad_id(teacher_tok) if separate else None)
     causal = is_causal((teacher or student).config)
+    # a model with fewer positions than data.max_length reads windows (checked before the data)
     t_window, s_window = window_specs(
         recipe,
-        (teacher if _needs(recipe, True).teacher else None, teacher_tok, student, input_tok),
+        (teacher if _needs(recipe, True).teacher else None, teacher_tok, student, student_tok),
         kind.layout.name if kind.layout.name in windows.LAYOUTS else None,
         causal,
         kind.compares_positions or len(task.text_columns or ()) > 1,
         kind.word_head,
         main,
     )
+    train_ds = kind.train_features(task.splits[d.train_split], task, input_tok, d, t_tok)
+    eval_ds = None
+    if has_eval:
+        eval_ds = kind.eval_features(task.splits[d.eval_split], task, student_tok, d, d.eval_split)
+    collate = batching.PadCollator(_pad_id(student_tok), _pad_id(teacher_tok) if separate else None)
     return Built(
         student=student,
         tokenizer=student_tok,
@@ -380,6 +381,10 @@ def build_pretrain(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built
     causal = is_causal(teacher.config)
     if causal and any(p.mlm_probability > 0 for p in recipe.phases) and main:
         log("causal LM: token masking is off (mlm_probability applies to encoders only)")
+    # a teacher (or student) with fewer positions than data.max_length reads windows
+    t_window, s_window = window_specs(
+        recipe, (teacher, tokenizer, student, student_tok), None, causal, main=main
+    )
     d = recipe.data
     texts = text_data.load_texts(d)
     train_ds = text_data.tokenize_texts(texts, tokenizer, d.max_length, d.packing, causal)
@@ -387,10 +392,6 @@ def build_pretrain(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built
     if d.packing == "bucket":
         lengths = [len(ids) for ids in train_ds["input_ids"]]
         sampler = text_data.bucket_batches(lengths, recipe.train.batch_size, recipe.train.seed)
-    # a teacher (or student) with fewer positions than data.max_length reads windows
-    t_window, s_window = window_specs(
-        recipe, (teacher, tokenizer, student, tokenizer), None, causal, main=main
-    )
     return Built(
         student=student,
         tokenizer=student_tok,
