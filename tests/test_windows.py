@@ -302,6 +302,13 @@ def test_finetune_a_short_model_on_long_documents(short_model, long_data, tmp_pa
     summary = json.loads((out / "train_results.json").read_text())
     assert summary["windows"]["windows/student_windows_per_row"] > 1
     assert "eval" in summary  # evaluated through its windows too
+    # evaluate reads a model with fewer positions than the run's max_length through windows
+    evaluated = invoke("evaluate", out, "--split", "test", "--json")
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "ft: reads inputs of up to data.max_length=96 tokens through windows" in (
+        evaluated.stderr
+    )
+    assert json.loads(evaluated.stdout)["models"]["ft"]["windows"]["overlap"] == 8
 
 
 def test_tkd_with_a_short_teacher_logs_its_windows_and_evaluate_reads_them(
@@ -338,7 +345,9 @@ def test_refusals_name_the_terms_and_the_fix(short_model, long_model, long_data,
     args += ["--set", "phases.0.terms={hidden_mse: {weight: 1.0}, ce: {weight: 1.0}}"]
     result = invoke(*args)
     assert result.exit_code == 2, result.output
-    line = result.output.strip().splitlines()[-1]
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0] == result.output.strip().splitlines()[-1]
+    line = errors[0]
     assert "hidden_mse read hidden states of the teacher" in line
     assert "data.teacher_window" in line and "data.max_length" in line
 
