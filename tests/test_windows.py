@@ -110,19 +110,19 @@ def _tagged(c):
 
 
 def test_token_outputs_take_the_most_central_window_encoder_and_causal():
-    spec = windows.Spec(8, 2, layout="token", specials=SPEC.specials)
+    spec = windows.Spec(8, 2, position_dim=1, specials=SPEC.specials)
     c = windows.cut(batch(LONG), spec)
     got = windows.combine_logits(_tagged(c).unsqueeze(-1), c, spec).squeeze(-1)
     assert got.tolist() == [[0, 1, 2, 3, 4, 5, 102, 103, 104, 105, 106, 107]]
     # a causal model: each overlapping position from the window with more tokens before it
-    causal = windows.Spec(8, 2, causal=True, layout="token", specials=SPEC.specials)
+    causal = windows.Spec(8, 2, causal=True, position_dim=1, specials=SPEC.specials)
     c = windows.cut(batch(LONG), causal)
     got = windows.combine_logits(_tagged(c).unsqueeze(-1), c, causal).squeeze(-1)
     assert got.tolist() == [[0, 1, 2, 3, 4, 5, 6, 103, 104, 105, 106, 107]]
 
 
 def test_qa_start_and_end_logits_map_back_to_the_row():
-    spec = windows.Spec(8, 2, layout="span", specials=SPEC.specials)
+    spec = windows.Spec(8, 2, position_dim=2, specials=SPEC.specials)
     c = windows.cut(batch(LONG), spec)
     tagged = _tagged(c)
     logits = torch.stack([tagged, -tagged], dim=1)  # [W, 2, Lw]: start, end
@@ -203,7 +203,7 @@ def test_a_tagger_reads_each_token_from_its_most_central_window(tok):
     torch.manual_seed(0)
     model = BertForTokenClassification(short_config(tok)).eval()
     ids = tok(long_text(random.Random(1), 80)[0])["input_ids"]
-    spec = windows.Spec(32, 8, layout="token", specials=windows.special_ids(tok))
+    spec = windows.Spec(32, 8, position_dim=1, specials=windows.special_ids(tok))
     with torch.no_grad():
         got = windows.forward(model, batch(ids), Needs(logits=True), "embeddings", spec=spec)
         starts, chunk, outs = by_hand(model, ids, 32, 8, prefix=1)
@@ -223,7 +223,9 @@ def test_a_qa_reader_keeps_the_question_and_maps_positions_back(tok):
     enc = tok(question, context)
     ids = enc["input_ids"]
     prefix = ids.index(tok.sep_token_id) + 1
-    spec = windows.Spec(32, 6, layout="span", specials=windows.special_ids(tok), pairs=True)
+    names = ("start_logits", "end_logits")
+    specials = windows.special_ids(tok)
+    spec = windows.Spec(32, 6, position_dim=2, output_names=names, specials=specials, pairs=True)
     with torch.no_grad():
         got = windows.call(model, batch(ids, types=[enc["token_type_ids"]]), spec)
         # by hand: the question in every window, token types 0 then 1

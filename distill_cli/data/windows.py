@@ -19,6 +19,8 @@ from types import SimpleNamespace
 import torch
 
 from distill_cli.errors import DistillError
+from distill_cli.models import forward as heads
+from distill_cli.tasks import outputs_logits
 
 # RoBERTa-style models count positions from padding_idx + 1: these rows are never read
 # (model types ending in "roberta" too: xlm-roberta, camembert's parent, ...)
@@ -29,8 +31,6 @@ REFUSED_NEEDS = {
     "attentions": "attentions",
     "embedding": "sentence embeddings",
 }
-SEQUENCE, TOKEN, SPAN = "sequence", "token", "span"  # tasks.base Layout names
-LAYOUTS = (SEQUENCE, TOKEN, SPAN)  # the logits windows can combine
 
 
 def positions(config) -> int | None:
@@ -47,14 +47,17 @@ def positions(config) -> int | None:
 @dataclass(frozen=True)
 class Spec:
     """How one model reads rows longer than it can: windows of ``size`` tokens sharing
-    ``overlap``, combined by ``combine`` (sequence tasks); ``layout`` is the task's logits layout
-    (None: word features only). ``specials``: the ids that end a prefix or make a suffix."""
+    ``overlap``; logits with one row per input combine by ``combine`` (mean | max), those with
+    a ``position_dim`` (the task's Layout says) position by position. ``specials``: the ids
+    that end a prefix or make a suffix."""
 
     size: int
     overlap: int
     combine: str = "mean"
     causal: bool = False
-    layout: str | None = SEQUENCE
+    position_dim: int | None = None
+    logits: bool = True  # the task's logits combine over windows (its Layout says)
+    output_names: tuple[str, ...] = ("logits",)  # the model outputs its logits come from
     specials: frozenset = frozenset()
     pairs: bool = False  # the prefix runs through the last special token before the body
     pad_id: int = 0
@@ -70,11 +73,12 @@ def special_ids(tokenizer) -> frozenset:
     return frozenset(i for n in names if (i := getattr(tokenizer, n, None)) is not None)
 
 
-def spec_for(model, tokenizer, d, layout, causal: bool, pairs=False, teacher=False) -> Spec | None:
+def spec_for(model, tokenizer, d, kind, causal: bool, pairs=False, teacher=False) -> Spec | None:
     """The window spec of ``model`` reading data ``d``, or None when it reads d.max_length
     itself. A model reads windows when its positions are fewer than d.max_length; a teacher
     also when data.teacher_window is. Windows are data.teacher_window tokens (at most, and by
-    default, the model's positions) and share data.doc_stride tokens."""
+    default, the model's positions) and share data.doc_stride tokens. ``kind``: the task type
+    whose logits are combined (None: word features only)."""
     limit = positions(model.config)
     if limit is None:
         return None
@@ -92,17 +96,27 @@ def spec_for(model, tokenizer, d, layout, causal: bool, pairs=False, teacher=Fal
             f"lower data.doc_stride below {size // 2}"
         )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    layout = kind.layout if kind is not None else None
     return Spec(
-        size, d.doc_stride, d.window_combine, causal, layout, special_ids(tokenizer), pairs, pad
+        size,
+        d.doc_stride,
+        d.window_combine,
+        causal,
+        position_dim=layout.position_dim if layout else None,
+        logits=bool(layout and layout.windows),
+        output_names=kind.output_names if kind is not None else ("logits",),
+        specials=special_ids(tokenizer),
+        pairs=pairs,
+        pad_id=pad,
     )
 
 
-def refuse(needs, blank: bool, who: str, layout: str | None = SEQUENCE, terms=()) -> None:
+def refuse(needs, blank: bool, who: str, logits: bool = True, terms=()) -> None:
     """One line naming what a windowed model cannot give (and the ``terms`` that read it), and
     the fix."""
     what = [REFUSED_NEEDS[n] for n in REFUSED_NEEDS if getattr(needs, n)]
     what += ["a cloze blank"] if blank else []
-    if needs.logits and layout not in LAYOUTS and not blank:
+    if needs.logits and not logits and not blank:
         what.append("this task's logits")
     if what:
         named = f"{', '.join(terms)} read " if terms else "reading "
@@ -233,12 +247,11 @@ def combine_positions(values: torch.Tensor, c: Cut) -> torch.Tensor:
 
 
 def combine_logits(logits: torch.Tensor, c: Cut, spec: Spec) -> torch.Tensor:
-    """Window logits in the layout of a whole-row forward (QA: [B, 2, L])."""
-    if spec.layout == SPAN:  # [W, 2, Lw]: positions mapped back to the row
-        return combine_positions(logits.transpose(1, 2), c).transpose(1, 2)
-    if spec.layout == TOKEN:
-        return combine_positions(logits, c)
-    return combine_sequence(logits, c.rows, c.source_window.shape[0], spec.combine)
+    """Window logits in the layout of a whole-row forward (token: [B, L, C]; QA: [B, 2, L])."""
+    if spec.position_dim is None:
+        return combine_sequence(logits, c.rows, c.source_window.shape[0], spec.combine)
+    by_position = logits.movedim(spec.position_dim, 1)  # [W, Lw, ...]
+    return combine_positions(by_position, c).movedim(1, spec.position_dim)
 
 
 @dataclass
@@ -280,11 +293,9 @@ def _chunks(c: Cut, size: int):
 
 def forward(model, inputs, needs, mode, pool=None, blank=None, spec=None, tally=None):
     """models.forward.forward through windows when ``spec`` says so (same outputs, same shapes)."""
-    from distill_cli.models import forward as heads
-
     if spec is None:
         return heads.forward(model, inputs, needs, mode, pool, blank)
-    refuse(needs, blank is not None, "model", spec.layout)
+    refuse(needs, blank is not None, "model", spec.logits)
     t0 = time.perf_counter()
     c = cut(inputs, spec)
     outs = [heads.forward(model, sub, needs, mode) for sub in _chunks(c, spec.batch)]
@@ -302,17 +313,15 @@ def forward(model, inputs, needs, mode, pool=None, blank=None, spec=None, tally=
 def call(model, inputs: dict, spec: Spec | None, tally: Tally | None = None):
     """``model(**inputs)`` through windows: an object with the attributes a model output has
     (``logits``, or QA's ``start_logits`` and ``end_logits``), for scoring."""
-    from distill_cli.tasks import head_logits
-
     if spec is None:
         return model(**inputs)
     t0 = time.perf_counter()
     c = cut(inputs, spec)
-    logits = combine_logits(
-        torch.cat([head_logits(model(**s)) for s in _chunks(c, spec.batch)]), c, spec
-    )
+    names = spec.output_names
+    logits = [outputs_logits(model(**sub), names) for sub in _chunks(c, spec.batch)]
+    logits = combine_logits(torch.cat(logits), c, spec)
     if tally is not None:
         tally.add(c, inputs, time.perf_counter() - t0)
-    if spec.layout == SPAN:
-        return SimpleNamespace(start_logits=logits[:, 0], end_logits=logits[:, 1])
-    return SimpleNamespace(logits=logits)
+    if len(names) == 1:
+        return SimpleNamespace(**{names[0]: logits})
+    return SimpleNamespace(**{n: logits[:, i] for i, n in enumerate(names)})  # stacked on dim 1

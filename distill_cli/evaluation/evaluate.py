@@ -119,12 +119,11 @@ def window_spec(model, tokenizer, task: TaskData, cfg: DataConfig, role: str):
     if not isinstance(model, torch.nn.Module):
         return None
     kind = tasks.of(task)
-    layout = kind.layout.name if kind.layout.name in windows.LAYOUTS else None
     causal = is_causal(model.config)
     teacher = role == "teacher"
-    spec = windows.spec_for(model, tokenizer, cfg, layout, causal, _pairs(task), teacher)
+    spec = windows.spec_for(model, tokenizer, cfg, kind, causal, _pairs(task), teacher)
     if spec is not None:
-        windows.refuse(Needs(logits=True), kind.word_head, role, layout)
+        windows.refuse(Needs(logits=True), kind.word_head, role, spec.logits)
         log(
             f"{role}: reads inputs of up to data.max_length={cfg.max_length} tokens through "
             f"{spec.describe()}"

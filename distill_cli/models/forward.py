@@ -246,20 +246,10 @@ class StudentModule(torch.nn.Module):
         self.extras = extras if extras is not None else torch.nn.ModuleDict()
 
     def forward(
-        self,
-        inputs: dict,
-        needs: Needs,
-        mode: str,
-        blank: Blank | None = None,
-        window=None,
-        tally=None,
+        self, inputs: dict, needs: Needs, mode: str, blank: Blank | None = None, read=None
     ) -> Outputs:
-        """``window``: a data.windows.Spec where the student reads long inputs through windows
-        (a model being fine-tuned on documents longer than its positions)."""
+        """``read``: a function like :func:`forward` to run the model with instead
+        (data.windows.forward: a student read through windows, with gradients)."""
         head = self.extras["embedding"] if "embedding" in self.extras else None
         pool = head.pool if head is not None else None
-        if window is not None:
-            from distill_cli.data import windows
-
-            return windows.forward(self.model, inputs, needs, mode, pool, blank, window, tally)
-        return forward(self.model, inputs, needs, mode, pool, blank)
+        return (read or forward)(self.model, inputs, needs, mode, pool, blank)

@@ -74,32 +74,36 @@ def _needs(recipe: Recipe, teacher_only: bool = False):
 
 def _unwindowed(needs, spec: windows.Spec, blank: bool) -> bool:
     """Whether a term reading ``needs`` cannot read a model through windows."""
-    positional = needs.logits and (blank or spec.layout not in windows.LAYOUTS)
+    positional = needs.logits and (blank or not spec.logits)
     return positional or any(getattr(needs, n) for n in windows.REFUSED_NEEDS)
 
 
-def window_specs(recipe: Recipe, models, layout, causal: bool, pairs=False, blank=False, main=True):
+def _by_rows(spec: windows.Spec) -> bool:
+    return spec.logits and spec.position_dim is None  # sequence logits: mean or max
+
+
+def window_specs(recipe: Recipe, models, kind, causal: bool, pairs=False, blank=False, main=True):
     """The (teacher, student) window specs: a model whose positions (or data.teacher_window)
     are fewer than data.max_length reads each input through windows; the terms must allow it.
     ``models``: (teacher, its tokenizer, student, its tokenizer); the teacher is None when no
-    term runs it."""
+    term runs it. ``kind``: the task type whose logits are combined (None: raw text)."""
     teacher, teacher_tok, student, student_tok = models
     d, specs = recipe.data, []
     for role, model, tok in (("teacher", teacher, teacher_tok), ("student", student, student_tok)):
         spec = None
         if model is not None:
-            spec = windows.spec_for(model, tok, d, layout, causal, pairs, role == "teacher")
+            spec = windows.spec_for(model, tok, d, kind, causal, pairs, role == "teacher")
         if spec is not None:
             names = sorted(term_names(recipe))
             if role == "teacher":
                 names = [n for n in names if losses.KD_LOSSES[n].needs_teacher]
             bad = [n for n in names if _unwindowed(losses.KD_LOSSES[n].needs, spec, blank)]
-            windows.refuse(_needs(recipe, role == "teacher"), blank, role, spec.layout, bad)
+            windows.refuse(_needs(recipe, role == "teacher"), blank, role, spec.logits, bad)
             if main:
                 log(
                     f"{role}: reads inputs of up to data.max_length={d.max_length} tokens through "
                     f"{spec.describe()} (data.teacher_window, data.doc_stride)"
-                    + (f", combined by their {spec.combine}" if spec.layout == "sequence" else "")
+                    + (f", logits by their {spec.combine}" if _by_rows(spec) else "")
                 )
         specs.append(spec)
     return tuple(specs)
@@ -275,7 +279,7 @@ def build_task(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built:
     t_window, s_window = window_specs(
         recipe,
         (teacher if _needs(recipe, True).teacher else None, teacher_tok, student, student_tok),
-        kind.layout.name if kind.layout.name in windows.LAYOUTS else None,
+        kind,
         causal,
         kind.compares_positions or len(task.text_columns or ()) > 1,
         kind.word_head,

@@ -9,6 +9,7 @@ gradient accumulation and processes started by ``accelerate launch``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import signal
@@ -634,9 +635,7 @@ def compute_loss(s: State, batch: dict, plan: PhasePlan) -> tuple[torch.Tensor, 
     s_blank = heads.blank_of(batch, s.word_scale, id_remap=b.id_remap)
     t_blank = heads.blank_of(batch, s.word_scale, batching.TEACHER_PREFIX)
     step = losses.Step(
-        student=s.student(
-            s_inputs, needs, b.student_mode, s_blank, b.student_window, s.tallies.get("student")
-        ),
+        student=s.student(s_inputs, needs, b.student_mode, s_blank, _reader(s, "student")),
         labels=batch.get("labels"),
         # the positions the loss reads: every real token, or those a chat task predicts
         mask=batch["loss_mask"] if "loss_mask" in batch else s_inputs["attention_mask"],
@@ -656,12 +655,20 @@ def compute_loss(s: State, batch: dict, plan: PhasePlan) -> tuple[torch.Tensor, 
                 b.teacher_mode,
                 pool,
                 t_blank,
-                b.teacher_window,  # None: the whole input
-                s.tallies.get("teacher"),
+                spec=b.teacher_window,  # None: the whole input
+                tally=s.tallies.get("teacher"),
             )
     with accelerator.autocast():  # the vocabulary matmuls run in bf16/fp16 on GPUs too
         parts = losses.loss_parts(plan.terms, step, accelerator.unwrap_model(s.student).extras)
     return losses.weighted_sum(plan.terms, parts), parts
+
+
+def _reader(s: State, role: str):
+    """The forward that reads ``role``'s model through its windows, or None (a whole input)."""
+    spec = getattr(s.built, f"{role}_window")
+    if spec is None:
+        return None
+    return functools.partial(windows.forward, spec=spec, tally=s.tallies.get(role))
 
 
 class _Window:
