@@ -186,7 +186,7 @@ def cut(inputs: dict, spec: Spec) -> Cut:
     src_w = torch.zeros(batch, length, dtype=torch.long)
     src_p = torch.zeros(batch, length, dtype=torch.long)
     for b in range(batch):
-        real = mask[b].nonzero().squeeze(1).cpu()  # the row's tokens (right or left padded)
+        real = mask[b].nonzero().squeeze(1)  # the row's tokens (right or left padded)
         n = len(real)
         row = ids[b, real].tolist()
         prefix, suffix = _frame(row, spec)
@@ -217,20 +217,20 @@ def cut(inputs: dict, spec: Spec) -> Cut:
             p[prefix : prefix + body] = prefix + torch.arange(body) - torch.tensor(starts)[k]
         src_w[b] = first  # padding: the first window's position 0 (masked by every reader)
         src_w[b, real], src_p[b, real] = w, p
-    width = max(len(w) for w in windows)
+    width = max(len(take) for take in windows)
     out = {
         "input_ids": torch.full((len(windows), width), spec.pad_id, dtype=ids.dtype),
         "attention_mask": torch.zeros(len(windows), width, dtype=mask.dtype),
     }
     if types is not None:
         out["token_type_ids"] = torch.zeros(len(windows), width, dtype=types.dtype)
-    for w, (take, b) in enumerate(zip(windows, rows, strict=True)):
-        out["input_ids"][w, : len(take)] = ids[b, take]
-        out["attention_mask"][w, : len(take)] = 1
+    for i, (take, b) in enumerate(zip(windows, rows, strict=True)):
+        out["input_ids"][i, : len(take)] = ids[b, take]
+        out["attention_mask"][i, : len(take)] = 1
         if types is not None:
-            out["token_type_ids"][w, : len(take)] = types[b, take]
+            out["token_type_ids"][i, : len(take)] = types[b, take]
     out = {k: v.to(device) for k, v in out.items()}
-    counts = (sum(len(w) for w in windows), int(mask.sum()))
+    counts = (sum(len(take) for take in windows), int(mask.sum()))
     return Cut(out, torch.tensor(rows, device=device), src_w.to(device), src_p.to(device), counts)
 
 
