@@ -12,6 +12,7 @@ most centrally (causal models: where it has the most tokens before it).
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -164,15 +165,19 @@ def _starts(body: int, chunk: int, overlap: int) -> list[int]:
     return starts
 
 
-def _best(starts: list[int], chunk: int, body: int, causal: bool) -> torch.Tensor:
-    """For each body position, the chunk in which it sits most centrally (causal: with the most
-    tokens before it, i.e. the first chunk holding it); ties go to the earlier chunk."""
-    j = torch.arange(body).unsqueeze(0)  # [1, body]
-    s = torch.tensor(starts).unsqueeze(1)  # [K, 1]
+@functools.lru_cache(maxsize=256)  # rows of one batch mostly share their lengths
+def _plan(body: int, chunk: int, overlap: int, causal: bool):
+    """The chunks' starts, and for each body position the chunk in which it sits most centrally
+    (causal: with the most tokens before it, i.e. the first chunk holding it; ties go to the
+    earlier chunk) and its offset there."""
+    starts = _starts(body, chunk, overlap)
+    j = torch.arange(body).unsqueeze(1)  # [body, 1]
+    s = torch.tensor(starts).unsqueeze(0)  # [1, K]
     end = (s + chunk).clamp(max=body)
     centre = (j - s) if causal else torch.minimum(j - s, end - 1 - j)
     centre = centre.masked_fill((j < s) | (j >= end), -(body + 1))
-    return centre.argmax(0)  # the first of equal maxima
+    best = centre.argmax(1)  # the first of equal maxima
+    return starts, best, torch.arange(body) - s[0, best]
 
 
 def cut(inputs: dict, spec: Spec) -> Cut:
@@ -198,12 +203,12 @@ def cut(inputs: dict, spec: Spec) -> Cut:
                 f"text) leave windows of {spec.size} tokens no room past data.doc_stride="
                 f"{spec.overlap}; lower data.doc_stride or shorten the first text"
             )
-        starts = _starts(body, chunk, spec.overlap)
+        starts, best, offset = _plan(body, chunk, spec.overlap, spec.causal)
         first = len(windows)
+        ends = (torch.arange(prefix), torch.arange(n - suffix, n))
         for s in starts:
-            take = list(range(prefix)) + list(range(prefix + s, prefix + min(s + chunk, body)))
-            take += list(range(n - suffix, n))
-            windows.append(real[take])
+            piece = torch.arange(prefix + s, prefix + min(s + chunk, body))
+            windows.append(real[torch.cat([ends[0], piece, ends[1]])])
             rows.append(b)
         # where each of the row's tokens is read from: (window, position in it)
         w = torch.full((n,), first, dtype=torch.long)
@@ -211,24 +216,20 @@ def cut(inputs: dict, spec: Spec) -> Cut:
         last = len(windows[-1])
         w[n - suffix :] = first + len(starts) - 1  # suffix: the last window's
         p[n - suffix :] = torch.arange(last - suffix, last)
-        if body:
-            k = _best(starts, chunk, body, spec.causal)
-            w[prefix : prefix + body] = first + k
-            p[prefix : prefix + body] = prefix + torch.arange(body) - torch.tensor(starts)[k]
+        w[prefix : prefix + body] = first + best
+        p[prefix : prefix + body] = prefix + offset
         src_w[b] = first  # padding: the first window's position 0 (masked by every reader)
         src_w[b, real], src_p[b, real] = w, p
-    width = max(len(take) for take in windows)
+    # one gather: each window's row positions, right-padded
+    take = torch.nn.utils.rnn.pad_sequence(windows, batch_first=True)
+    keep = torch.nn.utils.rnn.pad_sequence([torch.ones_like(t) for t in windows], batch_first=True)
+    of = torch.tensor(rows).unsqueeze(1)
     out = {
-        "input_ids": torch.full((len(windows), width), spec.pad_id, dtype=ids.dtype),
-        "attention_mask": torch.zeros(len(windows), width, dtype=mask.dtype),
+        "input_ids": ids[of, take].masked_fill(keep == 0, spec.pad_id),
+        "attention_mask": keep.to(mask.dtype),
     }
     if types is not None:
-        out["token_type_ids"] = torch.zeros(len(windows), width, dtype=types.dtype)
-    for i, (take, b) in enumerate(zip(windows, rows, strict=True)):
-        out["input_ids"][i, : len(take)] = ids[b, take]
-        out["attention_mask"][i, : len(take)] = 1
-        if types is not None:
-            out["token_type_ids"][i, : len(take)] = types[b, take]
+        out["token_type_ids"] = types[of, take].masked_fill(keep == 0, 0)
     out = {k: v.to(device) for k, v in out.items()}
     counts = (sum(len(take) for take in windows), int(mask.sum()))
     return Cut(out, torch.tensor(rows, device=device), src_w.to(device), src_p.to(device), counts)
