@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from distill_cli import tasks
-from distill_cli.data import batching
+from distill_cli.data import batching, windows
 from distill_cli.data.tables import TaskData
 from distill_cli.data.text import TokenMasker
 from distill_cli.errors import DistillError, UnsupportedModel
@@ -22,7 +22,7 @@ from distill_cli.evaluation import latency as timing
 from distill_cli.evaluation import scoring
 from distill_cli.evaluation.metrics import LOWER_IS_BETTER, PRIMARY
 from distill_cli.models import forward as heads
-from distill_cli.models.forward import is_causal, word_mode
+from distill_cli.models.forward import Needs, is_causal, word_mode
 from distill_cli.models.load import give_pad_token, label_names, load_classifier, same_vocab
 from distill_cli.outputs import check_not_input, record_written, write_json_atomic
 from distill_cli.recipe import DataConfig, from_dict, parse_set
@@ -88,16 +88,47 @@ QA_LATENCY_LENGTH = 384
 
 
 def score_split(
-    model, tokenizer, task: TaskData, split: str, cfg: DataConfig, batch_size=64, word=None
+    model,
+    tokenizer,
+    task: TaskData,
+    split: str,
+    cfg: DataConfig,
+    batch_size=64,
+    word=None,
+    window=None,
 ):
     """Task metrics of a model (PyTorch or ONNX) on a split, read with its own tokenizer;
-    ``word``: a cloze model's word mode and scale."""
+    ``word``: a cloze model's word mode and scale; ``window``: its windows (data.windows.Spec,
+    or (Spec, Tally) to count what they cost)."""
     features = tasks.of(task).eval_features(task.splits[split], task, tokenizer, cfg, split)
     collate = batching.PadCollator(tokenizer.pad_token_id or 0)
     loader = DataLoader(features.loader_ds, batch_size=batch_size, collate_fn=collate)
     scorer = scoring.scorer(task, task.splits[split], features, cfg)
     scorer.word = word
-    return scoring.score(model, loader, scorer)
+    return scoring.score(model, loader, scorer, window=window)
+
+
+def _pairs(task: TaskData) -> bool:
+    """Whether rows are pairs: windows keep the first text (a question) in every one."""
+    return tasks.of(task).compares_positions or len(task.text_columns or ()) > 1
+
+
+def window_spec(model, tokenizer, task: TaskData, cfg: DataConfig, role: str):
+    """How a PyTorch model with fewer positions than cfg.max_length reads the data: through
+    windows (the teacher also when data.teacher_window is shorter), or None."""
+    if not isinstance(model, torch.nn.Module):
+        return None
+    kind = tasks.of(task)
+    causal = is_causal(model.config)
+    teacher = role == "teacher"
+    spec = windows.spec_for(model, tokenizer, cfg, kind, causal, _pairs(task), teacher)
+    if spec is not None:
+        windows.refuse(Needs(logits=True), kind.word_head, role, spec.logits)
+        log(
+            f"{role}: reads inputs of up to data.max_length={cfg.max_length} tokens through "
+            f"{spec.describe()}"
+        )
+    return spec
 
 
 def word_reading(model, path: str) -> tuple[str, float] | None:
@@ -194,10 +225,13 @@ def evaluate_model(path: str, role: str, cfg: DataConfig, split: str, task=None)
         word = word_reading(model, path)
     else:
         check_task(model.config, task, path)
-    metrics = score_split(model, tokenizer, task, split, cfg, word=word)
+    window = window_spec(model, tokenizer, task, cfg, role)
+    tally = windows.Tally()
+    metrics = score_split(model, tokenizer, task, split, cfg, word=word, window=(window, tally))
     span = tasks.of(task).fixed_length
-    # a model with fewer positions is timed at its longest input
+    # a model with fewer positions is timed at its longest input (through windows: the data's)
     positions = getattr(model.config, "max_position_embeddings", None) or QA_LATENCY_LENGTH
+    positions = cfg.max_length if window is not None else positions
     length = min(QA_LATENCY_LENGTH, positions) if span else cfg.max_length
     report = {
         "path": str(path),
@@ -206,6 +240,10 @@ def evaluate_model(path: str, role: str, cfg: DataConfig, split: str, task=None)
         "size_mb": round(size_on_disk_mb(Path(path)), 3),
         "latency_length": length if span else None,
     }
+    if window is not None:
+        report["windows"] = {"size": window.size, "overlap": window.overlap}
+        report["windows"].update({k: round(v, 4) for k, v in tally.figures().items()})
+        log(f"{role}: read {tally.describe()}")
     if tasks.of(task).generates:
         job = chat_eval.timing_job(model, tokenizer)
         report["replies"] = chat_eval.replies(model, tokenizer)
@@ -215,6 +253,8 @@ def evaluate_model(path: str, role: str, cfg: DataConfig, split: str, task=None)
         job = cloze_timing_job(model, tokenizer, task, split, length, word)
     elif tasks.of(task).word_head:  # a cloze ONNX export: the prompts in, the class logits out
         job = timing_job(model, tokenizer, [prompts(task, split, tokenizer)], length)
+    if window is not None:  # timed as it is read: through its windows
+        job = timing.Job(lambda b: windows.call(model, dict(b), window), job.singles, job.big)
     log(f"{role}: {', '.join(f'{k} {v:.4f}' for k, v in metrics.items())}")
     return report, task, (model, tokenizer), job
 
@@ -223,7 +263,9 @@ AGREEMENT_ROWS = 256
 AGREEMENT_MASKING = 0.15
 
 
-def word_agreement(student, teacher, task: TaskData, split: str, max_length: int) -> dict | None:
+def word_agreement(
+    student, teacher, task: TaskData, split: str, max_length: int, d: DataConfig | None = None
+) -> dict | None:
     """How often the student's top word prediction is the teacher's, at masked (15%, BERT-style,
     fixed seed) and unmasked positions of the split's first rows, both reading the teacher's
     tokens (a compressed student: remapped to its vocabulary). None when the two cannot be
@@ -255,6 +297,9 @@ def word_agreement(student, teacher, task: TaskData, split: str, max_length: int
         student_mode=modes[0],
         vocab_index=compressed[0] if compressed else None,
         id_remap=compressed[1] if compressed else None,
+        # a model with fewer positions than max_length reads its word features through windows
+        teacher_window=_word_window(t_model, t_tok, task, d, max_length, causal),
+        student_window=_word_window(s_model, t_tok, task, d, max_length, causal),
     )
     batches = word_signal.probe_batches(ds, collate, 64, "cpu")
     figures = word_signal.measure(probe, batches, word_signal.Calibration(), AGREEMENT_MASKING)
@@ -278,6 +323,16 @@ def _compare(student: dict, teacher: dict, key: str) -> dict:
         "size_ratio": student["size_mb"] / teacher["size_mb"] if teacher["size_mb"] else None,
         "parameter_ratio": student["parameters"] / teacher["parameters"],
     }
+
+
+def _word_window(model, tokenizer, task: TaskData, d, max_length: int, causal: bool):
+    """A model's windows for its word features at ``max_length`` (data.doc_stride and
+    data.teacher_window as the evaluated data ``d`` sets them), or None."""
+    d = d or DataConfig(max_length=max_length)
+    try:
+        return windows.spec_for(model, tokenizer, d, None, causal, _pairs(task))
+    except DistillError:  # windows too short for the default overlap: compare no words
+        return None
 
 
 def model_names(paths: list[str]) -> list[str]:
@@ -374,7 +429,7 @@ def run(
             if generates:  # a chat model's agreement is per next token, above
                 continue
             student = (*loaded[name], path)
-            agreement = word_agreement(student, t_loaded, task, split, cfg.max_length)
+            agreement = word_agreement(student, t_loaded, task, split, cfg.max_length, cfg)
             reports[name]["word_agreement"] = agreement
             if agreement is not None:  # a causal LM is never masked: its masked share is None
                 shares = [

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 
 from distill_cli import tasks
-from distill_cli.data import batching
+from distill_cli.data import batching, windows
 from distill_cli.models import forward as heads
 
 
@@ -20,8 +20,17 @@ def scorer(task, examples, features, d) -> tasks.Scoring:
     return tasks.Scoring(task, examples, features, d)
 
 
-def score(model, loader, scoring: tasks.Scoring, gather: Callable[[list], list] | None = None):
-    """Task metrics of ``model`` over ``loader``; ``gather`` collects records across processes."""
+def score(
+    model,
+    loader,
+    scoring: tasks.Scoring,
+    gather: Callable[[list], list] | None = None,
+    window=None,
+):
+    """Task metrics of ``model`` over ``loader``; ``gather`` collects records across processes;
+    ``window``: a model with fewer positions than the inputs reads them through windows
+    (a data.windows.Spec, or (Spec, Tally) to count what they cost)."""
+    spec, tally = window if isinstance(window, tuple) else (window, None)
     kind = tasks.of(scoring.task)
     records = []
     word = None
@@ -33,7 +42,7 @@ def score(model, loader, scoring: tasks.Scoring, gather: Callable[[list], list] 
             if word is not None:
                 out = heads.read_blank(model, inputs, heads.blank_of(batch, word[1]), word[0])
             else:
-                out = model(**inputs)
+                out = windows.call(model, inputs, spec, tally)
             got = kind.records(out, batch)
             records += gather(got) if gather is not None else got
     return kind.metrics(scoring, records)

@@ -247,7 +247,11 @@ class StudentModule(torch.nn.Module):
         self.model = model
         self.extras = extras if extras is not None else torch.nn.ModuleDict()
 
-    def forward(self, inputs: dict, needs: Needs, mode: str, blank: Blank | None = None) -> Outputs:
+    def forward(
+        self, inputs: dict, needs: Needs, mode: str, blank: Blank | None = None, read=None
+    ) -> Outputs:
+        """``read``: a function like :func:`forward` to run the model with instead
+        (data.windows.forward: a student read through windows, with gradients)."""
         head = self.extras["embedding"] if "embedding" in self.extras else None
         pool = head.pool if head is not None else None
-        return forward(self.model, inputs, needs, mode, pool, blank)
+        return (read or forward)(self.model, inputs, needs, mode, pool, blank)

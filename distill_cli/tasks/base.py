@@ -46,6 +46,10 @@ class Layout:
     rows: Callable[[Any], tuple[torch.Tensor, torch.Tensor | None]]  # (student, teacher) rows
     hard_loss: Callable[[Any], torch.Tensor]  # the task's loss on hard labels
     logit_mse: Callable[[Any], torch.Tensor]  # MSE between the paired logits
+    # read through windows (data.windows): whether its logits combine over an input's windows,
+    # and the logits dim that indexes positions (None: one row per input, averaged)
+    windows: bool = False
+    position_dim: int | None = None
 
 
 @dataclass

@@ -47,7 +47,14 @@ def _logit_mse(step) -> torch.Tensor:
     return F.mse_loss(step.student.logits[keep].float(), step.teacher.logits[keep].float())
 
 
-LAYOUT = Layout(name="span", rows=_rows, hard_loss=_hard_loss, logit_mse=_logit_mse)
+LAYOUT = Layout(
+    name="span",
+    rows=_rows,
+    hard_loss=_hard_loss,
+    logit_mse=_logit_mse,
+    windows=True,  # start and end logits [batch, 2, positions] mapped back to the input
+    position_dim=2,
+)
 
 
 def check_stride(d) -> None:

@@ -40,6 +40,7 @@ LAYOUT = Layout(
     rows=_rows,
     hard_loss=lambda step: hard_label_loss(step.student.logits, step.labels),
     logit_mse=_logit_mse,
+    windows=True,  # the mean (or max) of the window logits
 )
 
 

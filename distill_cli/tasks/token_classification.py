@@ -50,7 +50,14 @@ def _logit_mse(step) -> torch.Tensor:
     return F.mse_loss(s.float(), t.float())
 
 
-LAYOUT = Layout(name="token", rows=_rows, hard_loss=_hard_loss, logit_mse=_logit_mse)
+LAYOUT = Layout(
+    name="token",
+    rows=_rows,
+    hard_loss=_hard_loss,
+    logit_mse=_logit_mse,
+    windows=True,  # each token from the window where it sits most centrally
+    position_dim=1,
+)
 
 
 def _encoder(d):

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from distill_cli import tasks
-from distill_cli.data import batching
+from distill_cli.data import batching, windows
 from distill_cli.data import text as text_data
 from distill_cli.data.tables import TaskData
 from distill_cli.errors import DistillError, UnsupportedModel
@@ -60,6 +60,54 @@ class Built:
     input_tokenizer: object = None  # what the inputs were tokenized with (masking uses it)
     teacher_embedder: Embedder | None = None  # the teacher's transformer, pooling, Dense, norm
     student_head: Embedder | None = None  # the student's pooling, Dense, norm (no transformer)
+    # how each model reads inputs longer than its positions (None: whole)
+    teacher_window: windows.Spec | None = None
+    student_window: windows.Spec | None = None
+
+
+def _needs(recipe: Recipe, teacher_only: bool = False):
+    """What the recipe's terms read (``teacher_only``: those that run the teacher)."""
+    names = term_names(recipe)
+    if teacher_only:
+        names = {n for n in names if losses.KD_LOSSES[n].needs_teacher}
+    return losses.needs_of(dict.fromkeys(names, {}))
+
+
+def _unwindowed(needs, spec: windows.Spec, blank: bool) -> bool:
+    """Whether a term reading ``needs`` cannot read a model through windows."""
+    positional = needs.logits and (blank or not spec.logits)
+    return positional or any(getattr(needs, n) for n in windows.REFUSED_NEEDS)
+
+
+def _by_rows(spec: windows.Spec) -> bool:
+    return spec.logits and spec.position_dim is None  # sequence logits: mean or max
+
+
+def window_specs(recipe: Recipe, models, kind, causal: bool, pairs=False, blank=False, main=True):
+    """The (teacher, student) window specs: a model whose positions (or data.teacher_window)
+    are fewer than data.max_length reads each input through windows; the terms must allow it.
+    ``models``: (teacher, its tokenizer, student, its tokenizer); the teacher is None when no
+    term runs it. ``kind``: the task type whose logits are combined (None: raw text)."""
+    teacher, teacher_tok, student, student_tok = models
+    d, specs = recipe.data, []
+    for role, model, tok in (("teacher", teacher, teacher_tok), ("student", student, student_tok)):
+        spec = None
+        if model is not None:
+            spec = windows.spec_for(model, tok, d, kind, causal, pairs, role == "teacher")
+        if spec is not None:
+            names = sorted(term_names(recipe))
+            if role == "teacher":
+                names = [n for n in names if losses.KD_LOSSES[n].needs_teacher]
+            bad = [n for n in names if _unwindowed(losses.KD_LOSSES[n].needs, spec, blank)]
+            windows.refuse(_needs(recipe, role == "teacher"), blank, role, spec.logits, bad)
+            if main:
+                log(
+                    f"{role}: reads inputs of up to data.max_length={d.max_length} tokens through "
+                    f"{spec.describe()} (data.teacher_window, data.doc_stride)"
+                    + (f", logits by their {spec.combine}" if _by_rows(spec) else "")
+                )
+        specs.append(spec)
+    return tuple(specs)
 
 
 def _pad_id(tokenizer) -> int:
@@ -228,6 +276,17 @@ def build_task(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built:
     _check_aligned(recipe, separate)
     input_tok = teacher_tok if compressed else student_tok
     t_tok = teacher_tok if separate else None
+    causal = is_causal((teacher or student).config)
+    # a model with fewer positions than data.max_length reads windows (checked before the data)
+    t_window, s_window = window_specs(
+        recipe,
+        (teacher if _needs(recipe, True).teacher else None, teacher_tok, student, student_tok),
+        kind,
+        causal,
+        kind.compares_positions or len(task.text_columns or ()) > 1,
+        kind.word_head,
+        main,
+    )
     train_ds = kind.train_features(task.splits[d.train_split], task, input_tok, d, t_tok)
     eval_ds = None
     if has_eval:
@@ -239,7 +298,7 @@ def build_task(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built:
         teacher=teacher,
         train_ds=train_ds,
         collate=collate,
-        causal=is_causal((teacher or student).config),  # next-token words, never masked
+        causal=causal,  # next-token words, never masked
         task=task,
         eval_ds=eval_ds,
         # a student built from the teacher is read as the teacher is
@@ -248,6 +307,8 @@ def build_task(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built:
         vocab_index=compressed[0] if compressed else None,
         id_remap=compressed[1] if compressed else None,
         input_tokenizer=input_tok,
+        teacher_window=t_window,
+        student_window=s_window,
     )
 
 
@@ -327,6 +388,10 @@ def build_pretrain(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built
     causal = is_causal(teacher.config)
     if causal and any(p.mlm_probability > 0 for p in recipe.phases) and main:
         log("causal LM: token masking is off (mlm_probability applies to encoders only)")
+    # a teacher (or student) with fewer positions than data.max_length reads windows
+    t_window, s_window = window_specs(
+        recipe, (teacher, tokenizer, student, student_tok), None, causal, main=main
+    )
     d = recipe.data
     texts = text_data.load_texts(d)
     train_ds = text_data.tokenize_texts(texts, tokenizer, d.max_length, d.packing, causal)
@@ -349,4 +414,6 @@ def build_pretrain(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built
         input_tokenizer=tokenizer,
         teacher_embedder=teacher_embedder,
         student_head=student_head,
+        teacher_window=t_window,
+        student_window=s_window,
     )

@@ -9,6 +9,7 @@ gradient accumulation and processes started by ``accelerate launch``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import signal
@@ -24,7 +25,7 @@ from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
 from distill_cli import tasks
-from distill_cli.data import batching
+from distill_cli.data import batching, windows
 from distill_cli.data import chat as chat_data
 from distill_cli.data.batching import EpochBatchSampler
 from distill_cli.data.text import TokenMasker
@@ -143,14 +144,16 @@ def optimizer_groups(model, weight_decay: float) -> list[dict]:
     ]
 
 
-def evaluate_split(model, loader, accelerator, scorer: tasks.Scoring) -> dict[str, float]:
+def evaluate_split(
+    model, loader, accelerator, scorer: tasks.Scoring, window=None
+) -> dict[str, float]:
     """Task metrics of a model over a prepared loader, gathered across processes.
 
     The loader holds the split tokenized by the student's own tokenizer, as a user runs it.
     """
     model.eval()
     gather = lambda records: accelerator.gather_for_metrics(records, use_gather_object=True)  # noqa: E731
-    metrics = scoring.score(model, loader, scorer, gather)
+    metrics = scoring.score(model, loader, scorer, gather, window)
     model.train()
     return metrics
 
@@ -198,6 +201,8 @@ class State:
     word_scale: float = 1.0  # multiplies both models' word logits (recipe.word_logit_scale)
     word_figures: dict = field(default_factory=dict)  # the teacher's, by phase and word term
     stop_ids: list[int] = field(default_factory=list)  # end sampled replies (on-policy batches)
+    # what reading long inputs through windows cost, per model that does (issue 22)
+    tallies: dict[str, windows.Tally] = field(default_factory=dict)
 
     @property
     def main(self) -> bool:
@@ -299,6 +304,9 @@ def setup(
         resume_from=resume_from,
         writer=MetricsWriter(out / "metrics.jsonl") if main else None,
     )
+    for role in ("teacher", "student"):
+        if getattr(b, f"{role}_window") is not None:
+            state.tallies[role] = windows.Tally()
     if any(p.sampling for p in plans):
         template = chat_data.chat_template(b.tokenizer, recipe.data.chat_template)
         state.stop_ids = on_policy.stop_ids(b.student, b.tokenizer, template)
@@ -391,6 +399,7 @@ def _after_step(s: State, plan: PhasePlan, phase_end: int, signals) -> None:
         lr = s.scheduler.get_last_lr()[0]
         record = s.window.flush(s.accelerator, pos.step, plan.name, lr, plan.sampling is not None)
         record["epoch"] = round(pos.batches / len(s.train_loader), 4)
+        record.update(_window_figures(s))
         if s.main:
             s.writer.write(record)
             s.progress.update(pos.step, record)
@@ -435,6 +444,13 @@ def finish(s: State) -> dict:
     }
     if s.resume_from is not None:
         summary["resumed_from"] = str(s.resume_from)
+    if s.tallies:
+        summary["windows"] = _window_figures(s)
+        for role, tally in s.tallies.items():
+            share = summary["windows"][f"windows/{role}_time_share"]
+            log(
+                f"{role} read {tally.describe()}; its windowed forward took {share:.0%} of the time"
+            )
     if s.word_figures:
         summary["word_signal"] = word_checks.check_student(s)
     if s.eval_loader is not None:
@@ -480,7 +496,7 @@ def _evaluate(s: State) -> dict:
     d = s.recipe.data
     scorer = scoring.scorer(task, task.splits[d.eval_split], s.built.eval_ds, d)
     scorer.word = (s.built.student_mode, s.word_scale)
-    metrics = evaluate_split(model, s.eval_loader, s.accelerator, scorer)
+    metrics = evaluate_split(model, s.eval_loader, s.accelerator, scorer, s.built.student_window)
     if s.main:
         s.writer.write({"step": step, **{f"eval/{k}": v for k, v in metrics.items()}})
     if s.recipe.train.report_to:
@@ -490,6 +506,19 @@ def _evaluate(s: State) -> dict:
         "eval": metrics,
         "primary_metric": PRIMARY[task.metric],
     }
+
+
+def _window_figures(s: State) -> dict:
+    """Per windowed model, since the run (re)started: windows per input, tokens read over the
+    inputs' tokens, and its windowed forward's share of the training time (CPU clock: on a GPU
+    an approximate share, as kernels run asynchronously)."""
+    elapsed = max(time.perf_counter() - s.started, 1e-9)
+    record = {}
+    for role, tally in s.tallies.items():
+        for key, value in tally.figures().items():
+            record[f"windows/{role}_{key}"] = round(value, 4)
+        record[f"windows/{role}_time_share"] = round(min(tally.seconds / elapsed, 1.0), 4)
+    return record
 
 
 def _log_start(s: State) -> None:
@@ -606,7 +635,7 @@ def compute_loss(s: State, batch: dict, plan: PhasePlan) -> tuple[torch.Tensor, 
     s_blank = heads.blank_of(batch, s.word_scale, id_remap=b.id_remap)
     t_blank = heads.blank_of(batch, s.word_scale, batching.TEACHER_PREFIX)
     step = losses.Step(
-        student=s.student(s_inputs, needs, b.student_mode, s_blank),
+        student=s.student(s_inputs, needs, b.student_mode, s_blank, _reader(s, "student")),
         labels=batch.get("labels"),
         # the positions the loss reads: every real token, or those a chat task predicts
         mask=batch["loss_mask"] if "loss_mask" in batch else s_inputs["attention_mask"],
@@ -619,10 +648,27 @@ def compute_loss(s: State, batch: dict, plan: PhasePlan) -> tuple[torch.Tensor, 
     if needs.teacher:
         with torch.no_grad(), accelerator.autocast():
             pool = b.teacher_embedder.pool if b.teacher_embedder is not None else None
-            step.teacher = heads.forward(s.teacher, t_inputs, needs, b.teacher_mode, pool, t_blank)
+            step.teacher = windows.forward(
+                s.teacher,
+                t_inputs,
+                needs,
+                b.teacher_mode,
+                pool,
+                t_blank,
+                spec=b.teacher_window,  # None: the whole input
+                tally=s.tallies.get("teacher"),
+            )
     with accelerator.autocast():  # the vocabulary matmuls run in bf16/fp16 on GPUs too
         parts = losses.loss_parts(plan.terms, step, accelerator.unwrap_model(s.student).extras)
     return losses.weighted_sum(plan.terms, parts), parts
+
+
+def _reader(s: State, role: str):
+    """The forward that reads ``role``'s model through its windows, or None (a whole input)."""
+    spec = getattr(s.built, f"{role}_window")
+    if spec is None:
+        return None
+    return functools.partial(windows.forward, spec=spec, tally=s.tallies.get(role))
 
 
 class _Window:

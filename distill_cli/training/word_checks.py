@@ -33,6 +33,8 @@ def make_probe(s: State, student: bool = False) -> tuple[word_signal.Probe, list
         student_mode=b.student_mode,
         vocab_index=s.vocab_index,
         id_remap=b.id_remap,
+        teacher_window=b.teacher_window,
+        student_window=b.student_window,
     )
     cfg = s.recipe.train
     batches = word_signal.probe_batches(b.train_ds, b.collate, cfg.batch_size, s.accelerator.device)

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
+from distill_cli.data import windows
 from distill_cli.data.batching import split_inputs
-from distill_cli.models.forward import Needs, forward
+from distill_cli.models.forward import Needs
 from distill_cli.training.word_kd import standardized
 
 ROWS_PER_CHUNK = 2**22  # [chunk, V] fp32 logits of about this many elements
@@ -134,9 +135,10 @@ def tally_batch(tally: Tally, out, pos: Positions, cal: Calibration, vocab_index
     return top1
 
 
-def word_outputs(model, inputs: dict, mode: str):
-    """The model's word features, flattened over non-pad positions, and its vocabulary."""
-    out = forward(model, inputs, Needs(word=True), mode)
+def word_outputs(model, inputs: dict, mode: str, window=None):
+    """The model's word features, flattened over non-pad positions, and its vocabulary;
+    ``window``: a model with fewer positions reads the inputs through windows."""
+    out = windows.forward(model, inputs, Needs(word=True), mode, spec=window)
     keep = inputs["attention_mask"].bool()
     out.word_features = out.word_features[keep]
     return out
@@ -216,6 +218,8 @@ class Probe:
     student_mode: str = "embeddings"
     vocab_index: torch.Tensor | None = None  # teacher ids of a compressed student's rows
     id_remap: torch.Tensor | None = None  # teacher ids → compressed student ids
+    teacher_window: object = None  # data.windows.Spec: a model read through windows
+    student_window: object = None
 
 
 def _inputs(probe: Probe, batch: dict, mlm_probability: float):
@@ -240,10 +244,10 @@ def measure(probe: Probe, batches: list, cal: Calibration, mlm_probability: floa
     probe.masker.generator.manual_seed(0)  # the same masks in every measurement
     for batch in batches:
         s_in, t_in, pos = _inputs(probe, batch, mlm_probability)
-        t_out = word_outputs(probe.teacher, t_in, probe.teacher_mode)
+        t_out = word_outputs(probe.teacher, t_in, probe.teacher_mode, probe.teacher_window)
         t_top1 = tally_batch(teacher, t_out, pos, cal)
         if probe.student is not None:
-            s_out = word_outputs(probe.student, s_in, probe.student_mode)
+            s_out = word_outputs(probe.student, s_in, probe.student_mode, probe.student_window)
             tally_batch(student, s_out, pos, cal, probe.vocab_index, teacher_top1=t_top1)
     result = {"teacher": teacher.result()}
     if probe.student is not None:
@@ -257,7 +261,7 @@ def fit_teacher_scale(probe: Probe, batches: list) -> tuple[float, float, float]
     features, targets, weight, bias = [], [], None, None
     for batch in batches:
         _, t_in, pos = _inputs(probe, batch, 0.0)
-        out = word_outputs(probe.teacher, t_in, probe.teacher_mode)
+        out = word_outputs(probe.teacher, t_in, probe.teacher_mode, probe.teacher_window)
         features.append(out.word_features[pos.scored])
         targets.append(pos.targets[pos.scored])
         weight, bias = out.word_weight, out.word_bias
