@@ -23,6 +23,7 @@ from transformers import (
 )
 
 from distill_cli.data import windows
+from distill_cli.evaluation import long_inputs
 from distill_cli.models.forward import Needs
 
 CLS, SEP, PAD = 2, 3, 0
@@ -448,3 +449,49 @@ def test_qa_tkd_with_a_short_teacher_reader_and_evaluate(tmp_path):
     report = json.loads(evaluated.stdout)
     assert set(report["models"]["teacher"]["metrics"]) == {"f1", "exact_match"}
     assert report["models"]["teacher"]["windows"]["windows_per_row"] > 1
+
+
+# ---------------------------------------------------------------- evaluate at long lengths
+
+
+def test_long_lengths_follow_the_data_and_inputs_have_them_exactly(tok):
+    assert long_inputs.lengths_for(512) == []
+    assert long_inputs.lengths_for(1024) == [512, 1024]
+    assert long_inputs.lengths_for(5000) == [512, 1024, 2048, 4096]
+    for n in (9, 40):
+        batch = long_inputs.input_of_length(tok, ["a good film", "dull"], n)
+        assert batch["input_ids"].shape == (1, n)
+        assert batch["input_ids"][0, 0] == tok.cls_token_id
+        assert batch["input_ids"][0, -1] == tok.sep_token_id
+
+
+def test_peak_memory_sees_what_a_call_allocates():
+    def call():
+        x = torch.ones(16 * 2**20)  # 64 MB, written
+        return float(x.sum())
+
+    found = long_inputs.peak_memory_mb(call, torch.device("cpu"))
+    assert found is not None and found >= 40
+
+
+def test_evaluate_reports_latency_and_memory_at_long_lengths(
+    short_model, long_data, tmp_path_factory
+):
+    wide = _checkpoint(tmp_path_factory.mktemp("wide1100"), 1100, 2)
+    sets = ["--set", "data.max_length=1024", "--set", "data.doc_stride=8"]
+    evaluated = invoke(
+        "evaluate", wide, "--data", long_data, "--split", "test", "--teacher", short_model,
+        "--json", *sets,
+    )  # fmt: skip
+    assert evaluated.exit_code == 0, evaluated.output
+    report = json.loads(evaluated.stdout)
+    for name in ("teacher", wide.name):
+        figures = report["models"][name]["long_inputs"]
+        assert list(figures) == ["512", "1024"]
+        assert all(
+            f["latency_ms"] > 0 and f["peak_memory_mb"] is not None for f in figures.values()
+        )
+    assert report["timing_units"]["throughput_b32"] == "samples/s b16"
+    table = invoke("evaluate", wide, "--data", long_data, "--split", "test", *sets)
+    assert table.exit_code == 0, table.output
+    assert "512 tokens: ms / MB" in table.stdout and "1024 tokens" in table.stdout

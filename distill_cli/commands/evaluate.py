@@ -83,6 +83,20 @@ def _latency(m: dict) -> str:
     return f"{m['latency_ms_b1']:.2f}{wide}"
 
 
+def _long_lengths(models: dict) -> list[str]:
+    """The shortest and longest input lengths the models were measured at (long data)."""
+    found = sorted({int(n) for m in models.values() for n in m.get("long_inputs", {})})
+    return [str(n) for n in (found[:1] + found[-1:] if len(found) > 1 else found)]
+
+
+def _at_length(m: dict, length: str) -> str:
+    f = m.get("long_inputs", {}).get(length)
+    if f is None:
+        return "n/a"
+    memory = "n/a" if f["peak_memory_mb"] is None else f"{f['peak_memory_mb']:.0f}"
+    return f"{f['latency_ms']:.0f} / {memory}"
+
+
 def _print_replies(console, models: dict) -> None:
     """Chat models: each fixed prompt with every model's greedy reply."""
     answered = {name: m["replies"] for name, m in models.items() if m.get("replies")}
@@ -113,6 +127,8 @@ def print_table(result: dict) -> None:
     blanks = any("blank" in m for m in models.values())
     if blanks:
         cols += ["at the blank: verbalizers / entropy / agreement"]
+    lengths = _long_lengths(models)
+    cols += [f"{n} tokens: ms / MB" for n in lengths]
     for col in cols:
         table.add_column(col, justify="left" if col == "model" else "right")
     for name, m in models.items():
@@ -137,6 +153,7 @@ def print_table(result: dict) -> None:
             row += ["" if name == "teacher" else _agreement(m.get("word_agreement"))]
         if blanks:
             row += [_blank(m.get("blank"))]
+        row += [_at_length(m, n) for n in lengths]
         table.add_row(*row)
     console = out_console()
     console.print(table)

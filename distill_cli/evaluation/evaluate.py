@@ -19,7 +19,7 @@ from distill_cli.evaluation import chat as chat_eval
 from distill_cli.evaluation import embedding as embedding_eval
 from distill_cli.evaluation import embedding_metrics as em
 from distill_cli.evaluation import latency as timing
-from distill_cli.evaluation import scoring
+from distill_cli.evaluation import long_inputs, scoring
 from distill_cli.evaluation.metrics import LOWER_IS_BETTER, PRIMARY
 from distill_cli.models import forward as heads
 from distill_cli.models.forward import Needs, is_causal, word_mode
@@ -158,9 +158,18 @@ def check_task(config, task: TaskData, path: str) -> None:
         )
 
 
+# the big timed batch holds at most this many tokens: 32 rows of 512, fewer of longer inputs
+BIG_TOKENS = 32 * 512
+
+
+def big_rows(max_length: int) -> int:
+    return max(1, min(32, BIG_TOKENS // max_length))
+
+
 def timing_job(model, tokenizer, texts, max_length: int, runs: int = 30, full=False):
     """What ``latency.time_interleaved`` times for a model: ``runs`` batch-1 inputs and one
-    batch of 32; ``full`` pads every input to ``max_length``."""
+    batch of 32 (fewer for long inputs: ``big_rows``); ``full`` pads every input to
+    ``max_length``."""
 
     def encode(lo, hi):
         cols = [c[lo:hi] for c in texts]
@@ -174,7 +183,7 @@ def timing_job(model, tokenizer, texts, max_length: int, runs: int = 30, full=Fa
 
     n = len(texts[0])
     singles = [encode(i % n, i % n + 1) for i in range(runs)]
-    return timing.Job(forward, singles, encode(0, 32))
+    return timing.Job(forward, singles, encode(0, big_rows(max_length)))
 
 
 def prompts(task: TaskData, split: str, tokenizer, n: int = 32) -> list[str]:
@@ -202,15 +211,38 @@ def cloze_timing_job(model, tokenizer, task: TaskData, split: str, max_length: i
     return timing.Job(call, plain.singles, plain.big)
 
 
-def time_models(jobs: dict[str, timing.Job], reports: dict[str, dict]) -> dict:
+# long inputs (beyond 512 tokens) take seconds a call on CPUs: fewer rounds, inputs and warm-ups
+LONG_TIMING = {"rounds": 3, "block": 2, "warmup": 2}
+
+
+def time_models(jobs: dict[str, timing.Job], reports: dict[str, dict], long=False) -> dict:
     """Time the models together, interleaved (timing.time_interleaved), and add the latency keys
     to their reports; returns how they were timed, for evaluation.json."""
     threads = timing.timing_threads()
-    log(f"timing {len(jobs)} models interleaved: {timing.ROUNDS} rounds at {threads} threads")
-    timed = timing.time_interleaved(jobs, threads=threads)
+    how = LONG_TIMING if long else {"rounds": timing.ROUNDS}
+    log(f"timing {len(jobs)} models interleaved: {how['rounds']} rounds at {threads} threads")
+    timed = timing.time_interleaved(jobs, threads=threads, **how)
     for name, job in jobs.items():
         reports[name].update(timing.figures(timed[name], len(job.big["input_ids"])))
-    return {"threads": threads, "rounds": timing.ROUNDS, "interleaved": True}
+    return {"threads": threads, "rounds": how["rounds"], "interleaved": True}
+
+
+def long_figures(model, tokenizer, task: TaskData, split: str, cfg: DataConfig, window) -> dict:
+    """Batch-1 latency and peak memory at each of evaluate's long lengths up to cfg.max_length
+    (none for short data): a PyTorch model as it reads the data (through its windows); a model
+    that cannot read a length (an ONNX graph past its positions) has none there."""
+    lengths = long_inputs.lengths_for(cfg.max_length)
+    if not lengths or not isinstance(model, torch.nn.Module):
+        return {}
+    if window is None:
+        limit = windows.positions(model.config)
+        lengths = [n for n in lengths if limit is None or n <= limit]
+    texts = [" ".join(t) for t in zip(*_texts(task, split, 32), strict=True)]
+    with timing.torch_threads(timing.timing_threads()):
+        found = long_inputs.measure(
+            lambda b: windows.call(model, b, window), tokenizer, texts, lengths
+        )
+    return found
 
 
 def evaluate_model(path: str, role: str, cfg: DataConfig, split: str, task=None):
@@ -255,6 +287,13 @@ def evaluate_model(path: str, role: str, cfg: DataConfig, split: str, task=None)
         job = timing_job(model, tokenizer, [prompts(task, split, tokenizer)], length)
     if window is not None:  # timed as it is read: through its windows
         job = timing.Job(lambda b: windows.call(model, dict(b), window), job.singles, job.big)
+    long = long_figures(model, tokenizer, task, split, cfg, window)
+    if long:
+        report["long_inputs"] = long
+        shown = [
+            f"{n}: {f['latency_ms']:.0f} ms, {f['peak_memory_mb']} MB" for n, f in long.items()
+        ]
+        log(f"{role}: batch-1 latency and peak memory by input length: {'; '.join(shown)}")
     log(f"{role}: {', '.join(f'{k} {v:.4f}' for k, v in metrics.items())}")
     return report, task, (model, tokenizer), job
 
@@ -397,7 +436,10 @@ def run(
         )
     # every model, the teacher too, in one interleaved timing
     everyone = {"teacher": t_report, **reports} if teacher else reports
-    result["latency"] = time_models(jobs, everyone)
+    long = bool(long_inputs.lengths_for(cfg.max_length))
+    result["latency"] = time_models(jobs, everyone, long)
+    if long:
+        result["timing_units"] = {"throughput_b32": f"samples/s b{big_rows(cfg.max_length)}"}
     result["machine"]["torch_threads"] = result["latency"]["threads"]
     generates = tasks.of(task).generates
     if generates:
