@@ -3,6 +3,7 @@ full-attention student at extended positions, and each efficient-attention stude
 
     python bench/long_attention.py                       # the packaged all-MiniLM-L6-v2
     python bench/long_attention.py --teacher path/to/classifier --lengths 512 1024 2048 4096
+    python bench/long_attention.py --train --repeats 1   # forward + backward, as in training
 
 Every student is converted from the teacher's own layers (``student.attention``, as the CLI
 builds it) at the same depth, so that only the attention differs; heads are untrained (timing
@@ -21,6 +22,7 @@ import math
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from distill_cli import tasks
 from distill_cli.data import windows
 from distill_cli.evaluation import long_inputs
 from distill_cli.models.attention import efficient
@@ -46,7 +48,8 @@ def models(path: str, longest: int, window: int, block: int) -> dict:
     teacher = AutoModelForSequenceClassification.from_pretrained(path, num_labels=20).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     data = DataConfig(max_length=longest)
-    spec = windows.spec_for(teacher, tokenizer, data, windows.SEQUENCE, causal=False, teacher=True)
+    kind = tasks.get("classification")
+    spec = windows.spec_for(teacher, tokenizer, data, kind, causal=False, teacher=True)
     found = {"teacher (windows)": (teacher, tokenizer, spec)}
     kinds = {
         "full, tiled positions": StudentConfig(attention="full"),
@@ -77,6 +80,9 @@ def main() -> None:
     p.add_argument("--block", type=int, default=64, help="BigBird block_size")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--train", action="store_true", help="time forward + backward in train mode (dropout)"
+    )
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -88,11 +94,18 @@ def main() -> None:
     for name, (model, tokenizer, spec) in found.items():
 
         def call(batch, model=model, spec=spec):
-            return windows.call(model, batch, spec)
+            out = windows.call(model, batch, spec)
+            if args.train:  # a training step's backward, gradients dropped after it
+                out.logits.float().logsumexp(-1).sum().backward()
+                model.zero_grad(set_to_none=True)
+            return out
 
-        results[name] = long_inputs.measure(call, tokenizer, [TEXT], args.lengths)
+        if args.train:
+            model.train()
+        results[name] = long_inputs.measure(call, tokenizer, [TEXT], args.lengths, grad=args.train)
     header = f"{'model':<26}" + "".join(f"{n:>17}" for n in args.lengths) + "   growth"
-    print("\nforward ms / peak MB at each length")
+    what = "forward + backward" if args.train else "forward"
+    print(f"\n{what} ms / peak MB at each length")
     print(header)
     for name, figures in results.items():
         cells = [figures[str(n)] for n in args.lengths]
@@ -104,9 +117,7 @@ def main() -> None:
     print("\ntime relative to the full-attention student at each length")
     full = results["full, tiled positions"]
     for name, figures in results.items():
-        ratios = [
-            figures[str(n)]["latency_ms"] / full[str(n)]["latency_ms"] for n in args.lengths
-        ]
+        ratios = [figures[str(n)]["latency_ms"] / full[str(n)]["latency_ms"] for n in args.lengths]
         print(f"{name:<26}" + "".join(f"{r:>17.2f}" for r in ratios))
 
 

@@ -1,6 +1,7 @@
 """Efficient-attention students (student.attention): BigBird and Longformer encoders and
 sliding-window Mistral LMs converted weight for weight, positions tiled; through the CLI too."""
 
+import copy
 import json
 from types import SimpleNamespace
 
@@ -272,7 +273,9 @@ def test_finetune_distill_block_sparse_student(tiny_teacher, tiny_data_dir, tmp_
     assert "'big_bird'" in line and "--format hf" in line
 
 
-def test_glmd_pretrain_distill_longformer_student(tiny_encoder, corpus_file, tmp_path):
+def test_glmd_stages_train_a_longformer_student(
+    tiny_encoder, tiny_teacher, tiny_data_dir, corpus_file, tmp_path
+):
     args = ["pretrain-distill", "--recipe", RECIPES / "glmd-pretrain.yaml",
             "--teacher", tiny_encoder, "--data", corpus_file, "--output-dir", tmp_path / "out",
             "--max-steps", 2, "--set", "student.num_layers=2", "--set", "train.batch_size=4",
@@ -282,6 +285,16 @@ def test_glmd_pretrain_distill_longformer_student(tiny_encoder, corpus_file, tmp
     assert "student: LongformerModel at 4096 positions" in result.output
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["architectures"] == ["LongformerModel"]
+    # GLMD's task stage on it: word prediction, then soft labels + word prediction
+    args = ["finetune-distill", "--recipe", RECIPES / "glmd-finetune.yaml",
+            "--teacher", tiny_teacher, "--student", tmp_path / "out", "--data", tiny_data_dir,
+            "--output-dir", tmp_path / "task", "--set", "phases.0.max_steps=1",
+            "--set", "phases.1.max_steps=1", "--set", "train.batch_size=4",
+            "--set", "data.max_length=32"]  # fmt: skip
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "task" / "config.json").read_text())
+    assert config["architectures"] == ["LongformerForSequenceClassification"]
 
 
 @pytest.mark.parametrize(
@@ -428,3 +441,22 @@ def test_a_longformer_student_becomes_bigbird_from_its_local_attention():
     bigbird = efficient(longformer, spec("block_sparse"), lambda _: None, tok)
     query = bigbird.bert.encoder.layer[0].attention.self.query.weight
     assert torch.equal(query, layer.query.weight)
+
+
+def test_block_sparse_survives_a_short_input(tmp_path):
+    """transformers' BigBird turns itself into full attention for good on its first short input;
+    ours picks the type per call, converted or loaded from disk."""
+    from conftest import make_tokenizer
+
+    from distill_cli.models.load import load_classifier
+
+    model, tok = source("bert", "ForSequenceClassification")
+    student = efficient(model, spec("block_sparse", max_position_embeddings=256), lambda _: None)
+    make_tokenizer(tmp_path)
+    student.save_pretrained(tmp_path)
+    loaded, _ = load_classifier(str(tmp_path))
+    for m in (student.eval(), loaded, copy.deepcopy(student)):
+        m(input_ids=torch.randint(4, V, (1, 16)))
+        assert m.base_model.attention_type == "original_full"
+        m(input_ids=torch.randint(4, V, (1, 200)))
+        assert m.base_model.attention_type == "block_sparse"

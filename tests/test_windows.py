@@ -495,3 +495,26 @@ def test_evaluate_reports_latency_and_memory_at_long_lengths(
     table = invoke("evaluate", wide, "--data", long_data, "--split", "test", *sets)
     assert table.exit_code == 0, table.output
     assert "512 tokens: ms / MB" in table.stdout and "1024 tokens" in table.stdout
+
+
+def test_a_longformer_student_reads_what_its_windowed_teacher_reads_in_windows(
+    short_model, long_data, tmp_path
+):
+    """The demo-long path on tiny models: a 32-position teacher reads windows, its truncation
+    as a Longformer at 128 positions reads each input at once; evaluate reads both so."""
+    out = tmp_path / "longformer"
+    args = tkd_args(short_model, long_data, out, *LONG_SETS, "--set", "student.num_layers=1")
+    args += ["--set", "student.attention=longformer", "--set", "student.attention_window=8"]
+    args += ["--set", "student.max_position_embeddings=128"]
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert "student: LongformerForSequenceClassification at 128 positions" in result.output
+    assert "teacher: reads inputs of up to data.max_length=96 tokens through windows" in (
+        result.stderr
+    )
+    assert "student: reads" not in result.stderr
+    evaluated = invoke("evaluate", out, "--teacher", short_model, "--split", "test", "--json")
+    assert evaluated.exit_code == 0, evaluated.output
+    report = json.loads(evaluated.stdout)
+    assert "windows" in report["models"]["teacher"] and "windows" not in report["models"][out.name]
+    assert report["models"][out.name]["retention"] is not None

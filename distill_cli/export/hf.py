@@ -20,7 +20,7 @@ from distill_cli.export.verify import (
     samples,
     torch_outputs,
 )
-from distill_cli.models.attention import question_global_attention
+from distill_cli.models.attention import prepared
 from distill_cli.models.embedder import load_embedder, save_embedder
 from distill_cli.reporting import log
 
@@ -50,7 +50,7 @@ def export_hf(
     archs = getattr(model.config, "architectures", None) or [type(model).__name__]
     cls = getattr(transformers, archs[0], None) or transformers.AutoModel
     # a Longformer reader on BERT-style pairs needs its question's global attention given
-    loaded = question_global_attention(cls.from_pretrained(tmp, dtype=torch_dtype).eval())
+    loaded = prepared(cls.from_pretrained(tmp, dtype=torch_dtype).eval())
     loaded_tok = transformers.AutoTokenizer.from_pretrained(tmp)
     loaded_batch = encode(loaded_tok, texts, names)
     if any(not torch.equal(batch[k], loaded_batch[k]) for k in names):

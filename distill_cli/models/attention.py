@@ -263,7 +263,7 @@ def _convert_encoder(student, spec, target, log, tokenizer):
     if fresh:
         log(f"student: newly initialised weights the head does not read: {', '.join(fresh)}")
     log(f"student: {cls.__name__} at {positions} positions ({_describe(config)})")
-    return question_global_attention(new)
+    return prepared(new)
 
 
 def _describe(config) -> str:
@@ -377,15 +377,47 @@ def _tied(model) -> set:
     return set()
 
 
-# --- Longformer QA: global attention on the question ----------------------------------------------
+# --- what loaded efficient models need at every call ---------------------------------------------
 
 
-def question_global_attention(model):
+def prepared(model):
+    """A loaded or converted model, ready to run: a Longformer reader gets its question's global
+    attention, a block-sparse BigBird keeps its attention type (both as forward pre-hooks, not
+    saved). Other models are returned as they are; calling it twice adds nothing."""
+    if getattr(model, "_distill_prepared", False):
+        return model
+    model._distill_prepared = True
+    _question_global_attention(model)
+    _keep_block_sparse(model)
+    return model
+
+
+def _keep_block_sparse(model) -> None:
+    """transformers' BigBird switches itself to full attention for good the first time an input
+    is too short for its blocks (every later long input then runs full attention). Pick the type
+    per call instead: block-sparse whenever the input is long enough for it."""
+    config = model.config
+    if config.model_type != "big_bird" or config.attention_type != "block_sparse":
+        return
+    shortest = (5 + 2 * config.num_random_blocks) * config.block_size
+
+    def pick(base, args, kwargs):  # the hook's own module: a deep copy's hook sets the copy
+        x = kwargs.get("input_ids", args[0] if args else None)
+        if x is None:
+            x = kwargs.get("inputs_embeds")
+        if x is not None:
+            base.set_attention_type("block_sparse" if x.shape[1] > shortest else "original_full")
+        return args, kwargs
+
+    model.base_model.register_forward_pre_hook(pick, with_kwargs=True)
+
+
+def _question_global_attention(model) -> None:
     """LongformerForQuestionAnswering finds the question by asserting exactly three sep tokens a
     row (RoBERTa's ``<s> q </s></s> c </s>``); BERT-tokenised pairs have two. Give it the mask
     itself, as it would: global attention on every token before the first sep."""
     if type(model).__name__ != "LongformerForQuestionAnswering":
-        return model
+        return
     sep = model.config.sep_token_id
 
     def add_mask(module, args, kwargs):
@@ -395,7 +427,6 @@ def question_global_attention(model):
         return args, kwargs
 
     model.register_forward_pre_hook(add_mask, with_kwargs=True)
-    return model
 
 
 def untraceable(config) -> str | None:

@@ -21,7 +21,7 @@ from transformers import (
 from distill_cli import tasks
 from distill_cli.data.tables import looks_like_path
 from distill_cli.errors import DistillError, UnsupportedModel
-from distill_cli.models.attention import efficient, question_global_attention
+from distill_cli.models.attention import efficient, prepared
 from distill_cli.models.forward import is_causal
 from distill_cli.recipe import StudentConfig
 from distill_cli.user_files import first_line, read_json, read_text
@@ -192,8 +192,10 @@ def from_pretrained(auto, name: str, role: str, **kwargs):
         _check_gguf(name, role)
     try:
         loaded = auto.from_pretrained(folder, **kwargs, **_gguf_kwargs(gguf_file, model=True))
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
         if gguf_file:
-            _plain_model(loaded[0] if isinstance(loaded, tuple) else loaded)
+            _plain_model(model)
+        prepared(model)  # an efficient-attention model's per-call settings
         return loaded
     except DistillError:
         raise
@@ -627,7 +629,7 @@ def build_student(
     student, tokenizer = _build_student(
         spec, teacher, teacher_tokenizer, labels, task_type, trust_remote_code, log
     )
-    return efficient(student, spec, log, tokenizer), tokenizer
+    return prepared(efficient(student, spec, log, tokenizer)), tokenizer
 
 
 def _build_student(
@@ -721,7 +723,7 @@ def load_classifier(path: str, role: str = "model", trust_remote_code: bool = Fa
     model, tokenizer = _load_by_config(path, role, trust_remote_code, pick)
     if not model.config.architectures:  # a GGUF's config names none: the class loaded tells
         model.config.architectures = [type(model).__name__]
-    return question_global_attention(model).eval(), tokenizer
+    return model.eval(), tokenizer
 
 
 def _task_class(config):
@@ -770,4 +772,4 @@ def load_as_saved(name: str, role: str, trust_remote_code: bool = False):
         return getattr(transformers, archs[0], None) or AutoModel
 
     model, tokenizer = _load_by_config(name, role, trust_remote_code, saved_class)
-    return question_global_attention(model).eval(), tokenizer
+    return model.eval(), tokenizer
