@@ -7,9 +7,9 @@ full-attention student at extended positions, and each efficient-attention stude
 
 Every student is converted from the teacher's own layers (``student.attention``, as the CLI
 builds it) at the same depth, so that only the attention differs; heads are untrained (timing
-only). All models are measured in one process at batch 1: the median of ``--repeats`` timed
-forwards per length after one untimed, and the peak memory of one more forward above what was in
-use before it (Linux RSS, or CUDA's peak allocation). The growth exponent is the slope of
+only). All models are measured in one process at batch 1, length by length: one untimed call each, then
+``--repeats`` rounds timing every model once in a rotated order (the median is shown), and the
+peak memory of one more call above what was in use before it (Linux RSS). The growth exponent is the slope of
 log(time) against log(length), fitted by least squares.
 """
 
@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import statistics
+import time
 
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -72,6 +74,21 @@ def growth(lengths: list[int], values: list[float]) -> float:
     )
 
 
+def measure_interleaved(calls: dict, batch: dict, repeats: int) -> dict[str, float]:
+    """The median ms of each call on ``batch``: one untimed call each, then ``repeats`` rounds,
+    each round timing every model once in a rotated order (a slow spell falls on all alike)."""
+    names = list(calls)
+    for name in names:
+        calls[name](batch)
+    times = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            start = time.perf_counter()
+            calls[name](batch)
+            times[name].append(time.perf_counter() - start)
+    return {name: 1000 * statistics.median(t) for name, t in times.items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--teacher", help="a BERT/RoBERTa/XLM-R folder (default: packaged MiniLM)")
@@ -86,12 +103,11 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    long_inputs.REPEATS = args.repeats
     path = teacher_path(args.teacher)
     found = models(path, max(args.lengths), args.window, args.block)
     print(f"teacher {path}; torch threads {torch.get_num_threads()}; batch 1")
-    results = {}
-    for name, (model, tokenizer, spec) in found.items():
+    calls = {}
+    for name, (model, _, spec) in found.items():
 
         def call(batch, model=model, spec=spec):
             out = windows.call(model, batch, spec)
@@ -100,9 +116,19 @@ def main() -> None:
                 model.zero_grad(set_to_none=True)
             return out
 
-        if args.train:
-            model.train()
-        results[name] = long_inputs.measure(call, tokenizer, [TEXT], args.lengths, grad=args.train)
+        calls[name] = call
+        model.train(args.train)
+    tokenizer = next(iter(found.values()))[1]
+    results = {name: {} for name in found}
+    with torch.inference_mode(not args.train):
+        for length in args.lengths:
+            batch = long_inputs.input_of_length(tokenizer, [TEXT], length)
+            times = measure_interleaved(calls, batch, args.repeats)
+            for name, call in calls.items():
+                memory = long_inputs.peak_memory_mb(
+                    lambda c=call, b=batch: c(b), torch.device("cpu")
+                )
+                results[name][str(length)] = {"latency_ms": times[name], "peak_memory_mb": memory}
     header = f"{'model':<26}" + "".join(f"{n:>17}" for n in args.lengths) + "   growth"
     what = "forward + backward" if args.train else "forward"
     print(f"\n{what} ms / peak MB at each length")

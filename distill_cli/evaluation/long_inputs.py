@@ -72,14 +72,12 @@ def measure(
     texts: list[str],
     lengths: list[int],
     device: torch.device | None = None,
-    grad: bool = False,
 ) -> dict[str, dict]:
     """For each length: the median batch-1 latency (ms) of ``call(inputs)`` and its peak memory
-    (MB), keyed by the length as a string (JSON). ``grad``: autograd on (a training step's
-    ``call``), else inference mode."""
+    (MB), keyed by the length as a string (JSON)."""
     device = device or torch.device("cpu")
     figures = {}
-    with torch.inference_mode(not grad):
+    with torch.inference_mode():
         for length in lengths:
             batch = {k: v.to(device) for k, v in input_of_length(tokenizer, texts, length).items()}
             call(batch)  # warm-up
