@@ -460,3 +460,40 @@ def test_block_sparse_survives_a_short_input(tmp_path):
         assert m.base_model.attention_type == "original_full"
         m(input_ids=torch.randint(4, V, (1, 200)))
         assert m.base_model.attention_type == "block_sparse"
+
+
+def test_a_sliding_window_student_through_both_stages_evaluate_and_export(
+    tiny_llama, corpus_file, tiny_data_dir, tmp_path, quick_timing
+):
+    """The causal kind end to end: GLMD's word KD (pretrain-distill), TKD on a Llama classifier
+    teacher, evaluate against it, and ONNX export (Mistral traces, unlike Longformer)."""
+    sliding = ["--set", "student.attention=sliding_window", "--set", "student.attention_window=8"]
+    args = ["pretrain-distill", "--recipe", RECIPES / "glmd-pretrain.yaml", "--teacher", tiny_llama,
+            "--data", corpus_file, "--output-dir", tmp_path / "lm", "--max-steps", 2,
+            "--set", "student.num_layers=2", "--set", "train.batch_size=4",
+            "--set", "data.max_length=32", *sliding]  # fmt: skip
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "lm" / "config.json").read_text())
+    assert config["architectures"] == ["MistralForCausalLM"] and config["sliding_window"] == 8
+
+    teacher = tmp_path / "teacher"
+    llama_config = T.AutoConfig.from_pretrained(tiny_llama)
+    llama_config.num_labels, llama_config.pad_token_id = 2, llama_config.eos_token_id
+    llama_config.id2label, llama_config.label2id = {0: "neg", 1: "pos"}, {"neg": 0, "pos": 1}
+    torch.manual_seed(0)
+    T.LlamaForSequenceClassification(llama_config).save_pretrained(teacher)
+    T.AutoTokenizer.from_pretrained(tiny_llama).save_pretrained(teacher)
+    out = tmp_path / "tkd"
+    result = invoke(*tkd_args(teacher, tiny_data_dir, out, *sliding))
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["MistralForSequenceClassification"]
+    result = invoke("evaluate", out, "--teacher", teacher, "--split", "test", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["models"]["tkd"]["retention"] is not None
+    result = invoke(
+        "export", tmp_path / "lm", "--format", "onnx", "--output-dir", tmp_path / "onnx"
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "onnx" / "model.onnx").is_file()

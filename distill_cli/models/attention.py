@@ -283,7 +283,8 @@ def _describe(config) -> str:
 def _sliding(student, spec, log):
     config = student.config
     name = type(student).__name__
-    if not _is_causal(config):
+    decoder = config.model_type in SLIDING + LAYER_TYPES  # its classifiers and readers too
+    if not decoder and not _is_causal(config):
         raise UnsupportedModel(
             config.model_type,
             STEP + ": sliding_window",
