@@ -299,6 +299,7 @@ def evaluate_model(path: str, role: str, cfg: DataConfig, split: str, task=None)
 
 
 AGREEMENT_ROWS = 256
+AGREEMENT_TOKENS = AGREEMENT_ROWS * 128  # fewer rows of long inputs: the word logits cost per token
 AGREEMENT_MASKING = 0.15
 
 
@@ -306,7 +307,8 @@ def word_agreement(
     student, teacher, task: TaskData, split: str, max_length: int, d: DataConfig | None = None
 ) -> dict | None:
     """How often the student's top word prediction is the teacher's, at masked (15%, BERT-style,
-    fixed seed) and unmasked positions of the split's first rows, both reading the teacher's
+    fixed seed) and unmasked positions of the split's first rows (AGREEMENT_ROWS, fewer of
+    long inputs: AGREEMENT_TOKENS), both reading the teacher's
     tokens (a compressed student: remapped to its vocabulary). None when the two cannot be
     compared token by token: an ONNX export, another tokenization, no word logits."""
     (s_model, s_tok, s_path), (t_model, t_tok) = student, teacher
@@ -322,8 +324,8 @@ def word_agreement(
     causal = is_causal(t_model.config)
     if not causal and t_tok.mask_token_id is None:
         return None
-    rows = task.splits[split].select(range(min(AGREEMENT_ROWS, len(task.splits[split]))))
-    rows, columns = tasks.of(task).plain_text(task, rows)
+    n = max(1, min(AGREEMENT_ROWS, AGREEMENT_TOKENS // max_length, len(task.splits[split])))
+    rows, columns = tasks.of(task).plain_text(task, task.splits[split].select(range(n)))
     ds, _ = batching.tokenize(rows, t_tok, columns, max_length)
     ds = ds.select_columns([c for c in batching.model_columns(ds) if c != "label"])
     collate = batching.PadCollator(t_tok.pad_token_id or 0)
