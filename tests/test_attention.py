@@ -261,11 +261,16 @@ def test_finetune_distill_longformer_student_exports_and_evaluates(
     assert result.exit_code == 0, result.output
 
 
-def test_finetune_distill_block_sparse_student(tiny_teacher, tiny_data_dir, tmp_path):
+def test_finetune_distill_block_sparse_student(tiny_teacher, tiny_data_dir, tmp_path, quick_timing):
     result = invoke(*tkd_args(tiny_teacher, tiny_data_dir, tmp_path / "run",
                               "--set", "student.attention=block_sparse", *SMALL))  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "BigBirdForSequenceClassification at 128 positions (block_sparse" in result.output
+    result = invoke("export", tmp_path / "run", "--format", "hf", "--output-dir", tmp_path / "hf")
+    assert result.exit_code == 0, result.output
+    result = invoke("evaluate", tmp_path / "run", "--teacher", tiny_teacher, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["models"]["run"]["retention"] is not None
     onnx = run_cli(["export", tmp_path / "run", "--format", "onnx-int8",
                     "--output-dir", tmp_path / "int8"], tmp_path)  # fmt: skip
     assert onnx.returncode == 2
@@ -273,18 +278,21 @@ def test_finetune_distill_block_sparse_student(tiny_teacher, tiny_data_dir, tmp_
     assert "'big_bird'" in line and "--format hf" in line
 
 
-def test_glmd_stages_train_a_longformer_student(
-    tiny_encoder, tiny_teacher, tiny_data_dir, corpus_file, tmp_path
+@pytest.mark.parametrize(
+    "kind, prefix", [("longformer", "Longformer"), ("block_sparse", "BigBird")]
+)
+def test_glmd_stages_train_an_efficient_student(
+    tiny_encoder, tiny_teacher, tiny_data_dir, corpus_file, tmp_path, kind, prefix
 ):
     args = ["pretrain-distill", "--recipe", RECIPES / "glmd-pretrain.yaml",
             "--teacher", tiny_encoder, "--data", corpus_file, "--output-dir", tmp_path / "out",
             "--max-steps", 2, "--set", "student.num_layers=2", "--set", "train.batch_size=4",
-            "--set", "student.attention=longformer", *SMALL[:2], "--set", "data.max_length=32"]  # fmt: skip
+            "--set", f"student.attention={kind}", *SMALL[:6], "--set", "data.max_length=32"]  # fmt: skip
     result = invoke(*args)
     assert result.exit_code == 0, result.output
-    assert "student: LongformerModel at 4096 positions" in result.output
+    assert f"student: {prefix}Model at 4096 positions" in result.output
     config = json.loads((tmp_path / "out" / "config.json").read_text())
-    assert config["architectures"] == ["LongformerModel"]
+    assert config["architectures"] == [f"{prefix}Model"]
     # GLMD's task stage on it: word prediction, then soft labels + word prediction
     args = ["finetune-distill", "--recipe", RECIPES / "glmd-finetune.yaml",
             "--teacher", tiny_teacher, "--student", tmp_path / "out", "--data", tiny_data_dir,
@@ -294,7 +302,7 @@ def test_glmd_stages_train_a_longformer_student(
     result = invoke(*args)
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "task" / "config.json").read_text())
-    assert config["architectures"] == ["LongformerForSequenceClassification"]
+    assert config["architectures"] == [f"{prefix}ForSequenceClassification"]
 
 
 @pytest.mark.parametrize(
