@@ -267,12 +267,13 @@ def long_data(tmp_path_factory):
     return path
 
 
-def _checkpoint(path, positions, seed):
+def _checkpoint(path, positions, seed, cls=BertForSequenceClassification):
+    """A tiny 2-layer BERT (a classifier, or ``cls``) with ``positions`` positions."""
     tok = make_tokenizer(path)
     torch.manual_seed(seed)
     config = tiny_bert_config(len(tok), layers=2, hidden=32, heads=2)
     config.max_position_embeddings = positions
-    BertForSequenceClassification(config).save_pretrained(path)
+    cls(config).save_pretrained(path)
     return path
 
 
@@ -370,12 +371,7 @@ def test_refusals_name_the_terms_and_the_fix(short_model, long_model, long_data,
 def _encoder(path, positions, seed):
     from transformers import BertForMaskedLM
 
-    tok = make_tokenizer(path)
-    torch.manual_seed(seed)
-    config = tiny_bert_config(len(tok), layers=2, hidden=32, heads=2)
-    config.max_position_embeddings = positions
-    BertForMaskedLM(config).save_pretrained(path)
-    return path
+    return _checkpoint(path, positions, seed, BertForMaskedLM)
 
 
 def _pretrain(teacher, data, out, *extra):
