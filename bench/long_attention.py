@@ -26,7 +26,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from distill_cli import tasks
 from distill_cli.data import windows
-from distill_cli.evaluation import long_inputs
+from distill_cli.evaluation import latency, long_inputs
 from distill_cli.models.attention import efficient
 from distill_cli.recipe import DataConfig, StudentConfig
 
@@ -81,8 +81,8 @@ def measure_interleaved(calls: dict, batch: dict, repeats: int) -> dict[str, flo
     for name in names:
         calls[name](batch)
     times = {name: [] for name in names}
-    for r in range(repeats):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
+    for order in latency.rotations(len(names), repeats):
+        for name in (names[i] for i in order):
             start = time.perf_counter()
             calls[name](batch)
             times[name].append(time.perf_counter() - start)

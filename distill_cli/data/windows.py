@@ -19,13 +19,11 @@ from types import SimpleNamespace
 
 import torch
 
+from distill_cli import tasks
 from distill_cli.errors import DistillError
 from distill_cli.models import forward as heads
-from distill_cli.tasks import outputs_logits
+from distill_cli.models.kinds import position_offset
 
-# RoBERTa-style models count positions from padding_idx + 1: these rows are never read
-# (model types ending in "roberta" too: xlm-roberta, camembert's parent, ...)
-OFFSET_POSITIONS = ("roberta", "xlm-roberta", "longformer", "camembert", "data2vec-text", "luke")
 # outputs no window combination makes (models.forward.Needs fields)
 REFUSED_NEEDS = {
     "hidden": "hidden states",
@@ -40,9 +38,7 @@ def positions(config) -> int | None:
     n = getattr(config, "max_position_embeddings", None)
     if n is None:
         return None
-    if config.model_type in OFFSET_POSITIONS or config.model_type.endswith("roberta"):
-        n -= (getattr(config, "pad_token_id", None) or 0) + 1
-    return n
+    return n - position_offset(config.model_type, getattr(config, "pad_token_id", None))
 
 
 @dataclass(frozen=True)
@@ -66,6 +62,11 @@ class Spec:
 
     def describe(self) -> str:
         return f"windows of {self.size} tokens overlapping {self.overlap}"
+
+
+def keeps_first_text(task) -> bool:
+    """Whether every window keeps a row's first text: a QA question, a pair's first text."""
+    return tasks.of(task).compares_positions or len(task.text_columns or ()) > 1
 
 
 def special_ids(tokenizer) -> frozenset:
@@ -112,13 +113,20 @@ def spec_for(model, tokenizer, d, kind, causal: bool, pairs=False, teacher=False
     )
 
 
-def refuse(needs, blank: bool, who: str, logits: bool = True, terms=()) -> None:
-    """One line naming what a windowed model cannot give (and the ``terms`` that read it), and
-    the fix."""
+def unreadable(needs, blank: bool, logits: bool = True) -> list[str]:
+    """What a model read through windows cannot give a reader of ``needs``: hidden states,
+    attentions, sentence embeddings, a cloze ``blank``, or logits that do not combine."""
     what = [REFUSED_NEEDS[n] for n in REFUSED_NEEDS if getattr(needs, n)]
     what += ["a cloze blank"] if blank else []
     if needs.logits and not logits and not blank:
         what.append("this task's logits")
+    return what
+
+
+def refuse(needs, blank: bool, who: str, logits: bool = True, terms=()) -> None:
+    """One line naming what a windowed model cannot give (and the ``terms`` that read it), and
+    the fix."""
+    what = unreadable(needs, blank, logits)
     if what:
         named = f"{', '.join(terms)} read " if terms else "reading "
         raise DistillError(
@@ -319,7 +327,7 @@ def call(model, inputs: dict, spec: Spec | None, tally: Tally | None = None):
     t0 = time.perf_counter()
     c = cut(inputs, spec)
     names = spec.output_names
-    logits = [outputs_logits(model(**sub), names) for sub in _chunks(c, spec.batch)]
+    logits = [tasks.outputs_logits(model(**sub), names) for sub in _chunks(c, spec.batch)]
     logits = combine_logits(torch.cat(logits), c, spec)
     if tally is not None:
         tally.add(c, inputs, time.perf_counter() - t0)

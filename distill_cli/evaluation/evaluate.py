@@ -96,21 +96,17 @@ def score_split(
     batch_size=64,
     word=None,
     window=None,
+    tally=None,
 ):
     """Task metrics of a model (PyTorch or ONNX) on a split, read with its own tokenizer;
-    ``word``: a cloze model's word mode and scale; ``window``: its windows (data.windows.Spec,
-    or (Spec, Tally) to count what they cost)."""
+    ``word``: a cloze model's word mode and scale; ``window``: its windows (data.windows.Spec),
+    what they cost counted in ``tally``."""
     features = tasks.of(task).eval_features(task.splits[split], task, tokenizer, cfg, split)
     collate = batching.PadCollator(tokenizer.pad_token_id or 0)
     loader = DataLoader(features.loader_ds, batch_size=batch_size, collate_fn=collate)
     scorer = scoring.scorer(task, task.splits[split], features, cfg)
     scorer.word = word
-    return scoring.score(model, loader, scorer, window=window)
-
-
-def _pairs(task: TaskData) -> bool:
-    """Whether rows are pairs: windows keep the first text (a question) in every one."""
-    return tasks.of(task).compares_positions or len(task.text_columns or ()) > 1
+    return scoring.score(model, loader, scorer, window=window, tally=tally)
 
 
 def window_spec(model, tokenizer, task: TaskData, cfg: DataConfig, role: str):
@@ -120,8 +116,8 @@ def window_spec(model, tokenizer, task: TaskData, cfg: DataConfig, role: str):
         return None
     kind = tasks.of(task)
     causal = is_causal(model.config)
-    teacher = role == "teacher"
-    spec = windows.spec_for(model, tokenizer, cfg, kind, causal, _pairs(task), teacher)
+    pairs, teacher = windows.keeps_first_text(task), role == "teacher"
+    spec = windows.spec_for(model, tokenizer, cfg, kind, causal, pairs, teacher)
     if spec is not None:
         windows.refuse(Needs(logits=True), kind.word_head, role, spec.logits)
         log(
@@ -259,7 +255,7 @@ def evaluate_model(path: str, role: str, cfg: DataConfig, split: str, task=None)
         check_task(model.config, task, path)
     window = window_spec(model, tokenizer, task, cfg, role)
     tally = windows.Tally()
-    metrics = score_split(model, tokenizer, task, split, cfg, word=word, window=(window, tally))
+    metrics = score_split(model, tokenizer, task, split, cfg, word=word, window=window, tally=tally)
     span = tasks.of(task).fixed_length
     # a model with fewer positions is timed at its longest input (through windows: the data's)
     positions = getattr(model.config, "max_position_embeddings", None) or QA_LATENCY_LENGTH
@@ -371,7 +367,7 @@ def _word_window(model, tokenizer, task: TaskData, d, max_length: int, causal: b
     data.teacher_window as the evaluated data ``d`` sets them), or None."""
     d = d or DataConfig(max_length=max_length)
     try:
-        return windows.spec_for(model, tokenizer, d, None, causal, _pairs(task))
+        return windows.spec_for(model, tokenizer, d, None, causal, windows.keeps_first_text(task))
     except DistillError:  # windows too short for the default overlap: compare no words
         return None
 

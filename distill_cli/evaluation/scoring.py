@@ -25,12 +25,12 @@ def score(
     loader,
     scoring: tasks.Scoring,
     gather: Callable[[list], list] | None = None,
-    window=None,
+    window: windows.Spec | None = None,
+    tally: windows.Tally | None = None,
 ):
     """Task metrics of ``model`` over ``loader``; ``gather`` collects records across processes;
-    ``window``: a model with fewer positions than the inputs reads them through windows
-    (a data.windows.Spec, or (Spec, Tally) to count what they cost)."""
-    spec, tally = window if isinstance(window, tuple) else (window, None)
+    ``window``: a model with fewer positions than the inputs reads them through windows (what
+    they cost is counted in ``tally``)."""
     kind = tasks.of(scoring.task)
     records = []
     word = None
@@ -42,7 +42,7 @@ def score(
             if word is not None:
                 out = heads.read_blank(model, inputs, heads.blank_of(batch, word[1]), word[0])
             else:
-                out = windows.call(model, inputs, spec, tally)
+                out = windows.call(model, inputs, window, tally)
             got = kind.records(out, batch)
             records += gather(got) if gather is not None else got
     return kind.metrics(scoring, records)

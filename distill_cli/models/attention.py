@@ -10,15 +10,16 @@ import torch
 import transformers
 
 from distill_cli.errors import DistillError, UnsupportedModel
+from distill_cli.models.kinds import is_causal, position_offset
 
 STEP = "student.attention"
-# encoder families we convert from, by model_type: (class prefix, positions start at pad + 1)
+# encoder families we convert from, by model_type: their class prefix
 ENCODERS = {
-    "bert": ("Bert", False),
-    "roberta": ("Roberta", True),
-    "xlm-roberta": ("XLMRoberta", True),
-    "big_bird": ("BigBird", False),
-    "longformer": ("Longformer", True),
+    "bert": "Bert",
+    "roberta": "Roberta",
+    "xlm-roberta": "XLMRoberta",
+    "big_bird": "BigBird",
+    "longformer": "Longformer",
 }
 TARGETS = {"block_sparse": "big_bird", "longformer": "longformer"}
 HEADS = (
@@ -58,7 +59,7 @@ def efficient(student, spec, log=print, tokenizer=None):
     else:
         target = TARGETS[kind]
     if config.model_type not in ENCODERS:
-        if kind != "full" and _is_causal(config):
+        if kind != "full" and is_causal(config):
             raise UnsupportedModel(
                 config.model_type,
                 STEP + f": {kind}",
@@ -77,14 +78,8 @@ def efficient(student, spec, log=print, tokenizer=None):
     return _convert_encoder(student, spec, target, log, tokenizer)
 
 
-def _is_causal(config) -> bool:
-    from distill_cli.models.kinds import is_causal
-
-    return is_causal(config)
-
-
 def _head(student) -> str:
-    prefix = ENCODERS[student.config.model_type][0]
+    prefix = ENCODERS[student.config.model_type]
     name = type(student).__name__
     head = name[len(prefix) :] if name.startswith(prefix) else name
     if head not in HEADS:
@@ -125,7 +120,7 @@ def _target_config(student, spec, target, tokenizer):
     values.update(_special_ids(src, tokenizer))
     long = target != src.model_type
     positions = spec.max_position_embeddings or (DEFAULT_LONG if long else None)
-    offset = values["pad_token_id"] + 1 if ENCODERS[target][1] else 0
+    offset = position_offset(target, values["pad_token_id"])
     if target == "big_bird" and long:
         _check_blocks(spec, positions)
         values.update(
@@ -229,13 +224,13 @@ def _convert_encoder(student, spec, target, log, tokenizer):
             "qa_outputs cannot fill; use student.attention: longformer",
         )
     config, positions = _target_config(student, spec, target, tokenizer)
-    cls = getattr(transformers, ENCODERS[target][0] + head)
+    cls = getattr(transformers, ENCODERS[target] + head)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         new = cls(config)
     tensors = _source_tensors(student)
-    src_offset = student.config.pad_token_id + 1 if ENCODERS[src_type][1] else 0
-    dst_offset = config.pad_token_id + 1 if ENCODERS[target][1] else 0
+    src_offset = position_offset(src_type, student.config.pad_token_id)
+    dst_offset = position_offset(target, config.pad_token_id)
     state, fresh = {}, []
     for key, value in new.state_dict().items():
         name = _neutral(key, new.base_model_prefix)
@@ -284,7 +279,7 @@ def _sliding(student, spec, log):
     config = student.config
     name = type(student).__name__
     decoder = config.model_type in SLIDING + LAYER_TYPES  # its classifiers and readers too
-    if not decoder and not _is_causal(config):
+    if not decoder and not is_causal(config):
         raise UnsupportedModel(
             config.model_type,
             STEP + ": sliding_window",

@@ -9,6 +9,16 @@ from transformers.models.auto.modeling_auto import (
 )
 
 LM_HEAD_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForMaskedLM", "ForPreTraining")
+# RoBERTa-style models count positions from padding_idx + 1 (model types ending in "roberta" too)
+OFFSET_POSITIONS = ("roberta", "xlm-roberta", "longformer", "camembert", "data2vec-text", "luke")
+
+
+def position_offset(model_type: str, pad_token_id: int | None) -> int:
+    """The position-embedding rows a model never reads, before its position 0: padding_idx + 1
+    for RoBERTa-style models, none for BERT-style ones."""
+    if model_type in OFFSET_POSITIONS or model_type.endswith("roberta"):
+        return (pad_token_id or 0) + 1
+    return 0
 
 
 def is_causal(config) -> bool:

@@ -65,22 +65,15 @@ class Built:
     student_window: windows.Spec | None = None
 
 
+def _names(recipe: Recipe, teacher_only: bool = False) -> list[str]:
+    """The recipe's terms (``teacher_only``: those that run the teacher), sorted."""
+    names = sorted(term_names(recipe))
+    return [n for n in names if losses.KD_LOSSES[n].needs_teacher] if teacher_only else names
+
+
 def _needs(recipe: Recipe, teacher_only: bool = False):
     """What the recipe's terms read (``teacher_only``: those that run the teacher)."""
-    names = term_names(recipe)
-    if teacher_only:
-        names = {n for n in names if losses.KD_LOSSES[n].needs_teacher}
-    return losses.needs_of(dict.fromkeys(names, {}))
-
-
-def _unwindowed(needs, spec: windows.Spec, blank: bool) -> bool:
-    """Whether a term reading ``needs`` cannot read a model through windows."""
-    positional = needs.logits and (blank or not spec.logits)
-    return positional or any(getattr(needs, n) for n in windows.REFUSED_NEEDS)
-
-
-def _by_rows(spec: windows.Spec) -> bool:
-    return spec.logits and spec.position_dim is None  # sequence logits: mean or max
+    return losses.needs_of(dict.fromkeys(_names(recipe, teacher_only), {}))
 
 
 def window_specs(recipe: Recipe, models, kind, causal: bool, pairs=False, blank=False, main=True):
@@ -95,16 +88,20 @@ def window_specs(recipe: Recipe, models, kind, causal: bool, pairs=False, blank=
         if model is not None:
             spec = windows.spec_for(model, tok, d, kind, causal, pairs, role == "teacher")
         if spec is not None:
-            names = sorted(term_names(recipe))
-            if role == "teacher":
-                names = [n for n in names if losses.KD_LOSSES[n].needs_teacher]
-            bad = [n for n in names if _unwindowed(losses.KD_LOSSES[n].needs, spec, blank)]
+            # the terms to name: a cloze's blank only troubles those reading its logits
+            needs = {n: losses.KD_LOSSES[n].needs for n in _names(recipe, role == "teacher")}
+            bad = [
+                n
+                for n, x in needs.items()
+                if windows.unreadable(x, blank and x.logits, spec.logits)
+            ]
             windows.refuse(_needs(recipe, role == "teacher"), blank, role, spec.logits, bad)
+            by_rows = spec.logits and spec.position_dim is None  # sequence logits: mean or max
             if main:
                 log(
                     f"{role}: reads inputs of up to data.max_length={d.max_length} tokens through "
                     f"{spec.describe()} (data.teacher_window, data.doc_stride)"
-                    + (f", logits by their {spec.combine}" if _by_rows(spec) else "")
+                    + (f", logits by their {spec.combine}" if by_rows else "")
                 )
         specs.append(spec)
     return tuple(specs)
@@ -283,7 +280,7 @@ def build_task(recipe: Recipe, main: bool, trust_remote_code: bool) -> Built:
         (teacher if _needs(recipe, True).teacher else None, teacher_tok, student, student_tok),
         kind,
         causal,
-        kind.compares_positions or len(task.text_columns or ()) > 1,
+        windows.keeps_first_text(task),
         kind.word_head,
         main,
     )
