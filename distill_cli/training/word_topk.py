@@ -212,11 +212,11 @@ def word_kl_topk(
             f"word_kl_topk: the top-k cache holds ids outside the student's vocabulary of {v} "
             f"rows (max {int(ids.max())}); it was written for another vocabulary"
         )
-    with torch.no_grad():  # the teacher's log-probabilities over the buckets, at T
-        a = topk.logp.to(device=dev, dtype=torch.float32) / t
+    with torch.no_grad():  # the teacher's bucket log-probabilities at T, normalised in fp64:
+        a = topk.logp.to(device=dev, dtype=torch.float64) / t  # fp32 would add a per-row bias
         if ids.shape[1] < v:
-            a = torch.cat([a, topk.tails[t].to(device=dev, dtype=torch.float32)[:, None]], -1)
-        log_q_t = (a - torch.logsumexp(a, -1, keepdim=True)).clamp_min(NEG)
+            a = torch.cat([a, topk.tails[t].to(device=dev, dtype=torch.float64)[:, None]], -1)
+        log_q_t = (a - torch.logsumexp(a, -1, keepdim=True)).clamp_min(NEG).float()
     chunk = min(_chunk(chunk_size, v, "word_kl_topk"), max(n, 1))
     args = _autocast_inputs(dev.type, h, w_s, b_s)
     with torch.autocast(dev.type, enabled=False):
