@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from distill_cli.errors import DistillError
 from distill_cli.training.word_kd import DIVERGENCES, word_kl
 from distill_cli.training.word_topk import TopK, teacher_topk, word_kl_topk
-
 from tests.test_word_kd import DIV_IDS, DIVS, V_S, V_T, make
 
 TOL = dict(rtol=1e-5, atol=1e-5)

@@ -5,7 +5,8 @@ ids of its k most likely words and their log-probabilities at T = 1, plus for ea
 the "tail": the logsumexp of logp/T over the other V − k words. At T the teacher is then a
 distribution over k + 1 buckets (the k words, and the rest merged into one bucket):
 
-    log P_T(i) = logp_i/T − N,   log P_T(tail) = tail_T − N,   N = logaddexp(logsumexp_i logp_i/T, tail_T)
+    log P_T(i) = logp_i/T − N,   log P_T(tail) = tail_T − N,
+    N = logaddexp(logsumexp_i(logp_i/T), tail_T)
 
 ``word_kl_topk`` takes the student's full tempered softmax, sums its probability the same way
 (its k words, and the logsumexp of the rest as the tail, by masking, never as log(1 − Σ)), and
