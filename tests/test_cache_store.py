@@ -26,6 +26,7 @@ def record(row: int) -> dict[str, torch.Tensor]:
         "hidden": torch.randn(n, 2, 3, row % 3, generator=g).bfloat16(),
         "embedding": torch.randn(6, generator=g),
         "label": torch.tensor(row * 7, dtype=torch.int64),
+        "mask": torch.rand(n + 1, generator=g) > 0.5,
     }
 
 

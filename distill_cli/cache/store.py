@@ -133,8 +133,8 @@ class _Shard:
 
 
 def _index(parts: list[np.ndarray], n_rows: int) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """Which entries of the shards' concatenated rows to read, and their rows: a row in several
-    shards reads from the last. Also how many rows are missing and how many lie outside."""
+    """Which entries of the shards' concatenated rows to read, in row order, and their rows: a
+    row in several shards reads from the last. Also how many rows are missing and outside."""
     rows = np.concatenate(parts) if parts else np.zeros(0, np.int64)
     inside = np.flatnonzero((rows >= 0) & (rows < n_rows))
     pick = inside[len(inside) - 1 - np.unique(rows[inside][::-1], return_index=True)[1]]
@@ -249,7 +249,10 @@ class ShardWriter:
             os.replace(tmp, path)
         except OSError as e:
             tmp.unlink(missing_ok=True)
-            raise WriteFailed(f"could not write teacher cache shard {path}: {e.strerror}") from None
+            raise WriteFailed(
+                f"could not write teacher cache shard {path}: {e.strerror or e}; free space or "
+                "check the folder's permissions, then run again (written shards are kept)"
+            ) from None
         self.seq += 1
         self.rows, self.records, self.bytes = [], [], 0
 
@@ -282,12 +285,13 @@ class Reader:
         for s in self._shards:
             if s.spec != self.fields:
                 raise DistillError(f"teacher cache shard {s.path} does not match {done}; {FIX}")
-        pick, rows, missing, _ = _index([s.rows for s in self._shards], self.n_rows)
+        pick, _, missing, _ = _index([s.rows for s in self._shards], self.n_rows)
         if missing:
             raise DistillError(f"teacher cache {self.dir} lacks {missing:,} rows; {FIX}")
-        # per row: its shard, and per field where its values start, how many, and its shape
+        # per row (``pick`` is in row order): its shard, and per field where its values start,
+        # how many, and its shape
         lengths = [len(s.rows) for s in self._shards]
-        self._shard = np.repeat(np.arange(len(lengths)), lengths)[pick][np.argsort(rows)]
+        self._shard = np.repeat(np.arange(len(lengths)), lengths)[pick]
         self._start, self._size, self._shape = {}, {}, {}
         for k in self.fields if self._shards else ():
             off = [s.offsets[k] for s in self._shards]
@@ -296,7 +300,7 @@ class Reader:
                 (self._size, [np.diff(o) for o in off]),
                 (self._shape, [s.shapes[k] for s in self._shards]),
             ):
-                table[k] = np.concatenate(parts)[pick][np.argsort(rows)]
+                table[k] = np.concatenate(parts)[pick]
 
     def __len__(self) -> int:
         return self.n_rows
