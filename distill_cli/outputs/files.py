@@ -73,17 +73,22 @@ def check_writable(out: Path) -> None:
         ) from None
 
 
-def check_free_space(out: Path, need: int, what: str = "model and checkpoints") -> None:
-    """Refuse to start when the output folder's disk cannot hold what the command writes."""
+def check_free_space(
+    out: Path, need: int, what: str = "model and checkpoints", fix: str | None = None
+) -> None:
+    """Refuse to start when the folder's disk cannot hold what the command writes there;
+    ``fix`` replaces the advice, which by default is about the output folder."""
     where = Path(out)
     while not where.exists() and where != where.parent:
         where = where.parent
     free = shutil.disk_usage(where).free
     if free < need:
-        hint = ", lower train.save_total_limit" if "checkpoints" in what else ""
+        if fix is None:
+            hint = ", lower train.save_total_limit" if "checkpoints" in what else ""
+            fix = f"free space{hint}, or choose another --output-dir"
         raise DistillError(
             f"only {free / 1e6:,.0f} MB free in {where} but this needs about {need / 1e6:,.0f} MB "
-            f"({what}); free space{hint}, or choose another --output-dir"
+            f"({what}); {fix}"
         )
 
 
