@@ -182,6 +182,31 @@ class TrainConfig:
 
 
 @dataclass
+class TeacherCacheConfig:
+    mode: str = _opt(
+        "off",
+        "off | auto (store the teacher's outputs in a first pass for the phases that read each "
+        "example more than once, then train on them) | write (store them for every phase that "
+        "runs the teacher; with --max-steps 0, only store) | read (train on the cache at "
+        "teacher_cache.path; --teacher-cache DIR).",
+    )
+    path: str | None = _opt(
+        None, "The cache folder (default: <output-dir>/teacher_cache); read: the cache to read."
+    )
+    top_k: int = _opt(
+        64,
+        "Word terms: the teacher's k most likely words stored per token (log-probabilities at "
+        "T=1), the rest as one bucket.",
+    )
+    word_dtype: str = _opt("float16", "Stored word log-probabilities: float16 | float32.")
+    hidden_states: bool = _opt(
+        False,
+        "Store the teacher's hidden states and attention maps for hidden_mse / attention_kl "
+        "(large: the size is logged before writing).",
+    )
+
+
+@dataclass
 class Recipe:
     method: str = _opt("custom", "Name of the method this recipe reproduces.")
     teacher: str | None = _opt(None, "Teacher: local HF folder or Hub name.")
@@ -213,6 +238,7 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     phases: list[Phase] = field(default_factory=lambda: [Phase()])
     train: TrainConfig = field(default_factory=TrainConfig)
+    teacher_cache: TeacherCacheConfig = field(default_factory=TeacherCacheConfig)
 
 
 # ---------------------------------------------------------------- strict conversion
@@ -478,6 +504,8 @@ PRECISIONS = ("no", "fp16", "bf16")
 PACKINGS = ("pack", "bucket", "none")
 WORD_LOGITS = ("auto", "embeddings", "lm_head")
 WORD_SIGNAL = ("warn", "error")
+CACHE_MODES = ("off", "auto", "write", "read")
+CACHE_DTYPES = ("float16", "float32")
 POOLINGS = ("auto", "mean", "cls", "max", "lasttoken")
 METRICS = ("accuracy", "f1", "mcc", "pearson", "seqeval", "squad", "squad_v2")
 SCHEDULERS = (
@@ -589,8 +617,18 @@ def validate(recipe: Recipe, needs_data: bool = True) -> None:
         problems.append("data.train_on must be assistant or all")
     if t.epochs <= 0 and t.max_steps is None:
         problems.append("train.epochs must be > 0 (or set train.max_steps)")
-    if t.max_steps is not None and t.max_steps < 1:
-        problems.append("train.max_steps must be >= 1")
+    c = recipe.teacher_cache
+    only_cache = c.mode == "write" and t.max_steps == 0  # store the teacher's outputs, no training
+    if t.max_steps is not None and t.max_steps < 1 and not only_cache:
+        problems.append("train.max_steps must be >= 1 (0 only with teacher_cache.mode=write)")
+    if c.mode not in CACHE_MODES:
+        problems.append(f"teacher_cache.mode must be one of {', '.join(CACHE_MODES)}")
+    if c.mode == "read" and not c.path:
+        problems.append("teacher_cache.mode is read but no path: pass --teacher-cache DIR")
+    if c.top_k < 1:
+        problems.append("teacher_cache.top_k must be >= 1")
+    if c.word_dtype not in CACHE_DTYPES:
+        problems.append(f"teacher_cache.word_dtype must be one of {', '.join(CACHE_DTYPES)}")
     if t.save_steps is not None and t.save_steps < 1:
         problems.append("train.save_steps must be >= 1, or null for phase ends only")
     if t.max_bad_steps < 0:

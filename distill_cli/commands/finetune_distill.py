@@ -18,6 +18,7 @@ def command(
     student: o.Student = None,
     data: o.Data = None,
     max_steps: o.MaxSteps = None,
+    teacher_cache: o.TeacherCache = None,
     seed: o.Seed = None,
     set_: o.Sets = None,
     overwrite: o.Overwrite = False,
@@ -27,7 +28,9 @@ def command(
 ) -> None:
     """Distil a task teacher into a student on labelled data (or fine-tune with no teacher)."""
     check_not_input(output_dir, [("recipe", recipe)])  # train.run checks the other inputs
-    r = load_recipe(recipe, o.typed_options(teacher, student, data, max_steps, seed), set_ or [])
+    r = load_recipe(
+        recipe, o.typed_options(teacher, student, data, max_steps, seed, teacher_cache), set_ or []
+    )
     summary = train.run(
         r,
         output_dir,

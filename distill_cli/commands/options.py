@@ -37,12 +37,21 @@ TrustRemoteCode = Annotated[
     bool,
     typer.Option("--trust-remote-code", help="Allow model code from the checkpoint's repo to run."),
 ]
+TeacherCache = Annotated[
+    Path | None,
+    typer.Option(
+        "--teacher-cache",
+        help="Train on the teacher outputs stored in this cache folder (teacher_cache.mode=read).",
+    ),
+]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of a table.")]
 
 
-def typed_options(teacher, student, data, max_steps, seed) -> dict:
+def typed_options(teacher, student, data, max_steps, seed, teacher_cache=None) -> dict:
     """The typed training options as dotted recipe keys (None: not given)."""
     return {
+        "teacher_cache.mode": "read" if teacher_cache else None,
+        "teacher_cache.path": str(teacher_cache) if teacher_cache else None,
         "teacher": teacher,
         "data.name": data,
         "train.max_steps": max_steps,

@@ -107,6 +107,11 @@ def split_inputs(batch: dict) -> tuple[dict, dict]:
     return student, teacher or student
 
 
+def selected_positions(batch: dict) -> torch.Tensor:
+    """The positions token-level losses read: every real token, or those a chat task predicts."""
+    return batch["loss_mask"] if "loss_mask" in batch else batch["attention_mask"]
+
+
 class EpochBatchSampler:
     """Batches of dataset indices whose order depends only on (seed, epoch).
 

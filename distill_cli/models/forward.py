@@ -96,6 +96,7 @@ class Outputs:
     word_weight: torch.Tensor | None = None  # W [V, d]
     word_bias: torch.Tensor | None = None
     embedding: torch.Tensor | None = None  # [batch, dim] sentence embeddings
+    word_topk: object = None  # a cached teacher's stored word top-k (training.word_topk.TopK)
 
 
 def vocabulary(model, mode: str) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -26,6 +26,7 @@ from distill_cli.errors import DistillError, WriteFailed
 from distill_cli.models.load import read_config
 from distill_cli.outputs import weights_bytes, write_json_atomic, write_text_atomic
 from distill_cli.reporting import log
+from distill_cli.training import teacher_cache
 from distill_cli.user_files import PARSE_ERRORS, read_json, read_text, reading
 
 FOLDER = "checkpoints"
@@ -246,12 +247,14 @@ def prepare_run_dir(
         )
     if resume and latest(Path(output_dir).expanduser()) is None:
         _no_checkpoint(output_dir)
+    cache = recipe.teacher_cache
     inputs = [
         ("teacher", recipe.teacher),
         ("student", recipe.student.path),
         ("data", recipe.data.name),
+        ("teacher cache", cache.path if cache.mode == "read" else None),
     ]
-    writes = [*RUN_FILES, FOLDER]
+    writes = [*RUN_FILES, FOLDER, *teacher_cache.writes(recipe)]
     if recipe.train.report_to:  # accelerate's trackers log into <output>/<its name>
         writes.append(Path(output_dir).expanduser().name)
     out, continues = outputs.claim(
@@ -262,7 +265,8 @@ def prepare_run_dir(
         overwrite=overwrite,
         main=main,
         writes=writes,
-        resumable=lambda folder: latest(folder) is not None,
+        # a checkpoint, or a teacher cache partly written
+        resumable=lambda folder: latest(folder) is not None or teacher_cache.partial(folder),
         what="recipe",
     )
     checkpoint = latest(out) if continues else None

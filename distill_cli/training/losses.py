@@ -20,6 +20,7 @@ from distill_cli.errors import DistillError
 from distill_cli.models.forward import Needs, Outputs
 from distill_cli.tasks import MASKED
 from distill_cli.training.word_kd import DIVERGENCES, divergence_problems, word_kl
+from distill_cli.training.word_topk import word_kl_topk
 
 
 def soft_label_kl(student_logits, teacher_logits, temperature: float = 1.0) -> torch.Tensor:
@@ -230,6 +231,12 @@ class LossTerm:
 
 def _word_kl(step: Step, p: WordDivergence, extra) -> torch.Tensor:
     s, t = step.student, step.teacher
+    if t.word_topk is not None:  # a cached teacher: its stored top-k and one tail bucket
+        return word_kl_topk(
+            s.word_features, s.word_weight, t.word_topk, mask=step.mask,
+            temperature=p.temperature, b_s=s.word_bias, scale=step.word_scale,
+            standardize=p.standardize, divergence=p.divergence, beta=p.beta, alpha=p.alpha,
+        )  # fmt: skip
     return word_kl(
         s.word_features, s.word_weight, t.word_features, t.word_weight,
         mask=step.mask, temperature=p.temperature, b_s=s.word_bias, b_t=t.word_bias,

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
 from distill_cli import tasks
+from distill_cli.cache import records
 from distill_cli.data import batching, windows
 from distill_cli.data import chat as chat_data
 from distill_cli.data.batching import EpochBatchSampler
@@ -43,9 +44,18 @@ from distill_cli.outputs import (
 )
 from distill_cli.recipe import Recipe, TrainConfig, to_yaml, validate
 from distill_cli.reporting import MetricsWriter, TrainProgress, log
-from distill_cli.training import checkpoints, losses, on_policy, stages, word_checks
+from distill_cli.training import (
+    checkpoints,
+    losses,
+    on_policy,
+    stages,
+    teacher_cache,
+    word_checks,
+)
 from distill_cli.training import plot as training_plot
 from distill_cli.training.allocator import keep_freed_memory
+
+TEACHER_RECORDS = "teacher_records"  # a batch's stored teacher records (a cached phase)
 
 
 @dataclass
@@ -56,6 +66,8 @@ class PhasePlan:
     mlm_probability: float = 0.0
     needs: heads.Needs = field(default_factory=heads.Needs)  # what its loss terms read
     sampling: on_policy.Sampling | None = None  # its on-policy batches (chat)
+    index: int = 0  # its place in recipe.phases
+    cache: teacher_cache.PhaseCache | None = None  # its teacher's stored outputs
 
 
 def make_accelerator(cfg: TrainConfig, out: Path) -> Accelerator:
@@ -99,13 +111,14 @@ def cpu_has_bf16() -> bool:
 def plan_phases(recipe: Recipe, steps_per_epoch: int) -> list[PhasePlan]:
     """Each phase's length in optimizer steps; train.max_steps caps the total."""
     plans, left = [], recipe.train.max_steps
-    for phase in recipe.phases:
+    only_cache = left == 0  # teacher_cache.mode=write with --max-steps 0: phases of no steps
+    for index, phase in enumerate(recipe.phases):
         epochs = phase.epochs if phase.epochs is not None else recipe.train.epochs
         steps = phase.max_steps or max(1, math.ceil(epochs * steps_per_epoch))
         if left is not None:
             steps = min(steps, left)
             left -= steps
-        if steps > 0:
+        if steps > 0 or only_cache:
             needs = losses.needs_of(phase.terms)
             plans.append(
                 PhasePlan(
@@ -115,6 +128,7 @@ def plan_phases(recipe: Recipe, steps_per_epoch: int) -> list[PhasePlan]:
                     phase.mlm_probability,
                     needs,
                     on_policy.of_phase(phase),
+                    index,
                 )
             )
     return plans
@@ -200,6 +214,7 @@ class State:
     bad: dict[str, float] = field(default_factory=dict)  # values of this step's non-finite loss
     word_scale: float = 1.0  # multiplies both models' word logits (recipe.word_logit_scale)
     word_figures: dict = field(default_factory=dict)  # the teacher's, by phase and word term
+    teacher_top1: dict = field(default_factory=dict)  # its top-1 ids on the probe, by phase
     stop_ids: list[int] = field(default_factory=list)  # end sampled replies (on-policy batches)
     # what reading long inputs through windows cost, per model that does (issue 22)
     tallies: dict[str, windows.Tally] = field(default_factory=dict)
@@ -241,6 +256,7 @@ def setup(
 ) -> State:
     """Everything before step 1: the output folder, models, data, optimizer, schedule, phases,
     and the checkpoint a run resumes from."""
+    teacher_cache.fill_teacher(recipe)
     validate(recipe)
     keep_freed_memory()
     out, resume_from = checkpoints.prepare_run_dir(
@@ -253,6 +269,8 @@ def setup(
     set_seed(cfg.seed)
     b, extras = build(recipe, stage, main, trust_remote_code)
     on_policy.check(recipe, b)
+    if recipe.teacher_cache.mode != "off":
+        teacher_cache.add_rows(b)
     student = StudentModule(b.student, extras)
     train_loader, sampler = make_train_loader(b, cfg)
     eval_loader = None
@@ -311,6 +329,7 @@ def setup(
         template = chat_data.chat_template(b.tokenizer, recipe.data.chat_template)
         state.stop_ids = on_policy.stop_ids(b.student, b.tokenizer, template)
     word_checks.check_teacher(state)  # fits word_logit_scale: the resolved recipe holds it
+    teacher_cache.prepare(state, teacher_forward)  # may write it, and free the teacher
     if main and resume_from is None:
         write_text_atomic(out / "resolved_recipe.yaml", to_yaml(recipe))
     if resume_from is not None:
@@ -451,12 +470,15 @@ def finish(s: State) -> dict:
             log(
                 f"{role} read {tally.describe()}; its windowed forward took {share:.0%} of the time"
             )
-    if s.word_figures:
+    trained = s.total_steps > 0  # 0: a run that only wrote the teacher cache
+    if s.word_figures and trained:
         summary["word_signal"] = word_checks.check_student(s)
-    if s.eval_loader is not None:
+    if s.eval_loader is not None and trained:
         summary.update(_evaluate(s))
-    if main:
+    if main and trained:
         training_plot.write(out / "metrics.jsonl", out / "training.png")
+    if not trained:
+        return _cache_only(s, summary)
 
     # save
     accelerator.wait_for_everyone()
@@ -486,6 +508,20 @@ def finish(s: State) -> dict:
         mark_finished(out)
     accelerator.end_training()
     summary["is_main_process"] = main
+    return summary
+
+
+def _cache_only(s: State, summary: dict) -> dict:
+    """The end of a run that stored the teacher's outputs and trained nothing: no model."""
+    where = teacher_cache.folder(s.recipe, s.out)
+    summary["teacher_cache"] = str(where)
+    s.accelerator.wait_for_everyone()
+    if s.main:
+        write_json_atomic(s.out / "train_results.json", summary)
+        mark_finished(s.out)
+        log(f"teacher cache written to {where}; no student trained (train.max_steps=0)")
+    s.accelerator.end_training()
+    summary["is_main_process"] = s.main
     return summary
 
 
@@ -600,7 +636,14 @@ def train_step(s: State, batch: dict, plan: PhasePlan) -> tuple[torch.Tensor, di
     """
     accelerator = s.accelerator
     mask_p = 0.0 if s.built.causal else plan.mlm_probability
-    if mask_p > 0:
+    if plan.cache is not None:  # the teacher's stored outputs (and static masks) for the rows
+        batch[TEACHER_RECORDS] = plan.cache.fetch(batch)
+        if plan.cache.masks:
+            stored = batch[TEACHER_RECORDS]
+            batch["input_ids"] = records.masked_inputs(
+                stored, batch["input_ids"], batch["attention_mask"]
+            )
+    elif mask_p > 0:
         batch["input_ids"], _ = s.masker(batch["input_ids"], batch["attention_mask"], mask_p)
     with accelerator.accumulate(s.student):
         loss, parts = compute_loss(s, batch, plan)
@@ -633,34 +676,42 @@ def compute_loss(s: State, batch: dict, plan: PhasePlan) -> tuple[torch.Tensor, 
         s_inputs = {**s_inputs, "input_ids": b.id_remap[s_inputs["input_ids"]]}
     # a cloze's blank: both models' class logits are their word logits there
     s_blank = heads.blank_of(batch, s.word_scale, id_remap=b.id_remap)
-    t_blank = heads.blank_of(batch, s.word_scale, batching.TEACHER_PREFIX)
     step = losses.Step(
         student=s.student(s_inputs, needs, b.student_mode, s_blank, _reader(s, "student")),
         labels=batch.get("labels"),
-        # the positions the loss reads: every real token, or those a chat task predicts
-        mask=batch["loss_mask"] if "loss_mask" in batch else s_inputs["attention_mask"],
+        mask=batching.selected_positions(batch),
         vocab_index=s.vocab_index,
         word_scale=s.word_scale,
         task=tasks.of(b.task).layout.name if b.task is not None else losses.Step.task,
     )
     if "teacher_word_starts" in batch:  # a tagger teacher that tokenizes differently
         step.word_starts = (batch["word_starts"], batch["teacher_word_starts"])
-    if needs.teacher:
-        with torch.no_grad(), accelerator.autocast():
-            pool = b.teacher_embedder.pool if b.teacher_embedder is not None else None
-            step.teacher = windows.forward(
-                s.teacher,
-                t_inputs,
-                needs,
-                b.teacher_mode,
-                pool,
-                t_blank,
-                spec=b.teacher_window,  # None: the whole input
-                tally=s.tallies.get("teacher"),
-            )
+    if needs.teacher and TEACHER_RECORDS in batch:
+        step.teacher = plan.cache.outputs(batch[TEACHER_RECORDS], t_inputs)
+    elif needs.teacher:
+        step.teacher = teacher_forward(s, batch, needs)
     with accelerator.autocast():  # the vocabulary matmuls run in bf16/fp16 on GPUs too
         parts = losses.loss_parts(plan.terms, step, accelerator.unwrap_model(s.student).extras)
     return losses.weighted_sum(plan.terms, parts), parts
+
+
+def teacher_forward(s: State, batch: dict, needs: heads.Needs) -> heads.Outputs:
+    """The teacher's outputs for a batch (through its windows when it reads them)."""
+    b = s.built
+    _, t_inputs = batching.split_inputs(batch)
+    blank = heads.blank_of(batch, s.word_scale, batching.TEACHER_PREFIX)
+    pool = b.teacher_embedder.pool if b.teacher_embedder is not None else None
+    with torch.no_grad(), s.accelerator.autocast():
+        return windows.forward(
+            s.teacher,
+            t_inputs,
+            needs,
+            b.teacher_mode,
+            pool,
+            blank,
+            spec=b.teacher_window,  # None: the whole input
+            tally=s.tallies.get("teacher"),
+        )
 
 
 def _reader(s: State, role: str):

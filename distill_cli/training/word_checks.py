@@ -61,8 +61,10 @@ def check_teacher(s: State) -> None:
     for plan, terms in phases:
         for name, params in terms.items():
             cal = word_signal.calibration(params, s.word_scale)
-            figures = word_signal.measure(probe, batches, cal, plan.mlm_probability)["teacher"]
+            measured = word_signal.measure(probe, batches, cal, plan.mlm_probability)
+            figures = measured["teacher"]
             s.word_figures.setdefault(plan.name, {})[name] = figures
+            s.teacher_top1[plan.name] = measured["top1"]  # for the student's agreement
             record.update({f"signal/{plan.name}/{name}/{k}": v for k, v in figures.items()})
             if s.main:
                 log(f"phase '{plan.name}' {name}: " + word_signal.describe("teacher", figures, cal))
@@ -144,7 +146,8 @@ def check_student(s: State) -> dict:
     cal = word_signal.calibration(params, s.word_scale)
     probe, batches = make_probe(s, student=True)
     probe.student.eval()
-    figures = word_signal.measure(probe, batches, cal, plan.mlm_probability)["student"]
+    top1 = s.teacher_top1.get(plan.name)  # the teacher's, measured before a cache freed it
+    figures = word_signal.measure(probe, batches, cal, plan.mlm_probability, top1)["student"]
     probe.student.train()
     if s.main:
         log(f"final {name}: " + word_signal.describe("student", figures, cal))

@@ -238,18 +238,25 @@ def _inputs(probe: Probe, batch: dict, mlm_probability: float):
 
 
 @torch.no_grad()
-def measure(probe: Probe, batches: list, cal: Calibration, mlm_probability: float) -> dict:
-    """The teacher's figures (and the student's, with its agreement) over the probe batches."""
-    teacher, student = Tally(), Tally()
+def measure(
+    probe: Probe, batches: list, cal: Calibration, mlm_probability: float, top1=None
+) -> dict:
+    """The teacher's figures (and the student's, with its agreement) over the probe batches,
+    and the teacher's top-1 ids per batch (``top1``: those of an earlier measurement, when the
+    teacher is no longer loaded)."""
+    teacher, student, tops = Tally(), Tally(), []
     probe.masker.generator.manual_seed(0)  # the same masks in every measurement
-    for batch in batches:
+    for i, batch in enumerate(batches):
         s_in, t_in, pos = _inputs(probe, batch, mlm_probability)
-        t_out = word_outputs(probe.teacher, t_in, probe.teacher_mode, probe.teacher_window)
-        t_top1 = tally_batch(teacher, t_out, pos, cal)
+        if probe.teacher is not None:
+            t_out = word_outputs(probe.teacher, t_in, probe.teacher_mode, probe.teacher_window)
+            tops.append(tally_batch(teacher, t_out, pos, cal))
+        else:
+            tops.append(top1[i])
         if probe.student is not None:
             s_out = word_outputs(probe.student, s_in, probe.student_mode, probe.student_window)
-            tally_batch(student, s_out, pos, cal, probe.vocab_index, teacher_top1=t_top1)
-    result = {"teacher": teacher.result()}
+            tally_batch(student, s_out, pos, cal, probe.vocab_index, teacher_top1=tops[-1])
+    result = {"teacher": teacher.result() if probe.teacher is not None else None, "top1": tops}
     if probe.student is not None:
         result["student"] = student.result()
     return result

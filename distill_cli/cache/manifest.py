@@ -1,0 +1,160 @@
+"""What a teacher cache was made from, and the one-line refusal of a cache made from other things.
+
+``manifest.json`` names the format version, the stage, the teacher (its weight files' sha256),
+its tokenizer, the data settings that shape the inputs, the training rows (their token ids
+hashed), how word logits were read and stored (mode, scale, k, dtype), and per phase what is
+stored: the outputs its terms read, the temperatures of its word tails, its static masks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from distill_cli.errors import DistillError
+from distill_cli.outputs import write_json_atomic
+from distill_cli.user_files import read_json
+
+VERSION = 1
+NAME = "manifest.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+# data settings that only evaluation reads: a cache serves any of them
+EVAL_ONLY = ("eval_split", "max_eval_samples", "metric", "max_answer_length")
+# what a phase's record holds, by the Needs flag that makes it
+STORED = ("logits", "embedding", "hidden", "attentions", "word")
+FIX = "write a new cache for this run (teacher_cache.mode=write), or run the one it was made for"
+
+
+def weight_files(name: str) -> list[Path]:
+    """The files a teacher's weights are read from: a local file or folder, or the Hub cache's
+    copy of a Hub model (empty when there is none)."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        try:
+            from huggingface_hub import snapshot_download
+
+            path = Path(snapshot_download(name, local_files_only=True))
+        except Exception:  # not fetched, or not a Hub name: identified by its name alone
+            return []
+    return sorted(f for f in path.iterdir() if f.is_file() and f.suffix in WEIGHT_SUFFIXES)
+
+
+def teacher_identity(name: str) -> dict:
+    digest = hashlib.sha256()
+    for f in weight_files(name):
+        digest.update(f"{f.name}\0".encode())
+        with f.open("rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return {"name": str(name), "sha256": digest.hexdigest()}
+
+
+def tokenizer_identity(tokenizer) -> dict:
+    vocab = sorted(tokenizer.get_vocab().items())
+    text = json.dumps([type(tokenizer).__name__, vocab, tokenizer.special_tokens_map], default=str)
+    return {
+        "name": getattr(tokenizer, "name_or_path", ""),
+        "sha256": hashlib.sha256(text.encode()).hexdigest(),
+    }
+
+
+def data_identity(ds, name: str | None, split: str) -> dict:
+    """The training rows, by the token ids and masks the teacher reads, hashed in order."""
+    digest = hashlib.sha256()
+    columns = sorted(c for c in ds.column_names if c != "cache_row")
+    for column in columns:
+        digest.update(f"\0{column}\0".encode())
+        for values in ds.with_format("numpy")[column]:
+            values = np.asarray(values)
+            if values.dtype.kind in "iufb":  # token ids, masks, labels (raw text is not read)
+                digest.update(values.tobytes() + b"\1")
+    return {"name": name, "split": split, "rows": len(ds), "sha256": digest.hexdigest()}
+
+
+def data_settings(d) -> dict:
+    return {k: v for k, v in dataclasses.asdict(d).items() if k not in EVAL_ONLY and k != "name"}
+
+
+def part_name(index: int) -> str:
+    return f"phase-{index}"
+
+
+def part_entry(phase, needs, stored_hidden: bool, word_params) -> dict:
+    """What phase ``phase``'s records hold (``needs``: what its teacher terms read)."""
+    large = ("hidden", "attentions")
+    stores = [k for k in STORED if getattr(needs, k) and (k not in large or stored_hidden)]
+    entry = {"name": phase.name, "stores": stores, "mlm_probability": phase.mlm_probability}
+    if word_params is not None:
+        entry["temperature"] = word_params.temperature
+        entry["standardize"] = bool(getattr(word_params, "standardize", False))
+    return entry
+
+
+def write(folder: Path, manifest: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(folder / NAME, manifest)
+
+
+def read(folder: Path) -> dict | None:
+    path = folder / NAME
+    if not path.is_file():
+        return None
+    shape = {"version": int, "teacher": dict, "parts": dict}
+    return read_json(path, "teacher cache manifest", FIX, required=shape)
+
+
+def _differs(path, what: str, stored, current) -> DistillError:
+    return DistillError(
+        f"teacher cache {path} was made with {what} {_show(stored)}, this run has "
+        f"{_show(current)}; {FIX}"
+    )
+
+
+def _show(value) -> str:
+    if isinstance(value, dict) and "sha256" in value:
+        return f"{value.get('name') or '?'} (sha256 {value['sha256'][:12]})"
+    return json.dumps(value) if not isinstance(value, str) else value
+
+
+def check(stored: dict, current: dict, path: Path) -> None:
+    """Refuse, in one line naming the first field that differs, a cache made from other inputs
+    (parts are checked per phase by :func:`check_part`)."""
+    if stored.get("version") != VERSION:
+        raise _differs(path, "format version", stored.get("version"), VERSION)
+    for key in ("stage", "teacher", "tokenizer"):
+        if stored.get(key) != current[key]:
+            raise _differs(path, f"the {key}", stored.get(key), current[key])
+    settings = stored.get("data_settings") or {}
+    for key, value in current["data_settings"].items():
+        if settings.get(key) != value:
+            raise _differs(path, f"data.{key}", settings.get(key), value)
+    data = stored.get("data") or {}
+    for key in ("name", "split", "rows", "sha256"):
+        if data.get(key) != current["data"][key]:
+            what = "training rows (token ids)" if key == "sha256" else f"data {key}"
+            raise _differs(path, what, data.get(key), current["data"][key])
+    word = stored.get("word") or {}
+    for key, value in current["word"].items():
+        if word.get(key) != value:
+            raise _differs(path, f"teacher_cache/word setting {key}", word.get(key), value)
+
+
+def check_part(stored: dict, name: str, current: dict, path: Path) -> None:
+    """A phase's stored part holds what the phase reads, as it reads it."""
+    part = stored.get("parts", {}).get(name)
+    if part is None:
+        raise DistillError(
+            f"teacher cache {path} holds no outputs for phase '{current['name']}' ({name}); {FIX}"
+        )
+    missing = [k for k in current["stores"] if k not in part.get("stores", [])]
+    if missing:
+        what = f"phase '{current['name']}' storing"
+        raise _differs(path, what, part.get("stores"), current["stores"])
+    for key in ("mlm_probability", "temperature", "standardize"):
+        if key in current and part.get(key) != current[key]:
+            raise _differs(path, f"phase '{current['name']}' {key}", part.get(key), current[key])
