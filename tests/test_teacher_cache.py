@@ -5,8 +5,10 @@ a killed write resumes, and its size is checked before writing."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import torch
 from helpers import RECIPES, invoke, tkd_args
 from safetensors.torch import load_file
 from test_chat import chat_args, chat_data, chat_llama  # noqa: F401
@@ -142,3 +144,189 @@ def test_chat_response_tokens_with_k_at_least_v_is_exact(chat_llama, chat_data, 
     first = reader.get([0])[0]
     # response tokens only: fewer word rows than the conversation's tokens
     assert first["ids"].shape[0] < 96 and set(first) >= {"ids", "logp", "tail@1"}
+
+
+# ---------------------------------------------------------------- write once, read many
+
+
+def write_only(args_for, out):
+    """Store the teacher's outputs and train nothing (mode write, max_steps 0)."""
+    return invoke(*args_for(out), "--set", "teacher_cache.mode=write", "--set", "train.max_steps=0")
+
+
+def tkd14(teacher, data):
+    return lambda out, *extra: [
+        *tkd_args(teacher, data, out),
+        "--set",
+        "train.max_steps=14",
+        *extra,
+    ]
+
+
+def test_write_once_then_train_from_the_cache_without_the_teacher_option(
+    tiny_teacher, tiny_data_dir, tmp_path
+):
+    args = tkd14(tiny_teacher, tiny_data_dir)
+    written = write_only(args, tmp_path / "C")
+    assert written.exit_code == 0, written.output
+    assert "no student trained" in written.stderr
+    cache = tmp_path / "C" / "teacher_cache"
+    assert (
+        store.is_complete(cache, "phase-0") and not (tmp_path / "C" / "model.safetensors").exists()
+    )
+    again = write_only(args, tmp_path / "C")  # safe to rerun in a pipeline
+    assert again.exit_code == 0 and "already finished" in again.output, again.output
+
+    online = invoke(*args(tmp_path / "online"))
+    assert online.exit_code == 0, online.output
+    read_args = [a for a in args(tmp_path / "S2") if a != tiny_teacher]
+    read_args.remove("--teacher")  # the manifest names the teacher
+    read = invoke(*read_args, "--teacher-cache", cache)
+    assert read.exit_code == 0, read.output
+    assert "the teacher is freed before step 1" in read.stderr and "rows stored" not in read.stderr
+    assert max_diff(tmp_path / "online", tmp_path / "S2") <= 1e-6
+    recipe = (tmp_path / "S2" / "resolved_recipe.yaml").read_text()
+    assert "mode: read" in recipe and str(cache) in recipe
+
+    # the cache is an input of the run that reads it: never its output
+    inside = invoke(*args(cache / "out"), "--teacher-cache", cache)
+    assert "never writes where it reads" in error_line(inside)
+
+
+def _copy_with(src: Path, dst: Path, change) -> Path:
+    shutil.copytree(src, dst)
+    change(dst)
+    return dst
+
+
+def _other_weights(folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    w = load_file(folder / "model.safetensors")
+    name = next(iter(w))
+    w[name] = w[name] + 1e-3
+    save_file(w, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+def _other_tokenizer(folder: Path) -> None:
+    """No lowercasing: the same ids for the (lowercase) data, another tokenizer."""
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "do_lower_case": False}))
+
+
+def test_a_cache_made_from_other_inputs_is_refused_naming_the_field(
+    tiny_teacher, tiny_data_dir, tmp_path
+):
+    args = tkd14(tiny_teacher, tiny_data_dir)
+    assert write_only(args, tmp_path / "C").exit_code == 0
+    cache = tmp_path / "C" / "teacher_cache"
+
+    def read(out, *extra, teacher=tiny_teacher, data=tiny_data_dir):
+        return error_line(
+            invoke(*tkd14(teacher, data)(tmp_path / out, *extra), "--teacher-cache", cache)
+        )
+
+    other = _copy_with(tiny_teacher, tmp_path / "other-teacher", _other_weights)
+    assert "was made with the teacher" in read("t", teacher=other)
+    retok = _copy_with(tiny_teacher, tmp_path / "other-tok", _other_tokenizer)
+    assert "was made with the tokenizer" in read("k", teacher=retok)
+    line = read("m", "--set", "data.max_length=64")
+    assert "data.max_length 128, this run has 64" in line and "teacher_cache.mode=write" in line
+    assert "data.max_train_samples null, this run has 40" in read(
+        "n", "--set", "data.max_train_samples=40"
+    )
+    data = _copy_with(
+        tiny_data_dir,
+        tmp_path / "other-data",
+        lambda d: (d / "train.csv").write_text(
+            (d / "train.csv").read_text().replace("movie", "film")
+        ),
+    )
+    assert "training rows (their token ids)" in read("d", data=data)
+    moved = shutil.copytree(tiny_data_dir, tmp_path / "moved-data")  # the same rows elsewhere
+    same = invoke(*tkd14(tiny_teacher, moved)(tmp_path / "moved"), "--teacher-cache", cache)
+    assert same.exit_code == 0, same.output
+    )
+    terms = "phases.0.terms={soft_label_kl: {weight: 1.0}, hidden_mse: {weight: 1.0}}"
+    line = read("h", "--set", terms, "--set", "teacher_cache.hidden_states=true")
+    assert "phase 'task' storing" in line
+    manifest = json.loads((cache / "manifest.json").read_text())
+    (cache / "manifest.json").write_text(json.dumps({**manifest, "version": 99}))
+    assert "format version 99" in read("v")
+    (cache / "manifest.json").write_text("{not json")
+    assert "teacher cache manifest" in read("j")
+    (cache / "manifest.json").unlink()
+    assert "holds no teacher cache" in read("none")
+
+
+def test_word_settings_of_a_cache_are_checked(tiny_encoder, corpus_file, tmp_path):
+    def args(out, *extra):
+        return [
+            "pretrain-distill", "--recipe", RECIPES / "glmd-pretrain.yaml", "--teacher",
+            tiny_encoder, "--data", corpus_file, "--output-dir", out, "--max-steps", 4,
+            "--set", "student.num_layers=2", "--set", "train.batch_size=8",
+            "--set", "data.max_length=32", "--set", "train.mixed_precision=no", *extra,
+        ]  # fmt: skip
+
+    written = write_only(args, tmp_path / "C")
+    assert written.exit_code == 0, written.output
+    assert "B per word-KD token" in written.stderr
+    cache = tmp_path / "C" / "teacher_cache"
+    manifest = json.loads((cache / "manifest.json").read_text())
+    assert manifest["parts"]["phase-0"]["mlm_probability"] == 0.15  # static masks stored
+    record = store.Reader(cache, "phase-0").get([0])[0]
+    assert record["ids"].shape[1] == 64 and record["logp"].dtype == torch.float16
+    assert record["inputs"].dtype == torch.int32  # the masked ids, read at every pass
+
+    def read(out, *extra):
+        return invoke(*args(tmp_path / out, *extra), "--teacher-cache", cache)
+
+    assert "teacher_cache.top_k 64, this run has 32" in error_line(
+        read("k", "--set", "teacher_cache.top_k=32")
+    )
+    assert "phase 'pretrain' temperature 15.0, this run has 2.0" in error_line(
+        read("t", "--set", "phases.0.terms.word_kl.temperature=2.0")
+    )
+    assert "phase 'pretrain' mlm_probability" in error_line(
+        read("p", "--set", "phases.0.mlm_probability=0.3")
+    )
+    ok = read("ok")
+    assert ok.exit_code == 0, ok.output
+    assert "teacher freed" not in ok.stderr and "the teacher is freed" in ok.stderr
+    assert "agrees with the teacher" in ok.stderr  # its top-1 kept from before it was freed
+
+
+def test_hidden_states_are_stored_only_when_asked(tiny_teacher, tiny_data_dir, tmp_path):
+    terms = "phases.0.terms={soft_label_kl: {weight: 1.0}, hidden_mse: {weight: 1.0}}"
+
+    def args(out):
+        return [*tkd14(tiny_teacher, tiny_data_dir)(out), "--set", terms]
+
+    line = error_line(invoke(*args(tmp_path / "no"), *AUTO))
+    assert "teacher_cache.hidden_states: true" in line and "hidden_mse" in line
+    cached_and_online(args, tmp_path, "--set", "teacher_cache.hidden_states=true")
+    assert (
+        "(hidden states: large)"
+        in invoke(
+            *args(tmp_path / "again"), *AUTO, "--set", "teacher_cache.hidden_states=true"
+        ).stderr
+    )
+
+
+def test_the_size_estimate_and_too_little_room(tiny_teacher, tiny_data_dir, tmp_path, monkeypatch):
+    import shutil as sh
+
+    real = sh.disk_usage
+
+    def little_room_for_the_cache(path):
+        usage = real(path)
+        if "teacher_cache" in str(path):
+            return usage._replace(free=1000)
+        return usage
+
+    monkeypatch.setattr(sh, "disk_usage", little_room_for_the_cache)
+    result = invoke(*tkd14(tiny_teacher, tiny_data_dir)(tmp_path / "full"), *AUTO)
+    line = error_line(result)
+    assert "teacher cache" in line and "MB free" in line and "free space" in line
+    assert "B per row × 48 rows" in result.stderr  # the estimate came first
+    assert not store.is_complete(tmp_path / "full" / "teacher_cache", "phase-0")

@@ -26,6 +26,13 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
 EVAL_ONLY = ("eval_split", "max_eval_samples", "metric", "max_answer_length")
 # what a phase's record holds, by the Needs flag that makes it
 STORED = ("logits", "embedding", "hidden", "attentions", "word")
+# the manifest's word settings, as a recipe names them
+WORD_KEYS = {
+    "mode": "word_logits",
+    "scale": "word_logit_scale",
+    "top_k": "teacher_cache.top_k",
+    "word_dtype": "teacher_cache.word_dtype",
+}
 FIX = "write a new cache for this run (teacher_cache.mode=write), or run the one it was made for"
 
 
@@ -46,17 +53,37 @@ def weight_files(name: str) -> list[Path]:
 
 
 def teacher_identity(name: str) -> dict:
+    """The teacher by its weight files' contents (where it is: a moved copy is the same
+    teacher), or by its name when no file is at hand."""
+    files = weight_files(name)
+    if not files:
+        return {"name": str(name), "sha256": None}
     digest = hashlib.sha256()
-    for f in weight_files(name):
+    for f in files:
         digest.update(f"{f.name}\0".encode())
         with f.open("rb") as handle:
             digest.update(hashlib.file_digest(handle, "sha256").digest())
     return {"name": str(name), "sha256": digest.hexdigest()}
 
 
+def _same(stored, current) -> bool:
+    """Identities agree by content hash, or by name where either has none."""
+    if not isinstance(stored, dict):
+        return False
+    if stored.get("sha256") and current.get("sha256"):
+        return stored["sha256"] == current["sha256"]
+    return stored.get("name") == current.get("name")
+
+
 def tokenizer_identity(tokenizer) -> dict:
-    vocab = sorted(tokenizer.get_vocab().items())
-    text = json.dumps([type(tokenizer).__name__, vocab, tokenizer.special_tokens_map], default=str)
+    """A tokenizer by its whole definition (a fast one's JSON: vocabulary, merges, normalizer,
+    added and special tokens), else its vocabulary and special tokens."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        text = backend.to_str()
+    else:
+        vocab = sorted(tokenizer.get_vocab().items())
+        text = json.dumps([type(tokenizer).__name__, vocab, tokenizer.all_special_tokens])
     return {
         "name": getattr(tokenizer, "name_or_path", ""),
         "sha256": hashlib.sha256(text.encode()).hexdigest(),
@@ -117,7 +144,8 @@ def _differs(path, what: str, stored, current) -> DistillError:
 
 def _show(value) -> str:
     if isinstance(value, dict) and "sha256" in value:
-        return f"{value.get('name') or '?'} (sha256 {value['sha256'][:12]})"
+        digest = f" (sha256 {value['sha256'][:12]})" if value["sha256"] else ""
+        return f"{value.get('name') or '?'}{digest}"
     return json.dumps(value) if not isinstance(value, str) else value
 
 
@@ -126,22 +154,26 @@ def check(stored: dict, current: dict, path: Path) -> None:
     (parts are checked per phase by :func:`check_part`)."""
     if stored.get("version") != VERSION:
         raise _differs(path, "format version", stored.get("version"), VERSION)
-    for key in ("stage", "teacher", "tokenizer"):
-        if stored.get(key) != current[key]:
+    if stored.get("stage") != current["stage"]:
+        raise _differs(path, "the stage", stored.get("stage"), current["stage"])
+    for key in ("teacher", "tokenizer"):
+        if not _same(stored.get(key), current[key]):
             raise _differs(path, f"the {key}", stored.get(key), current[key])
     settings = stored.get("data_settings") or {}
     for key, value in current["data_settings"].items():
         if settings.get(key) != value:
             raise _differs(path, f"data.{key}", settings.get(key), value)
     data = stored.get("data") or {}
-    for key in ("name", "split", "rows", "sha256"):
+    for key in ("rows", "sha256"):  # the rows themselves, wherever the data now lies
         if data.get(key) != current["data"][key]:
-            what = "training rows (token ids)" if key == "sha256" else f"data {key}"
+            what = "training rows (their token ids)" if key == "sha256" else "training rows"
             raise _differs(path, what, data.get(key), current["data"][key])
+    if not any("word" in part["stores"] for part in current["parts"].values()):
+        return  # how words are stored matters to word terms only
     word = stored.get("word") or {}
     for key, value in current["word"].items():
         if word.get(key) != value:
-            raise _differs(path, f"teacher_cache/word setting {key}", word.get(key), value)
+            raise _differs(path, WORD_KEYS.get(key, key), word.get(key), value)
 
 
 def check_part(stored: dict, name: str, current: dict, path: Path) -> None:

@@ -130,7 +130,8 @@ def current_manifest(s, plans) -> dict:
             phase, needs, c.hidden_states, _word_params(plan.terms)
         )
     d = s.recipe.data
-    word = {"mode": b.teacher_mode, "scale": s.word_scale, "top_k": c.top_k, "dtype": c.word_dtype}
+    word = {"mode": b.teacher_mode, "scale": s.word_scale, "top_k": c.top_k}
+    word["word_dtype"] = c.word_dtype
     return {
         "version": manifest.VERSION,
         "stage": s.stage,
@@ -223,6 +224,8 @@ def _write_part(s, plan, where: Path, teacher_forward: Callable) -> None:
     n = len(b.train_ds)
     done = store.written_rows(where, part)
     mine = [r for r in range(acc.process_index, n, acc.num_processes) if r not in done]
+    if done and s.main:
+        log(f"teacher_cache: phase '{plan.name}': {len(done):,} rows already stored, resuming")
     needs = _teacher_needs(plan.terms)
     word = _word_params(plan.terms)
     layout = tasks.of(b.task).layout.name if b.task is not None else None
