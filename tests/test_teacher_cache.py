@@ -246,7 +246,6 @@ def test_a_cache_made_from_other_inputs_is_refused_naming_the_field(
     moved = shutil.copytree(tiny_data_dir, tmp_path / "moved-data")  # the same rows elsewhere
     same = invoke(*tkd14(tiny_teacher, moved)(tmp_path / "moved"), "--teacher-cache", cache)
     assert same.exit_code == 0, same.output
-    )
     terms = "phases.0.terms={soft_label_kl: {weight: 1.0}, hidden_mse: {weight: 1.0}}"
     line = read("h", "--set", terms, "--set", "teacher_cache.hidden_states=true")
     assert "phase 'task' storing" in line
