@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import torch
-from helpers import RECIPES, invoke, tkd_args
+from helpers import OFFLINE_ENV, RECIPES, invoke, tkd_args
 from safetensors.torch import load_file
 from test_chat import chat_args, chat_data, chat_llama  # noqa: F401
 from test_cloze import cloze_sets, tiny_mlm  # noqa: F401
@@ -329,3 +332,95 @@ def test_the_size_estimate_and_too_little_room(tiny_teacher, tiny_data_dir, tmp_
     assert "teacher cache" in line and "MB free" in line and "free space" in line
     assert "B per row × 48 rows" in result.stderr  # the estimate came first
     assert not store.is_complete(tmp_path / "full" / "teacher_cache", "phase-0")
+
+
+# ---------------------------------------------------------------- kills and processes
+
+SLOW_WRITER = """
+import sys, time
+from distill_cli.cache import store
+add = store.ShardWriter.add
+store.ShardWriter.__init__.__defaults__ = (0, 64)  # a shard every 8 rows
+def slow(self, row, record):
+    time.sleep(0.05)
+    return add(self, row, record)
+store.ShardWriter.add = slow
+from distill_cli.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_a_kill_during_the_write_then_a_rerun_resumes_it(tiny_teacher, tiny_data_dir, tmp_path):
+    out = tmp_path / "killed"
+    args = [str(a) for a in tkd14(tiny_teacher, tiny_data_dir)(out, *AUTO)]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_WRITER, *args[0:]],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=OFFLINE_ENV,
+    )  # fmt: skip
+    part = out / "teacher_cache" / "phase-0"
+    deadline = time.monotonic() + 120
+    while len(store.shards(part.parent, part.name)) < 2:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the slowed write never stored two shards"
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    kept = store.written_rows(part.parent, part.name)
+    assert 16 <= len(kept) < 48 and not store.is_complete(part.parent, part.name)
+    assert not (out / "model.safetensors").exists()
+    # a half-written cache is never read as one
+    line = error_line(
+        invoke(
+            *tkd14(tiny_teacher, tiny_data_dir)(tmp_path / "r"),
+            "--teacher-cache",
+            out / "teacher_cache",
+        )
+    )
+    assert "not complete" in line or "write the cache again" in line
+
+    again = invoke(*args)  # the same command: the write resumes, then training
+    assert again.exit_code == 0, again.output
+    assert f"{len(kept)} rows already stored, resuming" in again.stderr
+    online = invoke(*tkd14(tiny_teacher, tiny_data_dir)(tmp_path / "online"))
+    assert online.exit_code == 0, online.output
+    assert max_diff(out, tmp_path / "online") <= 1e-6
+
+
+def launch(n: int, port: int, args: list) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+        str(n), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(port), "-m", "distill_cli", *map(str, args),
+    ]  # fmt: skip
+    if n == 1:
+        cmd = [sys.executable, "-m", "distill_cli", *map(str, args)]
+    env = {**OFFLINE_ENV, "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_written_by_two_processes_read_by_one_and_the_other_way(
+    tiny_teacher, tiny_data_dir, tmp_path
+):
+    args = tkd14(tiny_teacher, tiny_data_dir)
+    only = ("--set", "teacher_cache.mode=write", "--set", "train.max_steps=0")
+    two = launch(2, 29531, [*args(tmp_path / "C2"), *only])
+    assert two.returncode == 0, two.stderr[-3000:]
+    c2 = tmp_path / "C2" / "teacher_cache"
+    names = {p.name.split("-")[0] for p in store.shards(c2, "phase-0")}
+    assert names == {"rank000", "rank001"}  # each process stored its share
+    one = invoke(*args(tmp_path / "C1"), *only)
+    assert one.exit_code == 0, one.output
+    c1 = tmp_path / "C1" / "teacher_cache"
+    a, b = store.Reader(c1, "phase-0"), store.Reader(c2, "phase-0")
+    rows = list(range(48))
+    for x, y in zip(a.get(rows), b.get(rows), strict=True):
+        assert x.keys() == y.keys() and all(torch.allclose(x[k], y[k], atol=1e-6) for k in x)
+
+    read_one = invoke(*args(tmp_path / "S1"), "--teacher-cache", c2)
+    assert read_one.exit_code == 0, read_one.output
+    assert invoke(*args(tmp_path / "online")).exit_code == 0
+    assert max_diff(tmp_path / "S1", tmp_path / "online") <= 1e-6
+    read_two = launch(2, 29533, [*args(tmp_path / "S2"), "--teacher-cache", c1])
+    assert read_two.returncode == 0, read_two.stderr[-3000:]
+    assert "process 1/2: 14 optimizer steps" in read_two.stderr
+    assert read_two.stderr.count("the teacher is freed before step 1") == 1
