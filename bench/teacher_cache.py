@@ -80,14 +80,17 @@ def run_child(recipe: str, sets: list[str], out: Path) -> dict:
     proc = subprocess.run([*cmd, "--out", str(out)], capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"child run failed:\n{proc.stderr[-3000:]}")
+    for line in proc.stderr.splitlines():  # what the cache logged: its size and write time
+        if "teacher_cache:" in line:
+            print(f"  {line[line.index('teacher_cache:') :]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def compare_runs(recipe: str, sets: list[str], what: str) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        online = run_child(recipe, sets, Path(tmp) / "online")
-        cached = run_child(recipe, [*sets, "teacher_cache.mode=auto"], Path(tmp) / "cached")
-        size = sum(f.stat().st_size for f in (Path(tmp) / "cached" / "teacher_cache").rglob("*"))
+def compare_runs(recipe: str, sets: list[str], what: str, tmp: Path) -> None:
+    """Online, then cached (auto), each in a fresh process; their students stay in ``tmp``."""
+    online = run_child(recipe, sets, tmp / "online")
+    cached = run_child(recipe, [*sets, "teacher_cache.mode=auto"], tmp / "cached")
+    size = sum(f.stat().st_size for f in (tmp / "cached" / "teacher_cache").rglob("*"))
     print(f"\n{what}")
     print(f"{'run':8} {'wall s':>8} {'setup s':>8} {'train peak RSS MB':>18}")
     for name, r in (("online", online), ("cached", cached)):
@@ -99,9 +102,27 @@ def compare_runs(recipe: str, sets: list[str], what: str) -> None:
     )
 
 
+def classifier(folder: Path) -> str:
+    """The packaged MiniLM with a new 2-label head, saved in ``folder`` (a timing teacher)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(minilm(), num_labels=2)
+    model.config.id2label = {0: "rotten", 1: "fresh"}
+    model.config.label2id = {"rotten": 0, "fresh": 1}
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(minilm()).save_pretrained(folder)
+    return str(folder)
+
+
 def tkd(args) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        _tkd(args, args.teacher or classifier(Path(tmp) / "teacher"))
+
+
+def _tkd(args, teacher: str) -> None:
     sets = [
-        f"teacher={args.teacher or minilm()}",
+        f"teacher={teacher}",
         "data.name=rotten_tomatoes",
         "data.max_length=64",
         f"data.max_train_samples={args.rows}",
@@ -114,11 +135,12 @@ def tkd(args) -> None:
         "train.logging_steps=50",
     ]
     what = f"TKD, {args.rows} rows × {args.epochs} epochs, batch 32, max_length 64"
-    compare_runs("tkd-nlp.yaml", sets, what)
+    with tempfile.TemporaryDirectory() as tmp:
+        compare_runs("tkd-nlp.yaml", sets, what, Path(tmp))
 
 
-def word_gap(state, batches: int, ks: list[int], temperatures: list[float]) -> None:
-    """Top-k word loss against the exact one on the run's first batches (its untrained student)."""
+def word_gap(state, batches: int, ks: list[int], temperatures: list[float], who: str) -> None:
+    """Top-k word loss against the exact one on the run's first batches, for its student."""
     from harness import forever
 
     from distill_cli.cache.records import ids_dtype
@@ -159,7 +181,8 @@ def word_gap(state, batches: int, ks: list[int], temperatures: list[float]) -> N
     vocab = student.word_weight.shape[0]
     id_bytes = torch.empty((), dtype=ids_dtype(vocab)).element_size()
     print(
-        f"\nword KD: {batches} batches, {tokens:,} tokens, V = {vocab:,}, scale {state.word_scale:.4g}"
+        f"\nword KD, {who}: {batches} batches, {tokens:,} tokens, V = {vocab:,}, "
+        f"scale {state.word_scale:.4g}"
     )
     print(f"{'k':>6} {'T':>5} {'exact':>10} {'top-k':>10} {'rel. diff':>10} {'B/token':>8}")
     for k in ks:
@@ -179,7 +202,7 @@ def words(args) -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         state = train.setup(recipe, Path(tmp) / "run", stage="pretrain")
-        word_gap(state, args.batches, args.ks, [1.0, 15.0])
+        word_gap(state, args.batches, args.ks, [1.0, 15.0], "untrained 3-layer student")
 
 
 def chat(args) -> None:
@@ -195,14 +218,20 @@ def chat(args) -> None:
         "train.mixed_precision='no'",
         "train.save_steps=null",
     ]
-    recipe = load_recipe(ROOT / "recipes" / "chat.yaml", sets=sets)
+
+    def gap(extra: list[str], who: str, out: Path) -> None:
+        recipe = load_recipe(ROOT / "recipes" / "chat.yaml", sets=[*sets, *extra])
+        state = train.setup(recipe, out, stage="task")
+        word_gap(state, args.batches, args.ks, [1.0], who)
+
     with tempfile.TemporaryDirectory() as tmp:
-        state = train.setup(recipe, Path(tmp) / "run", stage="task")
-        word_gap(state, args.batches, args.ks, [1.0])
-    del state
-    if args.epochs:
-        what = f"chat KD, {args.rows} conversations × {args.epochs} epochs, batch 8, 128 tokens"
-        compare_runs("chat.yaml", [*sets, f"train.epochs={args.epochs}"], what)
+        tmp = Path(tmp)
+        gap([], "untrained 10-layer student", tmp / "gap0")
+        if args.epochs:
+            what = f"chat KD, {args.rows} conversations × {args.epochs} epochs, batch 8, 128 tokens"
+            compare_runs("chat.yaml", [*sets, f"train.epochs={args.epochs}"], what, tmp)
+            trained = ["student.init=checkpoint", f"student.path={tmp / 'online'}"]
+            gap(trained, f"the student after {args.epochs} epochs online", tmp / "gap1")
 
 
 def main() -> None:

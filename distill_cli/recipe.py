@@ -181,14 +181,23 @@ class TrainConfig:
     report_to: list[str] = _opt([], "Accelerate trackers: tensorboard, wandb, ...")
 
 
+def _convert_mode(value: Any, where: str, source: str) -> str:
+    """YAML 1.1 reads a bare off as false: that is the mode off."""
+    return "off" if value is False else _convert(value, str, where, source)
+
+
 @dataclass
 class TeacherCacheConfig:
-    mode: str = _opt(
-        "off",
-        "off | auto (store the teacher's outputs in a first pass for the phases that read each "
-        "example more than once, then train on them) | write (store them for every phase that "
-        "runs the teacher; with --max-steps 0, only store) | read (train on the cache at "
-        "teacher_cache.path; --teacher-cache DIR).",
+    mode: str = field(
+        default="off",
+        metadata={
+            "help": "off | auto (store the teacher's outputs in a first pass for the phases that "
+            "read each row more than once, then train on them) | write (store them for every "
+            "phase that runs the teacher; with --max-steps 0, only store) | read (train on the "
+            "cache at teacher_cache.path; --teacher-cache DIR). Masks of a masked phase become "
+            "static: drawn once, when the cache is written.",
+            "convert": lambda value, where, source: _convert_mode(value, where, source),
+        },
     )
     path: str | None = _opt(
         None, "The cache folder (default: <output-dir>/teacher_cache); read: the cache to read."

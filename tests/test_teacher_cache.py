@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from helpers import OFFLINE_ENV, RECIPES, invoke, tkd_args
 from safetensors.torch import load_file
@@ -23,6 +24,8 @@ from test_token_classification import ner_data, ner_teacher  # noqa: F401
 from test_windows import LONG_SETS, long_data, long_model, short_model  # noqa: F401
 
 from distill_cli.cache import store
+from distill_cli.errors import DistillError
+from distill_cli.recipe import load_recipe, validate
 
 AUTO = ("--set", "teacher_cache.mode=auto")
 EXACT_WORDS = ("--set", "teacher_cache.top_k=100000", "--set", "teacher_cache.word_dtype=float32")
@@ -194,6 +197,9 @@ def test_write_once_then_train_from_the_cache_without_the_teacher_option(
     # the cache is an input of the run that reads it: never its output
     inside = invoke(*args(cache / "out"), "--teacher-cache", cache)
     assert "never writes where it reads" in error_line(inside)
+    into_teacher = ("--set", f"teacher_cache.path={tiny_teacher}/cache", *AUTO)
+    line = error_line(invoke(*args(tmp_path / "T"), *into_teacher))
+    assert line.startswith("error: teacher_cache.path ") and "lies inside the teacher" in line
 
 
 def _copy_with(src: Path, dst: Path, change) -> Path:
@@ -424,3 +430,40 @@ def test_written_by_two_processes_read_by_one_and_the_other_way(
     assert read_two.returncode == 0, read_two.stderr[-3000:]
     assert "process 1/2: 14 optimizer steps" in read_two.stderr
     assert read_two.stderr.count("the teacher is freed before step 1") == 1
+
+
+# ---------------------------------------------------------------- recipe rules
+
+
+@pytest.mark.parametrize(
+    "sets, problem",
+    [
+        (["train.max_steps=0"], "0 only with teacher_cache.mode=write"),
+        (["teacher_cache.mode=read"], "pass --teacher-cache DIR"),
+        (["teacher_cache.mode=sometimes"], "teacher_cache.mode must be one of off, auto"),
+        (["teacher_cache.top_k=0"], "teacher_cache.top_k must be >= 1"),
+        (["teacher_cache.word_dtype=int8"], "word_dtype must be one of float16, float32"),
+    ],
+)
+def test_recipe_rules(sets, problem):
+    recipe = load_recipe(RECIPES / "tkd-nlp.yaml", sets=["teacher=t", "data.name=d", *sets])
+    with pytest.raises(DistillError, match=problem):
+        validate(recipe)
+
+
+def test_a_bare_off_is_the_mode_off_and_write_allows_zero_steps():
+    recipe = load_recipe(RECIPES / "glmd-pretrain.yaml", sets=["teacher_cache.mode=off"])
+    assert recipe.teacher_cache.mode == "off"
+    sets = ["data.name=d", "teacher_cache.mode=write", "train.max_steps=0"]
+    validate(load_recipe(RECIPES / "glmd-pretrain.yaml", sets=sets))
+
+
+def test_on_policy_phases_run_their_teacher(chat_llama, chat_data, tmp_path):  # noqa: F811
+    def args(out, *extra):
+        return chat_args(chat_llama, chat_data, out, "--set", "phases.0.on_policy=0.5", *extra)
+
+    line = error_line(invoke(*args(tmp_path / "r"), "--teacher-cache", tmp_path / "none"))
+    assert "samples replies on-policy" in line and "teacher_cache.mode=auto" in line
+    auto = invoke(*args(tmp_path / "a", "--set", "train.epochs=3"), *AUTO)
+    assert auto.exit_code == 0, auto.output
+    assert "no phase reads its rows more than once" in auto.stderr  # it runs online

@@ -15,7 +15,7 @@ Inputs = Iterable[tuple[str, "str | Path | None"]]  # (role, path or Hub name)
 NOT_INPUT = {"run.json", "run.lock", "evaluation.json", "evaluation.png"}
 
 
-def check_not_input(output_dir: str | Path, inputs: Inputs) -> Path:
+def check_not_input(output_dir: str | Path, inputs: Inputs, option: str = "--output-dir") -> Path:
     """Refuse (exit 2) an output folder that is an input, lies inside one or holds one.
 
     Paths are compared resolved (~, relative parts, symlinks); a name that is no local path (a
@@ -39,8 +39,8 @@ def check_not_input(output_dir: str | Path, inputs: Inputs) -> Path:
         shown = f"{out} ({target})" if target != Path.cwd() / out else str(out)
         kind = "folder" if source.is_dir() else "file"
         raise DistillError(
-            f"--output-dir {shown} {relation} the {role} {kind} {given}; a command never "
-            "writes where it reads: choose another --output-dir"
+            f"{option} {shown} {relation} the {role} {kind} {given}; a command never "
+            f"writes where it reads: choose another {option}"
         )
     return out
 

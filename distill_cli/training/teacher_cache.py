@@ -22,6 +22,7 @@ from distill_cli.cache import manifest, records, store
 from distill_cli.data import batching
 from distill_cli.data.text import TokenMasker
 from distill_cli.errors import DistillError
+from distill_cli.outputs import check_not_input
 from distill_cli.reporting import log
 from distill_cli.training import losses
 from distill_cli.training.word_topk import teacher_topk
@@ -174,6 +175,10 @@ def prepare(s, teacher_forward: Callable) -> None:
             if c.mode == "read" or name in stored["parts"]:
                 manifest.check_part(stored, name, part, where)
     if c.mode != "read":
+        if c.path:  # a cache written elsewhere is an output too: never into an input
+            r = s.recipe
+            inputs = [("teacher", r.teacher), ("student", r.student.path), ("data", r.data.name)]
+            check_not_input(where, inputs, "teacher_cache.path")
         if s.main:
             merged = {**current, "parts": {**(stored or {}).get("parts", {}), **current["parts"]}}
             manifest.write(where, merged)
@@ -190,6 +195,7 @@ def prepare(s, teacher_forward: Callable) -> None:
         )
     if all(p.cache is not None or not p.needs.teacher for p in s.plans):
         _free_teacher(s)
+        s.tallies.pop("teacher", None)  # its windows were read in the write pass only
 
 
 def _open(s, plan, where: Path) -> PhaseCache:
