@@ -39,24 +39,28 @@ def split(
     """One record per example of a teacher forward's outputs. ``mask`` [B, L] marks the real
     tokens of the teacher's inputs; ``words`` is the top-k of the selected tokens (flattened,
     row-major) with its selection mask [B, L]; ``inputs`` the masked input ids of the batch."""
-    keep = mask.bool()
+    cpu = lambda x: None if x is None else x.detach().cpu()  # noqa: E731 (one copy a batch)
+    keep = cpu(mask).bool()
+    logits, embedding, inputs = cpu(out.logits), cpu(out.embedding), cpu(inputs)
+    hidden, attentions = [cpu(h) for h in out.hidden], [cpu(a) for a in out.attentions]
     records = [{} for _ in range(len(keep))]
     dim = tasks.LAYOUTS[layout].position_dim if layout is not None else None
     for i, r in enumerate(records):
         real = keep[i]
-        if out.logits is not None:
-            logits = out.logits[i].float()
-            r["logits"] = logits if dim is None else logits.movedim(dim - 1, 0)[real]
-        if out.embedding is not None:
-            r["embedding"] = out.embedding[i].float()
-        if out.hidden:
-            r["hidden"] = torch.stack([h[i][real] for h in out.hidden], dim=1).float()
-        if out.attentions:
-            r["attentions"] = torch.stack([a[i][:, real][..., real] for a in out.attentions])
+        if logits is not None:
+            row = logits[i].float()
+            r["logits"] = row if dim is None else row.movedim(dim - 1, 0)[real]
+        if embedding is not None:
+            r["embedding"] = embedding[i].float()
+        if hidden:
+            r["hidden"] = torch.stack([h[i][real] for h in hidden], dim=1).float()
+        if attentions:
+            r["attentions"] = torch.stack([a[i][:, real][..., real] for a in attentions])
         if inputs is not None:
             r["inputs"] = inputs[i][real].to(torch.int32)
     if words is not None:
         topk, selected = words
+        topk = TopK(cpu(topk.ids), cpu(topk.logp), {t: cpu(x) for t, x in topk.tails.items()})
         counts = selected.bool().sum(1).tolist()
         start = 0
         for r, n in zip(records, counts, strict=True):
