@@ -89,7 +89,7 @@ GLMD_V50_TASK_ROWS ?= 3000
 # the rotten_tomatoes test split (agreement, neighbour recall@10, linear-probe accuracy, size,
 # latency), and the smaller is exported to ONNX int8. The teacher runs once: the first student
 # stores its embeddings (teacher_cache.mode=auto) and both students train on them. Budgets (epochs,
-# learning rate) are cut with --set to about 20 min on 2 CPU cores (docs/results.md).
+# learning rate) are cut with --set to about 16 min on 2 CPU cores (docs/results.md).
 EMBED_RUNS ?= runs/demo-embed
 EMBED_TEXTS ?= rotten_tomatoes
 EMBED_DATA := --data $(EMBED_TEXTS) --set data.max_length=64 --set train.batch_size=64 \
