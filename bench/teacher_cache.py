@@ -1,9 +1,9 @@
 """Training on the teacher-signal cache against training online, in one run of each.
 
-    python bench/teacher_cache.py tkd             # MiniLM teacher, 3-layer student, TKD (~10 min)
+    python bench/teacher_cache.py tkd             # MiniLM teacher, 3-layer student, TKD (~7 min)
     python bench/teacher_cache.py tkd --teacher runs/teacher-cls --rows 2048 --epochs 10
     python bench/teacher_cache.py words           # MiniLM word KD: top-k loss vs exact (~1 min)
-    python bench/teacher_cache.py chat            # SmolLM2 chat KD: top-k vs online (~15 min)
+    python bench/teacher_cache.py chat            # SmolLM2 chat KD: top-k vs online (~7 min)
 
 ``tkd``: the wall time of an N-epoch TKD run on rotten_tomatoes online and with
 ``teacher_cache.mode=auto`` (its first pass writes the cache; the time includes it), each in a

@@ -17,11 +17,11 @@ import numpy as np
 
 from distill_cli.errors import DistillError
 from distill_cli.outputs import write_json_atomic
+from distill_cli.outputs.files import weight_files
 from distill_cli.user_files import read_json
 
 VERSION = 1
 NAME = "manifest.json"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
 # data settings that only evaluation reads: a cache serves any of them
 EVAL_ONLY = ("eval_split", "max_eval_samples", "metric", "max_answer_length")
 # what a phase's record holds, by the Needs flag that makes it
@@ -36,26 +36,23 @@ WORD_KEYS = {
 FIX = "write a new cache for this run (teacher_cache.mode=write), or run the one it was made for"
 
 
-def weight_files(name: str) -> list[Path]:
-    """The files a teacher's weights are read from: a local file or folder, or the Hub cache's
-    copy of a Hub model (empty when there is none)."""
-    path = Path(name).expanduser()
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        try:
-            from huggingface_hub import snapshot_download
+def teacher_files(name: str) -> list[Path]:
+    """The files a teacher's weights are read from: local ones, or the Hub cache's copy of a
+    Hub model (none when it has none)."""
+    if Path(name).expanduser().exists():
+        return weight_files(name)
+    try:
+        from huggingface_hub import snapshot_download
 
-            path = Path(snapshot_download(name, local_files_only=True))
-        except Exception:  # not fetched, or not a Hub name: identified by its name alone
-            return []
-    return sorted(f for f in path.iterdir() if f.is_file() and f.suffix in WEIGHT_SUFFIXES)
+        return weight_files(snapshot_download(name, local_files_only=True))
+    except Exception:  # not fetched, or not a Hub name: identified by its name alone
+        return []
 
 
 def teacher_identity(name: str) -> dict:
     """The teacher by its weight files' contents (where it is: a moved copy is the same
     teacher), or by its name when no file is at hand."""
-    files = weight_files(name)
+    files = teacher_files(name)
     if not files:
         return {"name": str(name), "sha256": None}
     digest = hashlib.sha256()
@@ -90,10 +87,11 @@ def tokenizer_identity(tokenizer) -> dict:
     }
 
 
-def data_identity(ds, name: str | None, split: str) -> dict:
-    """The training rows, by the token ids and masks the teacher reads, hashed in order."""
+def data_identity(ds, name: str | None, split: str, skip: str) -> dict:
+    """The training rows, by the token ids and masks the teacher reads, hashed in order (column
+    ``skip``, the rows' own index, left out)."""
     digest = hashlib.sha256()
-    columns = sorted(c for c in ds.column_names if c != "cache_row")
+    columns = sorted(c for c in ds.column_names if c != skip)
     for column in columns:
         digest.update(f"\0{column}\0".encode())
         for values in ds.with_format("numpy")[column]:

@@ -14,7 +14,6 @@ from distill_cli import tasks
 from distill_cli.models.forward import Outputs
 from distill_cli.training.word_topk import TopK
 
-WORD_FIELDS = ("ids", "logp")
 TAIL = "tail@"  # tails are stored per temperature: "tail@15"
 
 
@@ -126,11 +125,10 @@ def _attentions(rows: list[torch.Tensor], keep: torch.Tensor) -> tuple[torch.Ten
 
 def masked_inputs(records: list[dict[str, torch.Tensor]], input_ids: torch.Tensor, mask):
     """The batch's input ids with each example's stored (static) masked ids at its tokens."""
-    ids = input_ids.clone()
-    keep = mask.bool()
+    ids, keep = input_ids.cpu().clone(), mask.bool().cpu()
     for i, r in enumerate(records):
-        ids[i][keep[i]] = r["inputs"].to(ids.device, ids.dtype)
-    return ids
+        ids[i][keep[i]] = r["inputs"].to(ids.dtype)
+    return ids.to(input_ids.device)
 
 
 def _to(out: Outputs, device) -> Outputs:

@@ -92,13 +92,19 @@ def check_free_space(
         )
 
 
-def weights_bytes(name: str | Path | None) -> int:
-    """Size of a local model folder's weight files (or of a .gguf file); 0 for a Hub name
-    (unknown until fetched). A GGUF's dequantised fp32 weights are larger than its file."""
+def weight_files(name: str | Path | None) -> list[Path]:
+    """A local model's weight files: a .gguf file, or a folder's weight files by name; none for
+    a Hub name."""
     folder = Path(name or "").expanduser()
     if name and folder.is_file() and folder.suffix == ".gguf":
-        return folder.stat().st_size
+        return [folder]
     if not name or not folder.is_dir():
-        return 0
+        return []
     suffixes = (".safetensors", ".bin", ".gguf")
-    return sum(f.stat().st_size for f in folder.iterdir() if f.suffix in suffixes)
+    return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix in suffixes)
+
+
+def weights_bytes(name: str | Path | None) -> int:
+    """Size of a local model's weight files; 0 for a Hub name (unknown until fetched). A
+    GGUF's dequantised fp32 weights are larger than its file."""
+    return sum(f.stat().st_size for f in weight_files(name))

@@ -83,6 +83,16 @@ def _word_params(terms: dict):
     return next(iter(word.values())) if word else None
 
 
+def _layout(b) -> str | None:
+    """The layout of the task's logits (None: raw text)."""
+    return tasks.of(b.task).layout.name if b.task is not None else None
+
+
+def _mask_share(b, plan) -> float:
+    """The share of tokens the phase masks: its inputs differ at every pass unless stored."""
+    return 0.0 if b.causal else plan.mlm_probability
+
+
 def _teacher_needs(terms: dict):
     return losses.needs_of({n: p for n, p in terms.items() if losses.KD_LOSSES[n].needs_teacher})
 
@@ -131,15 +141,19 @@ def current_manifest(s, plans) -> dict:
             phase, needs, c.hidden_states, _word_params(plan.terms)
         )
     d = s.recipe.data
-    word = {"mode": b.teacher_mode, "scale": s.word_scale, "top_k": c.top_k}
-    word["word_dtype"] = c.word_dtype
+    word = {
+        "mode": b.teacher_mode,
+        "scale": s.word_scale,
+        "top_k": c.top_k,
+        "word_dtype": c.word_dtype,
+    }
     return {
         "version": manifest.VERSION,
         "stage": s.stage,
         "teacher": manifest.teacher_identity(s.recipe.teacher),
         "tokenizer": manifest.tokenizer_identity(b.input_tokenizer or b.tokenizer),
         "data_settings": manifest.data_settings(d),
-        "data": manifest.data_identity(b.train_ds, d.name, d.train_split),
+        "data": manifest.data_identity(b.train_ds, d.name, d.train_split, ROW),
         "word": word,
         "parts": parts,
     }
@@ -199,9 +213,8 @@ def prepare(s, teacher_forward: Callable) -> None:
 
 
 def _open(s, plan, where: Path) -> PhaseCache:
-    layout = tasks.of(s.built.task).layout.name if s.built.task is not None else None
-    masks = plan.mlm_probability > 0 and not s.built.causal
-    return PhaseCache(store.Reader(where, manifest.part_name(plan.index)), layout, masks)
+    reader = store.Reader(where, manifest.part_name(plan.index))
+    return PhaseCache(reader, _layout(s.built), _mask_share(s.built, plan) > 0)
 
 
 def _free_teacher(s) -> None:
@@ -234,14 +247,12 @@ def _write_part(s, plan, where: Path, teacher_forward: Callable) -> None:
         log(f"teacher_cache: phase '{plan.name}': {len(done):,} rows already stored, resuming")
     needs = _teacher_needs(plan.terms)
     word = _word_params(plan.terms)
-    layout = tasks.of(b.task).layout.name if b.task is not None else None
-    mask_p = 0.0 if b.causal else plan.mlm_probability
-    masker = None
+    layout, mask_p, masker = _layout(b), _mask_share(b, plan), None
     if mask_p > 0:  # static masks: drawn once here, stored, read at every pass
         seed = s.recipe.train.seed + 1000 * (plan.index + 1) + acc.process_index
         masker = TokenMasker(b.input_tokenizer or b.tokenizer, seed=seed)
     writer = store.ShardWriter(where, part, acc.process_index)
-    size = batch_size = s.recipe.train.batch_size
+    batch_size = s.recipe.train.batch_size
     started, stored_bytes, tokens = time.perf_counter(), 0, 0
     with torch.no_grad():
         for start in range(0, len(mine), batch_size):
@@ -250,9 +261,9 @@ def _write_part(s, plan, where: Path, teacher_forward: Callable) -> None:
             batch = {k: v.to(acc.device) for k, v in batch.items()}
             if masker is not None:
                 batch["input_ids"], _ = masker(batch["input_ids"], batch["attention_mask"], mask_p)
-            s_inputs, t_inputs = batching.split_inputs(batch)
+            _, t_inputs = batching.split_inputs(batch)
             out = teacher_forward(s, batch, needs)
-            words = None
+            words, vocab = None, 0
             if needs.word:
                 selected = batching.selected_positions(batch)
                 topk = teacher_topk(
@@ -262,9 +273,9 @@ def _write_part(s, plan, where: Path, teacher_forward: Callable) -> None:
                 )  # fmt: skip
                 words = (topk, selected)
                 tokens += int(selected.sum())
+                vocab = len(s.vocab_index) if s.vocab_index is not None else len(out.word_weight)
             if not c.hidden_states:
                 out.hidden, out.attentions = (), ()
-            vocab = len(s.vocab_index) if s.vocab_index is not None else _vocab_rows(out)
             kept = records.split(
                 out,
                 t_inputs["attention_mask"],
@@ -278,10 +289,11 @@ def _write_part(s, plan, where: Path, teacher_forward: Callable) -> None:
                 writer.add(row, record)
                 stored_bytes += store.record_bytes(record)
             if start == 0:
-                _check_size(s, plan, where, stored_bytes / len(rows), len(mine), n, words)
-            size = start + len(rows)
-            if s.main and time.perf_counter() - started > 30 and size % (10 * batch_size) == 0:
-                log(f"teacher_cache: phase '{plan.name}': {size:,}/{len(mine):,} rows stored")
+                _check_size(s, plan, where, stored_bytes / len(rows), len(mine), n)
+            done_here = start + len(rows)
+            late = time.perf_counter() - started > 30
+            if s.main and late and done_here % (10 * batch_size) == 0:
+                log(f"teacher_cache: phase '{plan.name}': {done_here:,}/{len(mine):,} rows stored")
     writer.flush()
     acc.wait_for_everyone()
     if s.main:
@@ -295,11 +307,7 @@ def _write_part(s, plan, where: Path, teacher_forward: Callable) -> None:
     acc.wait_for_everyone()
 
 
-def _vocab_rows(out) -> int:
-    return out.word_weight.shape[0] if out.word_weight is not None else 0
-
-
-def _check_size(s, plan, where: Path, per_row: float, left: int, n: int, words) -> None:
+def _check_size(s, plan, where: Path, per_row: float, left: int, n: int) -> None:
     """Log the size the phase's records will take, and refuse when the disk lacks room."""
     need = int(per_row * left * 1.05) + 2**20
     if s.main:
